@@ -40,7 +40,6 @@ def base_config() -> ml_collections.ConfigDict:
     img_context_token_id / img_start_token_id / img_end_token_id: token ids.
     dtype: compute dtype ("bfloat16" or "float32").
     param_dtype: parameter storage dtype.
-    scan_layers: ``nn.scan`` over the layers of each stack.
     remat_policy: "none" | "full" | "minimal" (save projections) |
       "save_qkv_attn" (save q/k/v and attention output) | "dots".
     attention_impl: "xla" (reference) | "pallas" | "auto" (kernel on TPU/GPU).
@@ -77,7 +76,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.img_end_token_id = IMG_END_TOKEN_ID
   c.dtype = "bfloat16"
   c.param_dtype = "float32"
-  c.scan_layers = True
   c.remat_policy = "minimal"
   c.attention_impl = "xla"
   c.attention_block_q = 512

@@ -1,0 +1,184 @@
+"""The native primitive: a Qwen3 decoder layer with three-branch T/H/W attention.
+
+NEO_SPEC §1.2 (NEO paper §3.1; release ``modeling_qwen3.py``): the T branch is
+Qwen3's attention (``q_proj``, ``k_proj``, per-head ``q_norm`` / ``k_norm``, RoPE
+base ``rope_theta`` on t); ``q_proj_hw`` / ``k_proj_hw`` add H and W branches
+(first / last ``head_dim / 2`` channels of each head, their own RMSNorms, RoPE
+base ``rope_theta_hw`` on h / w). Scores sum the three branches, which is
+attention over ``[T | H | W]`` of width ``2 * head_dim`` with the scale
+``head_dim ** -0.5``. Values and ``o_proj`` are Qwen3's.
+
+Parameters carry logical axis names (``embed``, ``heads``, ``kv_heads``,
+``head_dim``, ``mlp``) and activations are constrained to
+(``batch``, ``length``, ...), so sharding is a table of rules (train/sharding.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+from jax.ad_checkpoint import checkpoint_name
+
+from neo_jax.model import rope
+from neo_jax.ops import attention as attention_ops
+
+Array = jax.Array
+
+
+def dtype_of(name: str) -> Any:
+  """Maps a config dtype name ("bfloat16", "float32", ...) to a jnp dtype."""
+  return jnp.dtype(name)
+
+
+def normal_init(std: float, axes: tuple[str, ...]):
+  """N(0, std) initialiser with logical axis names attached."""
+  return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), axes)
+
+
+class RMSNorm(nn.Module):
+  """Qwen3 RMSNorm: ``w * (x / sqrt(mean(x^2) + eps))`` over the last axis.
+
+  The normalisation runs in float32, the result is cast to the input dtype
+  before the weight multiply (as ``Qwen3RMSNorm``). Parameter ``scale [dim]``
+  (PyTorch ``weight``), initialised to ones.
+  """
+  eps: float
+  axis_name: str
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, (self.axis_name,)),
+                       (x.shape[-1],), self.param_dtype)
+    xf = x.astype(jnp.float32)
+    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return scale.astype(x.dtype) * y.astype(x.dtype)
+
+
+def _dense(features, axes, cfg, name, in_axes=-1):
+  return nn.DenseGeneral(features, axis=in_axes, use_bias=False, dtype=dtype_of(cfg.dtype),
+                         param_dtype=dtype_of(cfg.param_dtype),
+                         kernel_init=normal_init(cfg.init_std, axes), name=name)
+
+
+class NativeAttention(nn.Module):
+  """Three-branch (T/H/W) attention with Native-RoPE and the mixed mask.
+
+  Inputs: ``x [B, S, D]``, ``positions [B, S, 3] int32`` (t, h, w),
+  ``segment_ids [B, S]``, ``unit_ids [B, S]``. Output ``[B, S, D]``.
+  Parameters: ``q_proj [D, Hq, d]``, ``q_proj_hw [D, Hq, d]``,
+  ``k_proj`` / ``k_proj_hw`` / ``v_proj [D, Hkv, d]``, ``o_proj [Hq, d, D]``,
+  ``q_norm`` / ``k_norm [d]``, ``q_norm_h`` / ``q_norm_w`` / ``k_norm_h`` /
+  ``k_norm_w [d / 2]``.
+  """
+  config: ml_collections.ConfigDict
+
+  @nn.compact
+  def __call__(self, x: Array, positions: Array, segment_ids: Array, unit_ids: Array) -> Array:
+    cfg = self.config
+    hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    pdt = dtype_of(cfg.param_dtype)
+    norm = lambda name, axis: RMSNorm(cfg.rms_norm_eps, axis, pdt, name=name)
+    t, h, w = positions[..., 0], positions[..., 1], positions[..., 2]
+
+    q = _dense((hq, d), ("embed", "heads", "head_dim"), cfg, "q_proj")(x)
+    k = _dense((hkv, d), ("embed", "kv_heads", "head_dim"), cfg, "k_proj")(x)
+    v = _dense((hkv, d), ("embed", "kv_heads", "head_dim"), cfg, "v_proj")(x)
+    q_hw = _dense((hq, d), ("embed", "heads", "head_dim"), cfg, "q_proj_hw")(x)
+    k_hw = _dense((hkv, d), ("embed", "kv_heads", "head_dim"), cfg, "k_proj_hw")(x)
+
+    q = rope.apply_rope_half(norm("q_norm", "head_dim")(q), t, cfg.rope_theta)
+    k = rope.apply_rope_half(norm("k_norm", "head_dim")(k), t, cfg.rope_theta)
+    half = d // 2
+    q_h = rope.apply_rope_half(norm("q_norm_h", "head_dim")(q_hw[..., :half]), h, cfg.rope_theta_hw)
+    q_w = rope.apply_rope_half(norm("q_norm_w", "head_dim")(q_hw[..., half:]), w, cfg.rope_theta_hw)
+    k_h = rope.apply_rope_half(norm("k_norm_h", "head_dim")(k_hw[..., :half]), h, cfg.rope_theta_hw)
+    k_w = rope.apply_rope_half(norm("k_norm_w", "head_dim")(k_hw[..., half:]), w, cfg.rope_theta_hw)
+
+    q = jnp.concatenate([q, q_h, q_w], axis=-1)  # [B, S, Hq, 2d]
+    k = jnp.concatenate([k, k_h, k_w], axis=-1)  # [B, S, Hkv, 2d]
+    q = nn.with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
+    k = nn.with_logical_constraint(k, ("batch", "length", "kv_heads", "head_dim"))
+    v = nn.with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
+    q, k, v = (checkpoint_name(q, "query_proj"), checkpoint_name(k, "key_proj"),
+               checkpoint_name(v, "value_proj"))
+
+    out = attention_ops.attention(
+        q, k, v, segment_ids, unit_ids, scale=d ** -0.5, impl=cfg.attention_impl,
+        block_q=cfg.attention_block_q, block_kv=cfg.attention_block_kv)
+    out = checkpoint_name(out, "attention_out")
+    out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
+    y = _dense(cfg.hidden_size, ("heads", "head_dim", "embed"), cfg, "o_proj", in_axes=(-2, -1))(out)
+    return checkpoint_name(y, "out_proj")
+
+
+class MLP(nn.Module):
+  """SwiGLU MLP: ``down_proj(silu(gate_proj(x)) * up_proj(x))``; ``[B, S, D] -> [B, S, D]``."""
+  config: ml_collections.ConfigDict
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    cfg = self.config
+    gate = _dense(cfg.intermediate_size, ("embed", "mlp"), cfg, "gate_proj")(x)
+    up = _dense(cfg.intermediate_size, ("embed", "mlp"), cfg, "up_proj")(x)
+    gate, up = checkpoint_name(gate, "mlp_gate"), checkpoint_name(up, "mlp_up")
+    hid = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
+    y = _dense(cfg.hidden_size, ("mlp", "embed"), cfg, "down_proj")(hid)
+    return checkpoint_name(y, "mlp_out")
+
+
+class DecoderLayer(nn.Module):
+  """One native primitive (pre-norm residual block), written for ``nn.scan``.
+
+  ``__call__(x, positions, segment_ids, unit_ids) -> (x, None)`` with
+  ``x [B, S, D]`` in the compute dtype.
+  """
+  config: ml_collections.ConfigDict
+
+  @nn.compact
+  def __call__(self, x: Array, positions: Array, segment_ids: Array, unit_ids: Array):
+    cfg = self.config
+    pdt = dtype_of(cfg.param_dtype)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    h = RMSNorm(cfg.rms_norm_eps, "embed", pdt, name="input_layernorm")(x)
+    x = x + NativeAttention(cfg, name="self_attn")(h, positions, segment_ids, unit_ids)
+    h = RMSNorm(cfg.rms_norm_eps, "embed", pdt, name="post_attention_layernorm")(x)
+    x = x + MLP(cfg, name="mlp")(h)
+    return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
+
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "minimal": jax.checkpoint_policies.save_only_these_names(
+        "query_proj", "key_proj", "value_proj", "attention_out", "out_proj",
+        "mlp_gate", "mlp_up", "mlp_out"),
+    "save_qkv_attn": jax.checkpoint_policies.save_only_these_names(
+        "query_proj", "key_proj", "value_proj", "attention_out"),
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class DecoderStack(nn.Module):
+  """``num_layers`` DecoderLayers under ``nn.scan`` (parameters stacked on axis 0,
+  logical axis ``layers``), each wrapped in ``nn.remat`` with the config's
+  policy (``none`` = no remat). ``[B, S, D] -> [B, S, D]``."""
+  config: ml_collections.ConfigDict
+  num_layers: int
+
+  @nn.compact
+  def __call__(self, x: Array, positions: Array, segment_ids: Array, unit_ids: Array) -> Array:
+    cfg = self.config
+    layer_cls = DecoderLayer
+    if cfg.remat_policy != "none":
+      layer_cls = nn.remat(DecoderLayer, policy=REMAT_POLICIES[cfg.remat_policy],
+                           prevent_cse=False)
+    scanned = nn.scan(
+        layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
+        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=self.num_layers,
+        metadata_params={nn.PARTITION_NAME: "layers"})
+    x, _ = scanned(cfg, name="layers")(x, positions, segment_ids, unit_ids)
+    return x

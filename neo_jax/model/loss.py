@@ -1,0 +1,168 @@
+"""Weighted next-token loss with a chunked LM head (NEO_SPEC §3.5).
+
+Each supervised prediction (position ``i`` predicting ``labels[i + 1]``) is
+weighted by ``w(n)`` of its packed sample, ``n`` = the sample's number of
+supervised predictions: ``token`` 1, ``sample`` 1/n, ``square`` 1/sqrt(n) (the
+release's default). ``loss = sum(w * ce) / sum(w)``.
+
+Only supervised positions need logits: with ``max_supervised_tokens = M > 0``
+their hidden states are gathered (a static ``M`` per sequence) before the LM
+head. The head and the cross entropy run over vocabulary chunks with an online
+log-sum-exp under ``jax.checkpoint``, so neither the forward nor the backward
+holds ``[tokens, vocab]`` float32 logits: at most ``[tokens, chunk]``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from neo_jax.model import positions as pos_lib
+from neo_jax.model.inputs import IGNORE_INDEX
+
+Array = jax.Array
+
+
+class Targets(NamedTuple):
+  """Supervised predictions of a batch.
+
+  Fields (N = B * S, or B * M after gathering):
+    hidden_index: ``[B, N'] int32`` positions whose hidden state predicts.
+    target: ``[B, N'] int32`` token to predict (0 where unused).
+    weight: ``[B, N'] float32`` w(n) of the prediction (0 where unused).
+    dropped: ``[] int32`` supervised predictions that did not fit in M.
+  """
+  hidden_index: Array
+  target: Array
+  weight: Array
+  dropped: Array
+
+
+def sample_weights(n: Array, mode: str) -> Array:
+  """w(n) of NEO_SPEC §3.5 as float32; ``n`` clipped to >= 1.
+
+  Raises:
+    ValueError: unknown ``mode``.
+  """
+  n = jnp.maximum(n, 1).astype(jnp.float32)
+  if mode == "token":
+    return jnp.ones_like(n)
+  if mode == "sample":
+    return 1.0 / n
+  if mode == "square":
+    return jax.lax.rsqrt(n)
+  raise ValueError(f"Unknown loss weighting {mode!r}; use token, sample or square.")
+
+
+def make_targets(labels: Array, segment_ids: Array, *, mode: str,
+                 max_supervised_tokens: int = 0) -> Targets:
+  """Shifts labels, weights each prediction and optionally gathers them.
+
+  Args:
+    labels: ``[B, S] int32`` aligned labels (``IGNORE_INDEX`` = not supervised).
+    segment_ids: ``[B, S] int32`` packed-sample ids, 0 = padding.
+    mode: "token" | "sample" | "square".
+    max_supervised_tokens: M > 0 gathers the first M supervised predictions of
+      each sequence (static shape); 0 keeps all S positions.
+
+  Returns:
+    ``Targets``; ``dropped`` counts predictions beyond M (the trainer treats a
+    non-zero count as an error: the packer must respect M).
+  """
+  b, s = labels.shape
+  nxt = jnp.pad(labels[:, 1:], ((0, 0), (0, 1)), constant_values=IGNORE_INDEX)
+  nxt_seg = jnp.pad(segment_ids[:, 1:], ((0, 0), (0, 1)))
+  sup = (nxt != IGNORE_INDEX) & (nxt_seg == segment_ids) & (segment_ids > 0)
+  n = pos_lib.segment_total(sup.astype(jnp.int32), segment_ids)
+  weight = jnp.where(sup, sample_weights(n, mode), 0.0)
+  target = jnp.where(sup, nxt, 0)
+  index = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+  if not max_supervised_tokens:
+    return Targets(index, target, weight, jnp.zeros((), jnp.int32))
+  m = max_supervised_tokens
+  count = jnp.sum(sup, axis=1)
+  # Stable order: supervised positions first, in sequence order.
+  order = jnp.argsort(~sup, axis=1, stable=True)[:, :m].astype(jnp.int32)
+  keep = jnp.arange(m)[None, :] < count[:, None]
+  gather = lambda a: jnp.take_along_axis(a, order, axis=1)
+  return Targets(order, jnp.where(keep, gather(target), 0),
+                 jnp.where(keep, gather(weight), 0.0),
+                 jnp.sum(jnp.maximum(count - m, 0)).astype(jnp.int32))
+
+
+def chunked_cross_entropy(hidden: Array, head: Array, target: Array, *, chunk: int) -> Array:
+  """Per-row cross entropy of ``hidden @ head.T`` without full logits.
+
+  Args:
+    hidden: ``[N, D]`` (compute dtype).
+    head: ``[V, D]`` LM head rows (any float dtype; cast to ``hidden.dtype``).
+    target: ``[N] int32`` in [0, V).
+    chunk: vocabulary rows per step (clipped to V). The last chunk starts at
+      ``V - chunk`` and masks the columns an earlier chunk already covered, so
+      no padded copy of ``head`` is made.
+
+  Returns:
+    ``[N] float32`` cross entropy ``logsumexp(logits) - logits[target]``,
+    logits accumulated in float32.
+  """
+  vocab = head.shape[0]
+  chunk = min(chunk, vocab)
+  num_chunks = -(-vocab // chunk)
+  head = head.astype(hidden.dtype)
+
+  @jax.checkpoint
+  def step(carry, c):
+    m, s, tgt = carry
+    begin = c * chunk
+    start = jnp.minimum(begin, vocab - chunk)
+    w = jax.lax.dynamic_slice_in_dim(head, start, chunk, axis=0)
+    logits = jnp.einsum("nd,vd->nv", hidden, w, preferred_element_type=jnp.float32)
+    col = start + jnp.arange(chunk)
+    logits = jnp.where(col[None, :] >= begin, logits, -jnp.inf)
+    m_new = jnp.maximum(m, jnp.max(logits, axis=1))
+    s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(logits - m_new[:, None]), axis=1)
+    hit = (col[None, :] == target[:, None]) & (col[None, :] >= begin)
+    tgt = tgt + jnp.sum(jnp.where(hit, logits, 0.0), axis=1)
+    return (m_new, s, tgt), None
+
+  n = hidden.shape[0]
+  init = (jnp.full((n,), -jnp.inf, jnp.float32), jnp.zeros((n,), jnp.float32),
+          jnp.zeros((n,), jnp.float32))
+  (m, s, tgt), _ = jax.lax.scan(step, init, jnp.arange(num_chunks))
+  return m + jnp.log(s) - tgt
+
+
+class LossOutput(NamedTuple):
+  """Sums that combine across micro-batches and devices.
+
+  ``weighted_ce``: sum of w * ce; ``weight``: sum of w; ``tokens``: supervised
+  predictions counted; ``dropped``: predictions that did not fit in M.
+  ``loss = weighted_ce / weight``.
+  """
+  weighted_ce: Array
+  weight: Array
+  tokens: Array
+  dropped: Array
+
+
+def lm_loss(hidden: Array, head: Array, labels: Array, segment_ids: Array, *,
+            mode: str, chunk: int, max_supervised_tokens: int = 0) -> LossOutput:
+  """The NEO training loss from final hidden states.
+
+  Args:
+    hidden: ``[B, S, D]`` final-normed hidden states.
+    head: ``[V, D]`` LM head (``NEO.head_weights()``).
+    labels, segment_ids: ``[B, S] int32`` (see ``inputs.py``).
+    mode: loss weighting; chunk: vocabulary chunk; max_supervised_tokens: M.
+
+  Returns:
+    ``LossOutput`` of float32 / int32 scalars.
+  """
+  t = make_targets(labels, segment_ids, mode=mode, max_supervised_tokens=max_supervised_tokens)
+  h = jnp.take_along_axis(hidden, t.hidden_index[..., None], axis=1)  # [B, N', D]
+  b, n, d = h.shape
+  ce = chunked_cross_entropy(h.reshape(b * n, d), head, t.target.reshape(-1), chunk=chunk)
+  w = t.weight.reshape(-1)
+  return LossOutput(jnp.sum(w * ce), jnp.sum(w), jnp.sum(w > 0).astype(jnp.int32), t.dropped)

@@ -1,0 +1,91 @@
+"""The NEO / NEO-ov model: one decoder-only transformer, no vision encoder.
+
+NEO_SPEC §1.5: ``embed_tokens`` -> visual tokens replace the ``<IMG_CONTEXT>``
+embeddings -> pre-Buffer layers -> post-LLM layers -> ``norm`` -> ``lm_head``
+(tied to ``embed_tokens`` when ``tie_word_embeddings``).
+
+Parameter tree (names follow the release so that conversion is a table):
+``vision_model/{patch_embedding,dense_embedding}/{kernel,bias}``,
+``embed_tokens/embedding [vocab, D]``, ``prebuffer/layers/...`` and
+``llm/layers/...`` (stacked, leading axis = layer), ``norm/scale [D]``,
+``lm_head/kernel [D, vocab]`` (untied only).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from neo_jax.model import layers, positions as pos_lib
+from neo_jax.model.vision import VisionEmbeddings
+
+Array = jax.Array
+
+
+class NEO(nn.Module):
+  """The full model.
+
+  ``__call__(input_ids, segment_ids, token_hw, pixel_values, return_hidden=False)``:
+    input_ids, segment_ids: ``[B, S] int32``; token_hw ``[B, S, 2] int32``;
+    pixel_values ``[B, S, 4, 3 P P] uint8`` (see ``inputs.py``).
+    Returns logits ``[B, S, vocab] float32``, or with ``return_hidden`` the
+    final-normed hidden states ``[B, S, D]`` in the compute dtype (feed them to
+    ``loss.chunked_lm_loss`` with ``head_weights``).
+  """
+  config: ml_collections.ConfigDict
+
+  def setup(self):
+    cfg = self.config
+    pdt = layers.dtype_of(cfg.param_dtype)
+    self.embed_tokens = nn.Embed(
+        cfg.vocab_size, cfg.hidden_size, dtype=layers.dtype_of(cfg.dtype), param_dtype=pdt,
+        embedding_init=layers.normal_init(cfg.init_std, ("vocab", "embed")))
+    self.vision_model = VisionEmbeddings(cfg)
+    if cfg.num_prebuffer_layers:
+      self.prebuffer = layers.DecoderStack(cfg, cfg.num_prebuffer_layers)
+    self.llm = layers.DecoderStack(cfg, cfg.num_llm_layers)
+    self.norm = layers.RMSNorm(cfg.rms_norm_eps, "embed", pdt)
+    if not cfg.tie_word_embeddings:
+      self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=layers.dtype_of(cfg.dtype),
+                              param_dtype=pdt,
+                              kernel_init=layers.normal_init(cfg.init_std, ("embed", "vocab")))
+
+  def embed(self, input_ids: Array, token_hw: Array, pixel_values: Array) -> Array:
+    """Token embeddings with visual tokens substituted, ``[B, S, D]``."""
+    cfg = self.config
+    text = self.embed_tokens(input_ids)
+    vis = self.vision_model(pixel_values, token_hw)
+    is_ctx = (input_ids == cfg.img_context_token_id)[..., None]
+    return jnp.where(is_ctx, vis.astype(text.dtype), text)
+
+  def __call__(self, input_ids: Array, segment_ids: Array, token_hw: Array,
+               pixel_values: Array, return_hidden: bool = False) -> Array:
+    cfg = self.config
+    positions = pos_lib.native_rope_positions(
+        input_ids, segment_ids, token_hw, img_start_id=cfg.img_start_token_id,
+        img_context_id=cfg.img_context_token_id)
+    units = pos_lib.unit_ids(input_ids, img_start_id=cfg.img_start_token_id,
+                             img_context_id=cfg.img_context_token_id)
+    x = self.embed(input_ids, token_hw, pixel_values)
+    x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+    if cfg.num_prebuffer_layers:
+      x = self.prebuffer(x, positions, segment_ids, units)
+    x = self.llm(x, positions, segment_ids, units)
+    x = self.norm(x)
+    if return_hidden:
+      return x
+    return self.logits(x)
+
+  def logits(self, hidden: Array) -> Array:
+    """``[..., D] -> [..., vocab] float32`` through the (tied or untied) LM head."""
+    w = self.head_weights()
+    return jnp.einsum("...d,vd->...v", hidden, w.astype(hidden.dtype),
+                      preferred_element_type=jnp.float32)
+
+  def head_weights(self) -> Array:
+    """The LM head as ``[vocab, D]`` (the ``embed_tokens`` table when tied)."""
+    if self.config.tie_word_embeddings:
+      return self.embed_tokens.embedding
+    return self.lm_head.variables["params"]["kernel"].T

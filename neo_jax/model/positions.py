@@ -1,0 +1,91 @@
+"""Native-RoPE indices and visual-unit ids, computed from token ids (NEO_SPEC §1.3).
+
+Pure ``jnp`` functions, traced inside the jitted model so that the data
+pipeline ships only token ids, packing ids and visual-token coordinates.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def _segment_starts(segment_ids: jax.Array) -> jax.Array:
+  """``[B, S] bool``: True at the first token of every run of equal segment ids."""
+  b = segment_ids.shape[0]
+  return jnp.concatenate(
+      [jnp.ones((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+
+
+def segment_cumsum(x: jax.Array, segment_ids: jax.Array) -> jax.Array:
+  """Inclusive cumulative sum of ``x`` restarting at every packed sample.
+
+  Args:
+    x: ``[B, S]`` non-negative integers.
+    segment_ids: ``[B, S] int32``; samples contiguous.
+
+  Returns:
+    ``[B, S] int32``.
+  """
+  x = x.astype(jnp.int32)
+  c = jnp.cumsum(x, axis=1)
+  # c is non-decreasing, so the running max of "c before the start" is the
+  # value to subtract for every token of the current sample.
+  base = jax.lax.cummax(jnp.where(_segment_starts(segment_ids), c - x, 0), axis=1)
+  return c - base
+
+
+def segment_total(x: jax.Array, segment_ids: jax.Array) -> jax.Array:
+  """Sum of non-negative ``x`` over each token's packed sample, ``[B, S] int32``."""
+  c = segment_cumsum(x, segment_ids)
+  b = segment_ids.shape[0]
+  is_end = jnp.concatenate(
+      [segment_ids[:, 1:] != segment_ids[:, :-1], jnp.ones((b, 1), bool)], axis=1)
+  big = jnp.iinfo(jnp.int32).max
+  # Within a sample c is non-decreasing, so the first end mark to the right
+  # holds the sample's total.
+  return jax.lax.cummin(jnp.where(is_end, c, big), axis=1, reverse=True)
+
+
+def unit_ids(input_ids: jax.Array, *, img_start_id: int, img_context_id: int) -> jax.Array:
+  """Visual-unit ids of the mixed mask (NEO_SPEC §1.4).
+
+  Args:
+    input_ids: ``[B, S] int32``.
+    img_start_id / img_context_id: ids of ``<img>`` and ``<IMG_CONTEXT>``.
+
+  Returns:
+    ``[B, S] int32``: for an ``<IMG_CONTEXT>`` token, the number of ``<img>``
+    tokens up to it in the sequence (unique per image / frame, >= 1); 0 for
+    every other token.
+  """
+  n = jnp.cumsum((input_ids == img_start_id).astype(jnp.int32), axis=1)
+  return jnp.where(input_ids == img_context_id, n, 0)
+
+
+def native_rope_positions(input_ids: jax.Array, segment_ids: jax.Array,
+                          token_hw: jax.Array, *, img_start_id: int,
+                          img_context_id: int) -> jax.Array:
+  """t / h / w indices of every token (NEO_SPEC §1.3, the release's formula).
+
+  ``t = cumsum(shift(is_img_start) + (token != IMG_CONTEXT)) - 1`` per packed
+  sample: every text token advances t by one; all visual tokens of one image
+  share ``t(<img>) + 1``; ``</img>`` gets that + 1. h / w are the visual
+  token's row / column in its image's token grid, 0 for text.
+
+  Args:
+    input_ids: ``[B, S] int32``.
+    segment_ids: ``[B, S] int32`` packed-sample ids (t restarts at 0 for each).
+    token_hw: ``[B, S, 2] int32`` (row, col) of visual tokens.
+    img_start_id / img_context_id: token ids of ``<img>`` / ``<IMG_CONTEXT>``.
+
+  Returns:
+    ``[B, S, 3] int32`` with (t, h, w) in the last axis.
+  """
+  is_start = (input_ids == img_start_id).astype(jnp.int32)
+  is_ctx = input_ids == img_context_id
+  shifted = jnp.pad(is_start, ((0, 0), (1, 0)))[:, :-1]
+  inc = shifted + (~is_ctx).astype(jnp.int32)
+  t = segment_cumsum(inc, segment_ids) - 1
+  hw = jnp.where(is_ctx[..., None], token_hw, 0)
+  return jnp.concatenate([t[..., None], hw], axis=-1).astype(jnp.int32)
