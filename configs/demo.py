@@ -1,0 +1,47 @@
+"""Demo: a small NEO on the embedded real-image data, sized for a 2-core CPU.
+
+    python -m neo_jax.train --config configs/demo.py --workdir /tmp/neo_demo
+
+Arguments (``configs/demo.py:steps=300,eval_every=100``): ``steps``,
+``eval_every``, ``data`` ("pipeline" or "random").
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  a = common.parse_arg(arg, steps=600, eval_every=200, data="pipeline", seq_len=512, batch_size=8)
+  c = common.base_config("tiny")
+  m = c.model
+  m.vocab_size = 151936  # the real Qwen3 + NEO tokenizer
+  m.img_context_token_id, m.img_start_token_id, m.img_end_token_id = 151669, 151670, 151671
+  m.hidden_size = 128
+  m.intermediate_size = 384
+  m.num_llm_layers = 3
+  m.num_prebuffer_layers = 1
+  m.num_heads = 4
+  m.num_kv_heads = 2
+  m.head_dim = 32
+  m.vision_hidden = 64
+  m.dtype = "float32"
+  m.loss_vocab_chunk = 16384
+  m.max_supervised_tokens = 64
+  m.tie_word_embeddings = True
+  c.seq_len = a.seq_len
+  c.batch_size = a.batch_size
+  if a.data == "pipeline":
+    c.data = common.data_mixture_config(ov=True, stage="demo")
+  c.train.num_steps = a.steps
+  c.train.lr = 2e-3
+  c.train.warmup_steps = 30
+  c.train.weight_decay = 0.0
+  c.checkpoint.every_steps = 100
+  c.log_every = 10
+  c.eval_every = a.eval_every
+  return c
+
+
+def sweep():
+  """The demo sweep: learning rate x pre-Buffer depth (big_vision style)."""
+  return [{"config.train.lr": lr, "config.model.num_prebuffer_layers": depth}
+          for lr in (1e-3, 2e-3, 4e-3) for depth in (0, 1, 2)]

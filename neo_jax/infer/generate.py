@@ -1,0 +1,114 @@
+"""Greedy generation for evaluation (no KV cache: short answers, static shapes).
+
+Each prompt occupies one row of a ``[E, L]`` batch; one jitted step runs the
+model on the whole row and reads the hidden state at the row's last filled
+position, so every generated token gets ``t = previous max t + 1`` and
+h = w = 0, as the release's inference code (NEO_SPEC §1.4). Positions after
+the filled ones never influence earlier ones (causal mask), so the rows need
+no padding mask.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from neo_jax.model.neo import NEO
+
+
+def prompts_to_batch(prompts: Sequence[dict], length: int, img_context_id: int,
+                     patch_size: int = 16) -> tuple[dict, np.ndarray]:
+  """Per-sample prompts -> a right-padded batch and the prompt lengths.
+
+  Args:
+    prompts: dicts with ``input_ids [n] int``, ``token_hw [n, 2] int`` and
+      ``pixel_values [num_ctx, 4, 3 P P] uint8`` (the visual tokens in order).
+    length: row length L (>= longest prompt + tokens to generate).
+
+  Returns:
+    (batch dict with ``input_ids``, ``segment_ids``, ``token_hw``,
+    ``pixel_values``; ``lengths [E] int32``).
+
+  Raises:
+    ValueError: a prompt longer than ``length``, or a pixel count that does not
+      match its ``<IMG_CONTEXT>`` tokens.
+  """
+  e = len(prompts)
+  pp = 3 * patch_size * patch_size
+  ids = np.zeros((e, length), np.int32)
+  hw = np.zeros((e, length, 2), np.int32)
+  px = np.zeros((e, length, 4, pp), np.uint8)
+  lengths = np.zeros((e,), np.int32)
+  for i, p in enumerate(prompts):
+    n = len(p["input_ids"])
+    if n > length:
+      raise ValueError(f"Prompt {i} has {n} tokens, longer than the generation row {length}.")
+    ids[i, :n] = p["input_ids"]
+    hw[i, :n] = np.asarray(p["token_hw"]).reshape(n, 2)
+    ctx = np.flatnonzero(ids[i, :n] == img_context_id)
+    pix = np.asarray(p["pixel_values"]).reshape(-1, 4, pp)
+    if len(pix) != len(ctx):
+      raise ValueError(f"Prompt {i}: {len(ctx)} <IMG_CONTEXT> tokens but {len(pix)} pixel groups.")
+    px[i, ctx] = pix
+    lengths[i] = n
+  batch = {"input_ids": ids, "segment_ids": np.ones((e, length), np.int32),
+           "token_hw": hw, "pixel_values": px}
+  return batch, lengths
+
+
+def make_greedy_step(model: NEO):
+  """Jitted ``(params, batch, lengths) -> next token [E] int32`` (argmax)."""
+
+  @jax.jit
+  def step(params, batch, lengths):
+    hidden = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
+                         batch["token_hw"], batch["pixel_values"], return_hidden=True)
+    last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    logits = model.apply({"params": params}, last, method=NEO.logits)
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+
+  return step
+
+
+def greedy_generate(model: NEO, params: Any, prompts: Sequence[dict], *, max_new_tokens: int,
+                    stop_ids: Sequence[int] = (), step_fn=None, bucket: int = 64) -> list[list[int]]:
+  """Greedy continuation of each prompt.
+
+  Args:
+    model / params: the model and its (unboxed) parameters.
+    prompts: see ``prompts_to_batch``.
+    max_new_tokens: tokens to generate at most.
+    stop_ids: generation of a row stops after one of these (it is not returned).
+    step_fn: a cached ``make_greedy_step(model)`` (compiled once per shape).
+    bucket: row length rounded up to a multiple of this (fewer recompiles).
+
+  Returns:
+    Generated token ids per prompt.
+  """
+  if not prompts:
+    return []
+  step_fn = step_fn or make_greedy_step(model)
+  longest = max(len(p["input_ids"]) for p in prompts)
+  length = -(-(longest + max_new_tokens) // bucket) * bucket
+  batch, lengths = prompts_to_batch(prompts, length, model.config.img_context_token_id,
+                                    model.config.patch_size)
+  out = [[] for _ in prompts]
+  done = np.zeros(len(prompts), bool)
+  stop = set(int(s) for s in stop_ids)
+  for _ in range(max_new_tokens):
+    nxt = np.asarray(step_fn(params, batch, lengths))
+    for i, t in enumerate(nxt):
+      if done[i]:
+        continue
+      if int(t) in stop:
+        done[i] = True
+        continue
+      out[i].append(int(t))
+      batch["input_ids"][i, lengths[i]] = t
+      lengths[i] += 1
+    if done.all():
+      break
+  return out

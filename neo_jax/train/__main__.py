@@ -1,0 +1,36 @@
+"""CLI: ``python -m neo_jax.train --config configs/<name>.py[:arg] --workdir DIR
+[--config.key=value ...]``.
+
+Resumes automatically from the newest checkpoint in ``--workdir``. Multi-host:
+``--distributed`` calls ``jax.distributed.initialize`` (auto-detected on TPU
+VMs and SLURM; explicit ``--coordinator_address/--num_processes/--process_id``
+otherwise).
+"""
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
+_DIST = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
+_COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+_NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PID = flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO; metrics are printed.
+  import jax  # pylint: disable=g-import-not-at-top
+  if _DIST.value or _COORD.value:
+    jax.distributed.initialize(coordinator_address=_COORD.value, num_processes=_NPROC.value,
+                               process_id=_PID.value)
+  from neo_jax.train import trainer  # pylint: disable=g-import-not-at-top
+  trainer.run(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,43 @@
+"""Orbax checkpoints of the train state together with the Grain iterator state.
+
+Layout: ``{workdir}/checkpoints/{step}/{state,data}``. Saves are asynchronous
+(the step loop goes on while the arrays are written); ``keep`` newest steps
+are kept. A save is committed atomically by Orbax, so a run killed mid-save
+resumes from the previous complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import grain
+import orbax.checkpoint as ocp
+
+
+def make_manager(workdir: str, *, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
+  """Checkpoint manager rooted at ``{workdir}/checkpoints``."""
+  opts = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+                                      create=True)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+                               options=opts, item_names=("state", "data"))
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any, data_iter: Any | None,
+         *, force: bool = False) -> bool:
+  """Saves ``state`` (and the data iterator state, if any) at ``step``."""
+  items = {"state": ocp.args.StandardSave(state)}
+  if data_iter is not None:
+    items["data"] = grain.checkpoint.CheckpointSave(data_iter)
+  return manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+
+def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any,
+            data_iter: Any | None) -> Any:
+  """Restores the state at ``step`` into the shardings of ``abstract_state``
+  (a pytree of ``jax.ShapeDtypeStruct`` with ``sharding``) and, in place, the
+  data iterator."""
+  items = {"state": ocp.args.StandardRestore(abstract_state)}
+  if data_iter is not None:
+    items["data"] = grain.checkpoint.CheckpointRestore(data_iter)
+  return manager.restore(step, args=ocp.args.Composite(**items))["state"]

@@ -1,0 +1,114 @@
+"""Meshes and logical-axis sharding rules: the one place sharding is decided.
+
+The model names logical axes only (``batch``, ``length``, ``embed``, ``heads``,
+``kv_heads``, ``head_dim``, ``mlp``, ``vocab``, ``layers``, vision axes); the
+config maps them to mesh axes (``data``, ``fsdp``, ``tensor``, ``context``),
+MaxText style. A mesh axis already used by an earlier dimension of the same
+array is skipped (Flax's resolution), so ``embed -> fsdp`` shards parameters
+while activations ``(batch, length, embed)`` are sharded on the batch only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor", "context")
+
+DEFAULT_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", "context"),
+    ("embed", "fsdp"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("mlp", "tensor"),
+    ("vocab", "tensor"),
+    ("head_dim", None),
+    ("layers", None),
+    ("patch", None),
+    ("vision", None),
+    ("vision_in", "fsdp"),
+)
+
+
+def resolve_mesh_shape(shape: dict[str, int], num_devices: int) -> tuple[int, ...]:
+  """Mesh sizes in ``MESH_AXES`` order; one axis may be -1 ("fill").
+
+  Raises:
+    ValueError: more than one -1, or the sizes do not multiply to the devices.
+  """
+  sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"At most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}.")
+  if -1 in sizes:
+    rest = math.prod(s for s in sizes if s != -1)
+    if num_devices % rest:
+      raise ValueError(f"Cannot fill mesh {dict(zip(MESH_AXES, sizes))} on {num_devices} devices.")
+    sizes[sizes.index(-1)] = num_devices // rest
+  if math.prod(sizes) != num_devices:
+    raise ValueError(f"Mesh {dict(zip(MESH_AXES, sizes))} has {math.prod(sizes)} devices; "
+                     f"{num_devices} are available. Set one axis to -1 to fill.")
+  return tuple(sizes)
+
+
+def make_mesh(shape: dict[str, int], devices: Sequence[Any] | None = None,
+              dcn_shape: dict[str, int] | None = None) -> Mesh:
+  """Builds the device mesh with axes ``MESH_AXES``.
+
+  Args:
+    shape: per-slice sizes (ICI), e.g. ``{"data": -1, "fsdp": 2, "tensor": 2}``.
+    devices: defaults to ``jax.devices()``.
+    dcn_shape: sizes across slices / hosts (DCN) for multi-slice meshes
+      (``mesh_utils.create_hybrid_device_mesh``); None = single slice.
+
+  Raises:
+    ValueError: sizes inconsistent with the devices.
+  """
+  from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
+  devices = list(devices if devices is not None else jax.devices())
+  if dcn_shape:
+    dcn = resolve_mesh_shape(dcn_shape, len({getattr(d, "slice_index", 0) for d in devices}))
+    ici = resolve_mesh_shape(shape, len(devices) // math.prod(dcn))
+    arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+  else:
+    sizes = resolve_mesh_shape(shape, len(devices))
+    try:
+      arr = mesh_utils.create_device_mesh(sizes, devices)
+    except (AssertionError, NotImplementedError, ValueError):
+      arr = np.asarray(devices).reshape(sizes)
+  return Mesh(arr, MESH_AXES)
+
+
+def rules_from_config(rules) -> tuple:
+  """Normalises config rules (list of [name, axis | [axes] | None]) to a tuple."""
+  out = []
+  for name, axes in rules:
+    if isinstance(axes, (list, tuple)):
+      axes = tuple(axes)
+    out.append((name, axes))
+  return tuple(out)
+
+
+def logical_shardings(tree: Any, mesh: Mesh, rules) -> Any:
+  """NamedShardings for a tree of boxed (``nn.Partitioned``) or abstract values.
+
+  Leaves without logical names are replicated.
+  """
+  specs = nn.get_partition_spec(tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, rules_from_config(rules))
+
+
+def batch_sharding(mesh: Mesh, rules, ndim: int) -> NamedSharding:
+  """Sharding of a batch array ``[batch, length, ...]`` (batch and length axes)."""
+  spec = nn.logical_to_mesh_axes(("batch", "length") + (None,) * (ndim - 2),
+                                 rules_from_config(rules))
+  return NamedSharding(mesh, spec)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())

@@ -1,0 +1,113 @@
+"""The jitted train step: gradient accumulation, weighted loss, AdamW update.
+
+Pure functions of (state, batch). The loss of a step is
+``sum(w * ce) / sum(w)`` over the whole global batch, exactly, whatever the
+number of micro-batches or devices (NEO_SPEC §3.5): every micro-batch returns
+sums, the gradient of ``sum(w * ce)`` is accumulated and divided by the
+global ``sum(w)`` once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from neo_jax.model import loss as loss_lib
+from neo_jax.model.neo import NEO
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """``step`` (int32 scalar), ``params`` (fp32 pytree), ``opt_state``."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def head_weights(params: Any, model_cfg: ml_collections.ConfigDict) -> jax.Array:
+  """The LM head ``[vocab, D]`` read from a parameter tree."""
+  if model_cfg.tie_word_embeddings:
+    return params["embed_tokens"]["embedding"]
+  return params["lm_head"]["kernel"].T
+
+
+def loss_sums(params: Any, batch: dict, model: NEO) -> loss_lib.LossOutput:
+  """Forward + chunked loss of one (micro-)batch; returns summable terms."""
+  cfg = model.config
+  hidden = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
+                       batch["token_hw"], batch["pixel_values"], return_hidden=True)
+  return loss_lib.lm_loss(hidden, head_weights(params, cfg), batch["labels"], batch["segment_ids"],
+                          mode=cfg.loss_weighting, chunk=cfg.loss_vocab_chunk,
+                          max_supervised_tokens=cfg.max_supervised_tokens)
+
+
+def _split_micro(batch: dict, k: int) -> dict:
+  """``[B, ...] -> [k, B / k, ...]`` taking every k-th row, so each device keeps
+  an equal share of every micro-batch (rows stay on their device)."""
+  def split(x):
+    b = x.shape[0]
+    return x.reshape((b // k, k) + x.shape[1:]).swapaxes(0, 1)
+  return jax.tree_util.tree_map(split, batch)
+
+
+def train_step(state: TrainState, batch: dict, *, model: NEO, tx: optax.GradientTransformation,
+               grad_accum_steps: int, trainable: Any, lr_schedule) -> tuple[TrainState, dict]:
+  """One optimizer step.
+
+  Args:
+    state: current ``TrainState``.
+    batch: global batch (``neo_jax.model.inputs``), batch axis divisible by
+      ``grad_accum_steps``.
+    model: the ``NEO`` module; tx: the optimizer; trainable: pytree of bools
+      (the grad norm is reported over trainable parameters); lr_schedule:
+      for logging.
+
+  Returns:
+    (new state, metrics dict of scalars: loss, grad_norm, lr,
+    supervised_tokens, tokens, dropped_supervised).
+  """
+  cfg = model.config
+  k = grad_accum_steps
+  # Global sum of weights: needs no forward.
+  t = loss_lib.make_targets(batch["labels"], batch["segment_ids"], mode=cfg.loss_weighting,
+                            max_supervised_tokens=cfg.max_supervised_tokens)
+  total_w = jnp.maximum(jnp.sum(t.weight), 1e-9)
+  grad_fn = jax.value_and_grad(lambda p, mb: (lambda o: (o.weighted_ce, o))(loss_sums(p, mb, model)),
+                               has_aux=True)
+
+  if k == 1:
+    (_, out), grads = grad_fn(state.params, batch)
+  else:
+    micro = _split_micro(batch, k)
+
+    def body(acc, mb):
+      g_acc, o_acc = acc
+      mb = jax.tree_util.tree_map(
+          lambda x: nn.with_logical_constraint(x, ("batch", "length") + (None,) * (x.ndim - 2)), mb)
+      (_, o), g = grad_fn(state.params, mb)
+      return (jax.tree_util.tree_map(jnp.add, g_acc, g),
+              jax.tree_util.tree_map(jnp.add, o_acc, o)), None
+
+    zeros_g = jax.tree_util.tree_map(jnp.zeros_like, state.params)
+    zeros_o = loss_lib.LossOutput(jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32),
+                                  jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+    (grads, out), _ = jax.lax.scan(body, (zeros_g, zeros_o), micro)
+
+  grads = jax.tree_util.tree_map(lambda g: g / total_w, grads)
+  tr_grads = jax.tree_util.tree_map(lambda g, m: g if m else jnp.zeros_like(g), grads, trainable)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {
+      "loss": out.weighted_ce / total_w,
+      "grad_norm": optax.global_norm(tr_grads),
+      "lr": lr_schedule(state.step),
+      "supervised_tokens": out.tokens,
+      "tokens": jnp.sum(batch["segment_ids"] > 0),
+      "dropped_supervised": out.dropped,
+  }
+  return TrainState(state.step + 1, params, opt_state), metrics
