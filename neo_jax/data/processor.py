@@ -93,7 +93,7 @@ class SampleProcessor:
     except BadSample as e:
       if self.options.strict:
         raise BadRecordError(f"record {rid}: {e}") from e
-      log.warning("Skipping record %s: %s", rid, e)
+      log.debug("Skipping record %s: %s", rid, e)  # Counted + logged by the packer.
       return {"skip": e.reason, "record_id": rid, "detail": e.detail}
 
   def process(self, record: dict, prompt_only: bool = False) -> dict:
