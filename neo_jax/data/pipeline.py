@@ -108,6 +108,9 @@ def make_train_dataset(data_cfg: ml_collections.ConfigDict, *, seq_len: int, bat
   it = mixed.to_iter_dataset(grain.ReadOptions(num_threads=data_cfg.read_threads,
                                                prefetch_buffer_size=data_cfg.read_buffer_size))
   if data_cfg.num_workers > 0:
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags (library use, tests).
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers,
                                                      per_worker_buffer_size=data_cfg.worker_buffer_size))
   tok = get_tokenizer(data_cfg.tokenizer)
