@@ -218,3 +218,19 @@ def test_embedded_tasks_and_eval_examples():
   tr = {json.dumps(r["conversations"]) for r in embedded.load_records("text", "train")}
   he = {json.dumps(r["conversations"]) for r in embedded.load_records("text", "heldout")}
   assert not (tr & he)
+
+
+def test_array_record_source_matches_json(tmp_path):
+  from neo_jax.data import sources
+  for k in range(3):
+    _write_png(tmp_path / f"good{k}.png", 40, 70, seed=k)
+  recs = [_good(i) for i in range(20)]
+  (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+  sources.write_array_record(str(tmp_path / "a.array_record"), recs)
+  kw = dict(seq_len=256, batch_size=2, seed=0)
+  a = _take(pipeline.make_train_iterator(_json_cfg(tmp_path / "a.jsonl"), **kw), 2)
+  c = _json_cfg(tmp_path / "a.jsonl")
+  c.sources.mine.kind = "array_record"
+  c.sources.mine.path = str(tmp_path / "a.array_record")
+  c.sources.mine.data_root = str(tmp_path)
+  _assert_batches_equal(a, _take(pipeline.make_train_iterator(c, **kw), 2))
