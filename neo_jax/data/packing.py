@@ -1,0 +1,244 @@
+"""Packing per-sample dicts into static ``[batch, seq_len]`` batches (NEO_SPEC §3.5).
+
+``PackIterDataset`` consumes the per-sample dicts of ``processor.py`` (and
+their skip markers) and yields batches in the layout of
+``neo_jax.model.inputs``. Per batch it fills ``batch_size`` bins with first-fit
+or best-fit under two capacities: ``seq_len`` tokens and, optionally,
+``max_supervised_tokens`` supervised positions (positions i with
+``labels[i + 1] != -100``; the model gathers that many before the LM head).
+A sample that does not fit any open bin waits (FIFO) for the next batch, whose
+bins it enters first; the batch is emitted once ``max_waiting`` samples wait
+(or the input ends). A sample larger than an empty bin is dropped and counted,
+never cut.
+
+Checkpointing: between batches all bins are empty, so the state is the
+parent's state before the oldest waiting sample plus one letter per sample
+pulled since then ("W" waiting, "D" done: packed or dropped). Restoring
+re-pulls those samples and keeps the waiting ones, so a resumed run yields
+exactly the batches of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+from typing import Any
+
+import grain
+import numpy as np
+
+from neo_jax.model import config as model_config
+from neo_jax.model.inputs import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS = ("first_fit", "best_fit")
+
+
+@dataclasses.dataclass(frozen=True)
+class PackOptions:
+  """Packing parameters.
+
+  seq_len: [tokens] per packed sequence; batch_size: sequences per batch.
+  max_supervised_tokens: supervised-position capacity per sequence, 0 = none.
+  algorithm: "first_fit" | "best_fit" (bin choice for each sample).
+  max_waiting: samples that may wait for the next batch before the current
+    batch is emitted (higher = denser packing, longer replay on restore).
+  pad_id: input id of padding (``<|endoftext|>``).
+  img_context_id: id whose positions receive the sample's visual tokens.
+  patch_dim: 3 * 16 * 16.
+  """
+  seq_len: int
+  batch_size: int
+  max_supervised_tokens: int = 0
+  algorithm: str = "first_fit"
+  max_waiting: int = 16
+  pad_id: int = 151643
+  img_context_id: int = model_config.IMG_CONTEXT_TOKEN_ID
+  patch_dim: int = 768
+
+  def __post_init__(self):
+    if self.algorithm not in ALGORITHMS:
+      raise ValueError(f"packing algorithm {self.algorithm!r} is not one of {ALGORITHMS}.")
+    if self.seq_len <= 0 or self.batch_size <= 0 or self.max_waiting <= 0:
+      raise ValueError(f"bad PackOptions {self}.")
+
+
+def assemble_batch(bins: list[list[dict]], opts: PackOptions) -> dict[str, np.ndarray]:
+  """Concatenates each bin's samples into one padded row of the batch.
+
+  Args:
+    bins: ``batch_size`` lists of per-sample dicts (``processor.py``).
+  Returns:
+    the batch dict of ``neo_jax.model.inputs`` (segment ids 1.. per sample,
+    padding last with id ``pad_id``, label -100, segment 0).
+  Raises:
+    ValueError: a sample's ``<IMG_CONTEXT>`` count differs from its
+      ``pixel_values`` rows, or a bin overflows.
+  """
+  b, s = len(bins), opts.seq_len
+  ids = np.full((b, s), opts.pad_id, np.int32)
+  labels = np.full((b, s), IGNORE_INDEX, np.int32)
+  seg = np.zeros((b, s), np.int32)
+  hw = np.zeros((b, s, 2), np.int32)
+  pv = np.zeros((b, s, 4, opts.patch_dim), np.uint8)
+  for r, samples in enumerate(bins):
+    pos = 0
+    for k, el in enumerate(samples):
+      n = len(el["input_ids"])
+      if pos + n > s:
+        raise ValueError(f"bin {r} overflows seq_len {s}")
+      ids[r, pos:pos + n] = el["input_ids"]
+      labels[r, pos:pos + n] = el["labels"]
+      seg[r, pos:pos + n] = k + 1
+      hw[r, pos:pos + n] = el["token_hw"]
+      ctx = np.flatnonzero(el["input_ids"] == opts.img_context_id)
+      if len(ctx) != len(el["pixel_values"]):
+        raise ValueError(f"record {el.get('record_id')}: {len(ctx)} <IMG_CONTEXT> for "
+                         f"{len(el['pixel_values'])} visual tokens")
+      if len(ctx):
+        pv[r, pos + ctx] = el["pixel_values"]
+      pos += n
+  return {"input_ids": ids, "labels": labels, "segment_ids": seg, "token_hw": hw, "pixel_values": pv}
+
+
+class PackIterDataset(grain.IterDataset):
+  """Packs + batches a stream of per-sample dicts (see module docstring)."""
+
+  def __init__(self, parent: grain.IterDataset, opts: PackOptions):
+    super().__init__(parent)
+    self._opts = opts
+
+  def __iter__(self) -> "PackDatasetIterator":
+    return PackDatasetIterator(self._parent.__iter__(), self._opts)
+
+  def __str__(self) -> str:
+    return f"PackIterDataset({self._opts})"
+
+
+class PackDatasetIterator(grain.DatasetIterator):
+  """Iterator of ``PackIterDataset``; ``stats()`` gives skip and fill counts."""
+
+  def __init__(self, parent: grain.DatasetIterator, opts: PackOptions):
+    super().__init__(parent)
+    self._opts = opts
+    self._counts: collections.Counter = collections.Counter()
+    self._snapshot = parent.get_state()
+    self._log: list[str] = []  # One letter per sample pulled since the snapshot.
+    self._waiting: collections.deque = collections.deque()  # (log index, pre-state, sample)
+    self._exhausted = False
+
+  # -- capacity helpers
+  def _too_big(self, el: dict) -> str | None:
+    if len(el["input_ids"]) > self._opts.seq_len:
+      return "too_long"
+    if self._opts.max_supervised_tokens and el["num_supervised"] > self._opts.max_supervised_tokens:
+      return "too_many_supervised"
+    return None
+
+  def _place(self, el: dict, used: list[list[int]]) -> int:
+    """Bin index for ``el`` or -1; ``used[b] = [tokens, supervised]``."""
+    n, sup = len(el["input_ids"]), el["num_supervised"]
+    cap, cap_sup = self._opts.seq_len, self._opts.max_supervised_tokens
+    best, best_room = -1, None
+    for b, (u, v) in enumerate(used):
+      if u + n > cap or (cap_sup and v + sup > cap_sup):
+        continue
+      if self._opts.algorithm == "first_fit":
+        return b
+      room = cap - u - n
+      if best_room is None or room < best_room:
+        best, best_room = b, room
+    return best
+
+  def _pull(self):
+    pre = self._parent.get_state()
+    el = next(self._parent)
+    self._log.append("D")
+    return len(self._log) - 1, pre, el
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    opts = self._opts
+    bins: list[list[dict]] = [[] for _ in range(opts.batch_size)]
+    used = [[0, 0] for _ in range(opts.batch_size)]
+
+    def put(b, el):
+      bins[b].append(el)
+      used[b][0] += len(el["input_ids"])
+      used[b][1] += el["num_supervised"]
+
+    still_waiting = collections.deque()
+    for item in self._waiting:
+      b = self._place(item[2], used)
+      if b >= 0:
+        put(b, item[2])
+        self._log[item[0]] = "D"
+      else:
+        still_waiting.append(item)
+    self._waiting = still_waiting
+    while len(self._waiting) < opts.max_waiting and not self._exhausted:
+      try:
+        i, pre, el = self._pull()
+      except StopIteration:
+        self._exhausted = True
+        break
+      if "skip" in el:
+        self._count_skip(el["skip"], el.get("record_id"), el.get("detail", ""))
+        continue
+      reason = self._too_big(el)
+      if reason:
+        self._count_skip(reason, el.get("record_id"),
+                         f"{len(el['input_ids'])} tokens, {el['num_supervised']} supervised")
+        continue
+      b = self._place(el, used)
+      if b >= 0:
+        put(b, el)
+      else:
+        self._log[i] = "W"
+        self._waiting.append((i, pre, el))
+    if not any(bins):
+      raise StopIteration
+    batch = assemble_batch(bins, opts)
+    self._counts["batches"] += 1
+    self._counts["samples"] += sum(len(x) for x in bins)
+    self._counts["tokens"] += int(sum(u for u, _ in used))
+    self._counts["capacity"] += opts.batch_size * opts.seq_len
+    self._advance_snapshot()
+    return batch
+
+  def _count_skip(self, reason: str, record_id: Any, detail: str) -> None:
+    self._counts["skip/" + reason] += 1
+    log.warning("Skipped record %s (%s): %s", record_id, reason, detail)
+
+  def _advance_snapshot(self) -> None:
+    if not self._waiting:
+      self._snapshot = self._parent.get_state()
+      self._log = []
+      return
+    j0, pre0, _ = self._waiting[0]
+    self._snapshot = pre0
+    self._log = self._log[j0:]
+    self._waiting = collections.deque((i - j0, p, el) for i, p, el in self._waiting)
+
+  def stats(self) -> dict[str, int]:
+    """Counters: ``skip/<reason>``, ``batches``, ``samples``, ``tokens``
+    (non-padding), ``capacity`` (all positions)."""
+    return dict(self._counts)
+
+  def get_state(self) -> dict[str, Any]:
+    return {"parent": self._snapshot, "log": "".join(self._log), "counts": dict(self._counts),
+            "exhausted": int(self._exhausted)}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._parent.set_state(state["parent"])
+    self._counts = collections.Counter(state["counts"])
+    self._exhausted = False
+    self._log = []
+    self._waiting = collections.deque()
+    for letter in state["log"]:
+      i, pre, el = self._pull()
+      if letter == "W":
+        self._log[i] = "W"
+        self._waiting.append((i, pre, el))
+    self._snapshot = state["parent"]

@@ -1,0 +1,199 @@
+"""The Grain input pipeline: sources -> mixture -> processing -> packing -> batches.
+
+Per source: ``MapDataset`` -> per-host slice -> shuffle -> repeat -> process;
+then ``MapDataset.mix`` with the mixture weights (default text : image :
+multi-image : video = 2 : 4 : 1 : 1, NEO_SPEC §4 NEO-ov stage 2) ->
+``to_iter_dataset`` -> ``mp_prefetch`` (``num_workers`` processes) ->
+``PackIterDataset`` (first-fit / best-fit into ``[batch, seq_len]``, in the
+main process). Batches follow ``neo_jax.model.inputs``.
+
+Entry points: ``default_data_config``, ``make_train_iterator``,
+``skip_counts``, ``make_eval_examples``, ``get_tokenizer`` (re-exported).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import grain
+import ml_collections
+
+from neo_jax.data import embedded
+from neo_jax.data import packing
+from neo_jax.data import processor as processor_lib
+from neo_jax.data import sources
+from neo_jax.data.errors import BadSample
+from neo_jax.data.tokenizer import get_tokenizer  # pylint: disable=unused-import
+
+# Default mixture (NEO-ov text : image : multi-image : video = 2 : 4 : 1 : 1);
+# the image weight is split over the three single-image tasks.
+DEFAULT_MIXTURE = (("text", 2.0), ("digit", 2.0), ("aspect", 1.0), ("spatial", 1.0),
+                   ("multi_image", 1.0), ("video", 1.0))
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  """The data config schema with the embedded mixture.
+
+  Fields:
+    tokenizer: "embedded" or a Hugging Face tokenizer directory.
+    cache_dir: embedded data cache ("" = $NEO_JAX_CACHE or ~/.cache/neo_jax).
+    strict: raise ``BadRecordError`` naming the record instead of skipping.
+    num_workers: processes of ``mp_prefetch`` (0 = in the main process).
+    worker_buffer_size: per-worker prefetch buffer [samples].
+    read_threads / read_buffer_size: ``grain.ReadOptions`` of each process.
+    shuffle: shuffle each source (reshuffled each epoch).
+    packing: "first_fit" | "best_fit"; max_waiting: see ``PackOptions``.
+    options: default ``ProcessOptions`` fields: min_pixels / max_pixels
+      [pixels] (pre-training 65536..4194304, NEO_SPEC §3.2), max_image_pixels,
+      video_fps [1/s], max_frames (<= 128), video_min_pixels (per frame),
+      video_max_pixels (per video), frame_list_fps.
+    sources: ``{name: {kind, weight, task | path | tfds_*, data_root,
+      options}}``; ``options`` overrides the defaults per source (embedded
+      tasks set their own image sizes). Weight 0 disables a source.
+  """
+  c = ml_collections.ConfigDict()
+  c.tokenizer = "embedded"
+  c.cache_dir = ""
+  c.strict = False
+  c.num_workers = 0
+  c.worker_buffer_size = 4
+  c.read_threads = 1
+  c.read_buffer_size = 64
+  c.shuffle = True
+  c.packing = "first_fit"
+  c.max_waiting = 16
+  base = processor_lib.ProcessOptions()
+  c.options = ml_collections.ConfigDict({f.name: getattr(base, f.name)
+                                         for f in dataclasses.fields(base)
+                                         if f.name not in ("tokenizer", "strict")})
+  c.sources = ml_collections.ConfigDict()
+  for task, weight in DEFAULT_MIXTURE:
+    c.sources[task] = ml_collections.ConfigDict({
+        "kind": "embedded", "task": task, "weight": weight, "path": "", "data_root": "",
+        "options": ml_collections.ConfigDict(embedded.TASK_OPTIONS[task])})
+  return c
+
+
+def source_options(data_cfg: ml_collections.ConfigDict, src_cfg: Any) -> processor_lib.ProcessOptions:
+  """``ProcessOptions`` of one source: global defaults, then the source's overrides."""
+  kw = dict(data_cfg.options)
+  kw.update(dict(src_cfg.get("options", None) or {}))
+  return processor_lib.ProcessOptions(**kw, tokenizer=data_cfg.tokenizer, strict=data_cfg.strict)
+
+
+def make_train_dataset(data_cfg: ml_collections.ConfigDict, *, seq_len: int, batch_size: int,
+                       max_supervised_tokens: int = 0, seed: int, process_index: int = 0,
+                       process_count: int = 1) -> packing.PackIterDataset:
+  """The training ``IterDataset`` (see ``make_train_iterator``).
+
+  Raises:
+    ValueError: no source with positive weight, or bad packing options.
+  """
+  datasets, weights = [], []
+  for i, name in enumerate(sorted(data_cfg.sources)):
+    s = data_cfg.sources[name]
+    if s.weight <= 0:
+      continue
+    ds = sources.make_source(name, s, data_cfg.cache_dir)
+    ds = ds[process_index::process_count]
+    if data_cfg.shuffle:
+      ds = ds.shuffle(seed=seed * 1000 + i)
+    ds = ds.repeat().map(processor_lib.SampleProcessor(source_options(data_cfg, s)))
+    datasets.append(ds)
+    weights.append(float(s.weight))
+  if not datasets:
+    raise ValueError("data config has no source with a positive weight.")
+  mixed = grain.MapDataset.mix(datasets, weights) if len(datasets) > 1 else datasets[0]
+  it = mixed.to_iter_dataset(grain.ReadOptions(num_threads=data_cfg.read_threads,
+                                               prefetch_buffer_size=data_cfg.read_buffer_size))
+  if data_cfg.num_workers > 0:
+    from absl import flags  # pylint: disable=import-outside-toplevel
+    if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags (library use, tests).
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers,
+                                                     per_worker_buffer_size=data_cfg.worker_buffer_size))
+  tok = get_tokenizer(data_cfg.tokenizer)
+  opts = packing.PackOptions(seq_len=seq_len, batch_size=batch_size,
+                             max_supervised_tokens=max_supervised_tokens, algorithm=data_cfg.packing,
+                             max_waiting=data_cfg.max_waiting, pad_id=tok.pad_id,
+                             img_context_id=tok.img_context_id)
+  return packing.PackIterDataset(it, opts)
+
+
+def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, seq_len: int, batch_size: int,
+                        max_supervised_tokens: int = 0, seed: int, process_index: int = 0,
+                        process_count: int = 1) -> packing.PackDatasetIterator:
+  """Infinite iterator of packed batches for this host.
+
+  Args:
+    data_cfg: ``default_data_config()`` (possibly overridden).
+    seq_len: [tokens] per sequence; batch_size: sequences per host batch.
+    max_supervised_tokens: per-sequence cap on supervised positions (0 = none).
+    seed: shuffle / mixture seed; process_index / process_count: host slicing
+      (each host reads ``records[process_index::process_count]``).
+  Returns:
+    a ``grain.DatasetIterator`` of batch dicts (``neo_jax.model.inputs``:
+    input_ids / labels / segment_ids ``[B, S] int32``, token_hw
+    ``[B, S, 2] int32``, pixel_values ``[B, S, 4, 768] uint8``), with
+    ``get_state() / set_state()`` (resume yields exactly the next batch) and
+    ``stats()`` (see ``skip_counts``).
+  """
+  ds = make_train_dataset(data_cfg, seq_len=seq_len, batch_size=batch_size,
+                          max_supervised_tokens=max_supervised_tokens, seed=seed,
+                          process_index=process_index, process_count=process_count)
+  return iter(ds)
+
+
+def skip_counts(iterator: packing.PackDatasetIterator) -> dict[str, int]:
+  """``{reason: count}`` of the samples skipped so far (bad records, too long)."""
+  return {k.split("/", 1)[1]: v for k, v in iterator.stats().items() if k.startswith("skip/")}
+
+
+def packing_efficiency(iterator: packing.PackDatasetIterator) -> float:
+  """Non-padding tokens / all positions of the batches yielded so far."""
+  st = iterator.stats()
+  return st.get("tokens", 0) / max(st.get("capacity", 0), 1)
+
+
+def make_eval_examples(data_cfg: ml_collections.ConfigDict, split: str = "heldout",
+                       task: str | None = None, limit: int | None = None) -> list[dict]:
+  """Generation prompts with reference answers, for exact-match evaluation.
+
+  Uses the embedded sources of ``data_cfg`` (any weight) whose ``task``
+  matches ``task`` (None = all).
+
+  Args:
+    split: "heldout" | "train"; limit: max examples per task (first ones).
+  Returns:
+    ``[{"task", "record_id", "input_ids" [n] int32, "labels" (all -100),
+    "token_hw" [n, 2] int32, "pixel_values" [m, 4, 768] uint8,
+    "answer": str, "answer_ids": ids of answer + "<|im_end|>"}]``; the prompt
+    ends with ``<|im_start|>assistant\\n``. Decode with
+    ``get_tokenizer(data_cfg.tokenizer).decode``.
+  Raises:
+    ValueError: no matching embedded source; BadRecordError: a held-out
+    record fails (the embedded data has none).
+  """
+  tok = get_tokenizer(data_cfg.tokenizer)
+  out = []
+  names = [n for n in sorted(data_cfg.sources) if data_cfg.sources[n].kind == "embedded"
+           and (task is None or data_cfg.sources[n].task == task)]
+  if not names:
+    raise ValueError(f"no embedded source for task {task!r} in the data config.")
+  for name in names:
+    s = data_cfg.sources[name]
+    proc = processor_lib.SampleProcessor(source_options(data_cfg, s))
+    ds = sources.make_source(name, s, data_cfg.cache_dir, split=split)
+    n = len(ds) if limit is None else min(limit, len(ds))
+    for i in range(n):
+      rec = ds[i]
+      try:
+        ex = proc.process(rec, prompt_only=True)
+      except BadSample as e:
+        raise processor_lib.BadRecordError(f"record {rec.get('_id')}: {e}") from e
+      ex.pop("num_supervised")
+      ex["task"] = s.task
+      ex["answer_ids"] = tok.encode(ex["answer"]) + [tok.im_end_id]
+      out.append(ex)
+  return out

@@ -1,0 +1,182 @@
+"""One annotation record -> one per-sample dict (before packing).
+
+Record format (the release's JSON / JSONL annotations, NEO_SPEC §3.3):
+``{"image": path | [paths], "images": [...], "video": path | [frame paths]
+| {"frames": [...], "fps": float}, "conversations": [{"from", "value"}],
+"data_path": root for relative paths}``. Image entries may also be bytes,
+``PIL.Image`` or uint8 arrays (TFDS / ArrayRecord sources). ``"_id"`` names the
+record in logs and errors.
+
+Per-sample output (``process`` / ``__call__``)::
+
+  input_ids    [n] int32
+  labels       [n] int32      aligned, -100 = ignored
+  token_hw     [n, 2] int32   (row, col) of each <IMG_CONTEXT>, 0 elsewhere
+  pixel_values [m, 4, 768] uint8, m = number of <IMG_CONTEXT> tokens, in order
+  num_supervised  int         positions i with labels[i + 1] != -100
+  record_id    str
+
+A bad record becomes ``{"skip": reason, "record_id": ..., "detail": ...}`` so
+that skips cross worker processes and are counted by the packer; with
+``strict=True`` it raises instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any
+
+import numpy as np
+
+from neo_jax.data import conversation as conv_lib
+from neo_jax.data import images as images_lib
+from neo_jax.data import video as video_lib
+from neo_jax.data.errors import BadSample
+from neo_jax.data.tokenizer import get_tokenizer
+from neo_jax.model.inputs import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+
+class BadRecordError(RuntimeError):
+  """Strict mode: a bad record; the message names the record and the reason."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ProcessOptions:
+  """Per-source processing options (units: pixels, frames, frames/s).
+
+  min_pixels / max_pixels: smart_resize bounds of one image (NEO_SPEC §3.2);
+    n images share ``per_image_max_pixels``.
+  max_image_pixels: decoded size above which a file is a decompression bomb.
+  video_fps: target sampling rate; max_frames: cap (<= 128).
+  video_min_pixels: per-frame minimum; video_max_pixels: per-video budget.
+  frame_list_fps: rate of a video given as a frame list without an ``fps``.
+  tokenizer: ``get_tokenizer`` kind.
+  strict: raise ``BadRecordError`` instead of returning a skip marker.
+  """
+  min_pixels: int = 65536
+  max_pixels: int = 4194304
+  max_image_pixels: int = images_lib.DEFAULT_MAX_IMAGE_PIXELS
+  video_fps: float = 1.0
+  max_frames: int = 64
+  video_min_pixels: int = 4096
+  video_max_pixels: int = 4194304
+  frame_list_fps: float = 1.0
+  tokenizer: str = "embedded"
+  strict: bool = False
+
+
+def _resolve(src: Any, root: str | None) -> Any:
+  if isinstance(src, str) and root and not os.path.isabs(src):
+    return os.path.join(root, src)
+  return src
+
+
+def _as_list(x: Any) -> list:
+  if x is None:
+    return []
+  return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleProcessor:
+  """Callable record -> per-sample dict (see module docstring); picklable."""
+  options: ProcessOptions = ProcessOptions()
+
+  def __call__(self, record: dict) -> dict:
+    rid = str(record.get("_id", "?"))
+    try:
+      return self.process(record)
+    except BadSample as e:
+      if self.options.strict:
+        raise BadRecordError(f"record {rid}: {e}") from e
+      log.debug("Skipping record %s: %s", rid, e)  # Counted + logged by the packer.
+      return {"skip": e.reason, "record_id": rid, "detail": e.detail}
+
+  def process(self, record: dict, prompt_only: bool = False) -> dict:
+    """Like ``__call__`` but raises ``BadSample`` for a bad record.
+
+    With ``prompt_only`` the sample ends after the last assistant header
+    (the generation prompt; labels all -100) and the result also holds
+    ``"answer"``: the text of that last assistant turn.
+    """
+    o = self.options
+    tok = get_tokenizer(o.tokenizer)
+    if not isinstance(record, dict):
+      raise BadSample("bad_record", f"record of type {type(record).__name__}")
+    root = record.get("data_path")
+    turns = conv_lib.normalize_turns(record.get("conversations"))
+    image_srcs = _as_list(record.get("image")) + _as_list(record.get("images"))
+    video = record.get("video")
+    pixels, grids = [], []
+    if video is not None:
+      if image_srcs:
+        raise BadSample("bad_record", "both images and a video")
+      frames, stamps, duration = self._video_frames(video, root)
+      text = video_lib.video_prompt(duration, stamps)
+      turns = _insert_video(turns, text)
+      budget = video_lib.per_frame_max_pixels(o.video_max_pixels, o.video_min_pixels, len(frames))
+      for fr in frames:
+        w, h = fr.size
+        rh, rw = images_lib.smart_resize(h, w, images_lib.FACTOR, o.video_min_pixels, budget)
+        pixels.append(images_lib.patchify(images_lib.resize_rgb(fr, rh, rw)))
+        grids.append((rh // images_lib.FACTOR, rw // images_lib.FACTOR))
+    else:
+      turns = conv_lib.add_default_image_tag(turns, len(image_srcs))
+      n_tags = sum(v.count(conv_lib.IMAGE_TAG) for _, v in turns)
+      if n_tags != len(image_srcs):  # Fail before decoding anything.
+        raise BadSample("image_tag_mismatch", f"{n_tags} <image> tags for {len(image_srcs)} images")
+      budget = images_lib.per_image_max_pixels(o.max_pixels, o.min_pixels, len(image_srcs))
+      for src in image_srcs:
+        px, grid = images_lib.load_native(_resolve(src, root), o.min_pixels, budget, o.max_image_pixels)
+        pixels.append(px)
+        grids.append(grid)
+    ids, labels = conv_lib.tokenize_turns(turns, tok, [r * c for r, c in grids], prompt_only)
+    num_sup = int(np.count_nonzero(labels[1:] != IGNORE_INDEX))
+    if prompt_only:
+      labels[:] = IGNORE_INDEX
+    elif num_sup == 0:
+      raise BadSample("no_supervised_token", "no label after the first token")
+    token_hw = np.zeros((len(ids), 2), np.int32)
+    ctx = np.flatnonzero(ids == tok.img_context_id)
+    if grids:
+      token_hw[ctx] = np.concatenate([images_lib.token_grid_hw(r, c) for r, c in grids])
+      pv = np.concatenate(pixels)
+    else:
+      pv = np.zeros((0, 4, 3 * images_lib.PATCH ** 2), np.uint8)
+    if len(ctx) != len(pv):  # The text itself contained <IMG_CONTEXT>.
+      raise BadSample("image_tag_mismatch", f"{len(ctx)} <IMG_CONTEXT> ids for {len(pv)} visual tokens")
+    out = {"input_ids": ids, "labels": labels, "token_hw": token_hw, "pixel_values": pv,
+           "num_supervised": num_sup, "record_id": str(record.get("_id", "?"))}
+    if prompt_only:
+      out["num_supervised"] = 0
+      out["answer"] = [v for r, v in turns if r == "assistant"][-1]
+    return out
+
+  def _video_frames(self, video: Any, root: str | None):
+    o = self.options
+    if isinstance(video, dict):
+      return video_lib.frame_list_video([_resolve(f, root) for f in video.get("frames", [])],
+                                        float(video.get("fps", o.frame_list_fps)), o.video_fps,
+                                        o.max_frames, o.max_image_pixels)
+    if isinstance(video, (list, tuple)):
+      return video_lib.frame_list_video([_resolve(f, root) for f in video], o.frame_list_fps,
+                                        o.video_fps, o.max_frames, o.max_image_pixels)
+    return video_lib.decode_video(_resolve(video, root), o.video_fps, o.max_frames)
+
+
+def _insert_video(turns: list[tuple[str, str]], text: str) -> list[tuple[str, str]]:
+  """Puts the video text at the ``<video>`` tag, else before the first user turn's text."""
+  out = list(turns)
+  for i, (role, val) in enumerate(out):
+    if conv_lib.VIDEO_TAG in val:
+      out[i] = (role, val.replace(conv_lib.VIDEO_TAG + "\n", text, 1).replace(conv_lib.VIDEO_TAG, text, 1))
+      return out
+  for i, (role, val) in enumerate(out):
+    if role == "user":
+      out[i] = (role, text + val)
+      return out
+  raise BadSample("bad_record", "video without a user turn")
