@@ -67,6 +67,11 @@ class Config:
   residual_names: tuple[str, str]
 
 
+def _div(x, n: int):
+  """``x // n`` for non-negative ints (``lax.div``: Mosaic lowers ``//`` via sign)."""
+  return x if n == 1 else lax.div(x, n)
+
+
 def _visible(start_ref, limit_ref, j, bq, bk):
   """``[bq, bk] bool``: the interval mask of q rows vs the keys of kv block ``j``."""
   kpos = j * bk + lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
@@ -139,7 +144,7 @@ def _fwd(cfg: Config, q, k, v, start_l, limit_l, r: br.BlockRanges):
     return jnp.minimum(kv_lo[blk] + t, kv_hi[blk])
 
   q_map = lambda b_, h, i, t, *_: (b_, h, i, 0)
-  kv_map = lambda b_, h, i, t, lo, hi, *_: (b_, h // g, kv_block(b_, i, t, lo, hi), 0)
+  kv_map = lambda b_, h, i, t, lo, hi, *_: (b_, _div(h, g), kv_block(b_, i, t, lo, hi), 0)
   row_map = lambda b_, h, i, t, *_: (b_, i, 0)
   kernel = functools.partial(_fwd_kernel, scale=cfg.scale, bq=bq, bk=bk, nq=nq)
   o, lse = pl.pallas_call(
@@ -263,7 +268,7 @@ def _bwd_calls(cfg: Config, q, k, v, do, lse, di, start_l, limit_l,
   def kv_block(b_, i, t, lo, hi):
     return jnp.minimum(lo[b_ * nq + i] + t, hi[b_ * nq + i])
   q_map = lambda b_, h, i, t, *_: (b_, h, i, 0)
-  kv_map = lambda b_, h, i, t, lo, hi, *_: (b_, h // g, kv_block(b_, i, t, lo, hi), 0)
+  kv_map = lambda b_, h, i, t, lo, hi, *_: (b_, _div(h, g), kv_block(b_, i, t, lo, hi), 0)
   row_map = lambda b_, h, i, t, *_: (b_, i, 0)
   dq = pl.pallas_call(
       functools.partial(_dq_kernel, **common),
