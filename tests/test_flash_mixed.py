@@ -155,7 +155,12 @@ def test_block_ranges_visit_exactly_the_nonempty_blocks(bq, bk):
 
 
 def test_attention_dispatch_and_residual_names():
-  _, (q, k, v, seg, unit, ct) = _case(1)
+  rng = np.random.default_rng(5)
+  seg, unit = map(jnp.asarray, random_packed_ids(rng, 1, 64))
+  q = jnp.asarray(rng.normal(size=(1, 64, 2, 16)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(1, 64, 1, 16)), jnp.float32)
+  v = jnp.asarray(rng.normal(size=(1, 64, 1, 8)), jnp.float32)
+  ct = jnp.asarray(rng.normal(size=(1, 64, 2, 8)), jnp.float32)
   names = ("attn_o", "attn_lse")
   fn = lambda q: jnp.sum(flash_mixed.flash_mixed_attention(
       q, k, v, seg, unit, scale=0.25, block_q=32, block_kv=64,

@@ -39,7 +39,8 @@ import jax.numpy as jnp
 
 from neo_jax.ops import block_ranges as br
 
-LANES = 128           # TPU lane width: row statistics are stored lane-broadcast.
+LANES = 128      # TPU lane width: per-row statistics in the forward are lane-broadcast.
+SUBLANES = 8     # TPU sublanes: per-row vectors stored as rows are sublane-broadcast.
 MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 _NT = (((1,), (1,)), ((), ()))   # a @ b.T
 _TN = (((0,), (0,)), ((), ()))   # a.T @ b
@@ -81,6 +82,21 @@ def _visible(start_ref, limit_ref, j, bq, bk):
 def _is_full(q_max_start, q_min_limit, j, bk):
   """Scalar bool: every row of the q block sees every key of kv block ``j``."""
   return (q_max_start <= j * bk) & (q_min_limit >= j * bk + bk - 1)
+
+
+def _cost(b, h, s, bq, bk, *, matmul_width, streamed_bytes, fixed_bytes):
+  """Static ``pl.CostEstimate`` for XLA's scheduler.
+
+  The visited blocks depend on the data; the hint assumes a causal pattern (the blocks
+  on and below the diagonal), the worst case of one sample per sequence without
+  images. ``matmul_width``: sum of the contracted/produced widths of the block's
+  matmuls; ``streamed_bytes``: bytes DMA'd per visited block; ``fixed_bytes``: once.
+  """
+  n = max(s // bq, s // bk)
+  blocks = b * h * (s // bq) * (s // bk) * (n + 1) // (2 * n)
+  return pl.CostEstimate(flops=int(2 * bq * bk * matmul_width * blocks),
+                         transcendentals=int(bq * bk * blocks),
+                         bytes_accessed=int(blocks * streamed_bytes + fixed_bytes))
 
 
 # ----------------------------------------------------------------------------- forward
@@ -129,7 +145,9 @@ def _fwd_kernel(kv_lo_ref, kv_hi_ref, qms_ref, qml_ref,            # scalar pref
   def _finish():
     l = l_sc[...]
     o_ref[...] = (acc_sc[...] / l[:, :1]).astype(o_ref.dtype)
-    lse_ref[...] = m_sc[...] + jnp.log(l)
+    # Column -> row (a 2-D transpose) so the residual is [.., SUBLANES, S], not
+    # [.., S, LANES]: 16x less HBM.
+    lse_ref[...] = jnp.transpose(m_sc[...] + jnp.log(l))[:SUBLANES]
 
 
 def _fwd(cfg: Config, q, k, v, start_l, limit_l, r: br.BlockRanges):
@@ -144,6 +162,7 @@ def _fwd(cfg: Config, q, k, v, start_l, limit_l, r: br.BlockRanges):
     return jnp.minimum(kv_lo[blk] + t, kv_hi[blk])
 
   q_map = lambda b_, h, i, t, *_: (b_, h, i, 0)
+  q_map_t = lambda b_, h, i, t, *_: (b_, h, 0, i)
   kv_map = lambda b_, h, i, t, lo, hi, *_: (b_, _div(h, g), kv_block(b_, i, t, lo, hi), 0)
   row_map = lambda b_, h, i, t, *_: (b_, i, 0)
   kernel = functools.partial(_fwd_kernel, scale=cfg.scale, bq=bq, bk=bk, nq=nq)
@@ -161,7 +180,7 @@ def _fwd(cfg: Config, q, k, v, start_l, limit_l, r: br.BlockRanges):
           ],
           out_specs=[
               pl.BlockSpec((None, None, bq, dv), q_map),
-              pl.BlockSpec((None, None, bq, LANES), q_map),
+              pl.BlockSpec((None, None, SUBLANES, bq), q_map_t),
           ],
           scratch_shapes=[
               pltpu.VMEM((bq, LANES), jnp.float32),
@@ -170,17 +189,42 @@ def _fwd(cfg: Config, q, k, v, start_l, limit_l, r: br.BlockRanges):
           ]),
       out_shape=[
           jax.ShapeDtypeStruct((b, hq, s, dv), q.dtype),
-          jax.ShapeDtypeStruct((b, hq, s, LANES), jnp.float32),
+          jax.ShapeDtypeStruct((b, hq, SUBLANES, s), jnp.float32),
       ],
       compiler_params=pltpu.CompilerParams(
           dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
       interpret=cfg.interpret,
+      cost_estimate=_cost(b, hq, s, bq, bk, matmul_width=dqk + dv,
+                          streamed_bytes=bk * (dqk + dv) * k.dtype.itemsize,
+                          fixed_bytes=b * hq * s * (dqk + dv) * q.dtype.itemsize),
       name="flash_mixed_fwd",
   )(r.kv_lo, r.kv_hi, r.q_max_start, r.q_min_limit, q, k, v, start_l, limit_l)
-  return o, lse[..., 0]
+  return o, lse[:, :, 0]
 
 
 # ---------------------------------------------------------------------------- backward
+
+
+# The backward kernels work on transposed scores ``s^T = k q^T`` (``[bk, bq]``): the
+# per-row vectors (logsumexp, D_i, start, limit) are then rows ``[1, bq]``, read from
+# ``[.., SUBLANES, S]`` arrays instead of lane-broadcast ``[.., S, LANES]`` ones.
+
+
+def _visible_t(start_ref, limit_ref, j, bq, bk):
+  """``[bk, bq] bool``: the interval mask, transposed (keys of block ``j`` x q rows)."""
+  kpos = j * bk + lax.broadcasted_iota(jnp.int32, (bk, bq), 0)
+  return (kpos >= start_ref[:1, :]) & (kpos <= limit_ref[:1, :])
+
+
+def _probs_t(q, k_ref, v_ref, do, lse_ref, di_ref, start_ref, limit_ref, j, masked,
+             *, scale, bq, bk):
+  """``(p^T, ds^T)``, ``[bk, bq] float32`` each (Dao 2023, Alg. 2, lines 13-16)."""
+  s = lax.dot_general(k_ref[...], q, _NT, preferred_element_type=jnp.float32) * scale
+  p = jnp.exp(s - lse_ref[:1, :])
+  if masked:
+    p = jnp.where(_visible_t(start_ref, limit_ref, j, bq, bk), p, 0.0)
+  dp = lax.dot_general(v_ref[...], do, _NT, preferred_element_type=jnp.float32)
+  return p, p * (dp - di_ref[:1, :])
 
 
 def _dq_kernel(kv_lo_ref, kv_hi_ref, qms_ref, qml_ref,
@@ -197,14 +241,10 @@ def _dq_kernel(kv_lo_ref, kv_hi_ref, qms_ref, qml_ref,
 
   def step(masked):
     k = k_ref[...]
-    s = lax.dot_general(q_ref[...], k, _NT, preferred_element_type=jnp.float32) * scale
-    p = jnp.exp(s - lse_ref[:, :1])
-    if masked:
-      p = jnp.where(_visible(start_ref, limit_ref, j, bq, bk), p, 0.0)
-    dp = lax.dot_general(do_ref[...], v_ref[...], _NT,
-                         preferred_element_type=jnp.float32)
-    ds = p * (dp - di_ref[:, :1])
-    dq_sc[...] += jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
+    _, ds = _probs_t(q_ref[...], k_ref, v_ref, do_ref[...], lse_ref, di_ref,
+                     start_ref, limit_ref, j, masked, scale=scale, bq=bq, bk=bk)
+    dq_sc[...] += lax.dot_general(ds.astype(k.dtype), k, _TN,
+                                  preferred_element_type=jnp.float32)
 
   run = j <= hi
   full = _is_full(qms_ref[blk], qml_ref[blk], j, bk)
@@ -231,16 +271,10 @@ def _dkv_kernel(q_lo_ref, q_hi_ref, qms_ref, qml_ref,
 
   def step(masked):
     q, do = q_ref[...], do_ref[...]
-    s = lax.dot_general(q, k_ref[...], _NT, preferred_element_type=jnp.float32) * scale
-    p = jnp.exp(s - lse_ref[:, :1])
-    if masked:
-      p = jnp.where(_visible(start_ref, limit_ref, j, bq, bk), p, 0.0)
-    dv_sc[...] += lax.dot_general(p.astype(do.dtype), do, _TN,
-                                  preferred_element_type=jnp.float32)
-    dp = lax.dot_general(do, v_ref[...], _NT, preferred_element_type=jnp.float32)
-    ds = p * (dp - di_ref[:, :1])
-    dk_sc[...] += lax.dot_general(ds.astype(q.dtype), q, _TN,
-                                  preferred_element_type=jnp.float32)
+    p, ds = _probs_t(q, k_ref, v_ref, do, lse_ref, di_ref, start_ref, limit_ref, j,
+                     masked, scale=scale, bq=bq, bk=bk)
+    dv_sc[...] += jnp.dot(p.astype(do.dtype), do, preferred_element_type=jnp.float32)
+    dk_sc[...] += jnp.dot(ds.astype(q.dtype), q, preferred_element_type=jnp.float32)
 
   run = i <= hi
   full = _is_full(qms_ref[blk], qml_ref[blk], j, bk)
@@ -253,23 +287,28 @@ def _dkv_kernel(q_lo_ref, q_hi_ref, qms_ref, qml_ref,
     dv_ref[...] = dv_sc[...].astype(dv_ref.dtype)
 
 
-def _bwd_calls(cfg: Config, q, k, v, do, lse, di, start_l, limit_l,
+def _bwd_calls(cfg: Config, q, k, v, do, lse, di, start_r, limit_r,
                r: br.BlockRanges):
-  """dQ and dK/dV kernel calls (block sizes ``block_*_bwd``; ``r`` made for them)."""
+  """dQ and dK/dV kernel calls (block sizes ``block_*_bwd``; ``r`` made for them).
+
+  ``lse``, ``di``: ``[B, Hq, S] float32``; ``start_r``, ``limit_r``:
+  ``[B, SUBLANES, S] int32``.
+  """
   b, hq, s, dqk = q.shape
   hkv, dv = k.shape[1], v.shape[-1]
   bq, bk, g = cfg.block_q_bwd, cfg.block_kv_bwd, cfg.group
   nq, nk = s // bq, s // bk
-  lse_l = jnp.broadcast_to(lse[..., None], (b, hq, s, LANES))
-  di_l = jnp.broadcast_to(di[..., None], (b, hq, s, LANES))
+  lse_r = jnp.broadcast_to(lse[:, :, None], (b, hq, SUBLANES, s))
+  di_r = jnp.broadcast_to(di[:, :, None], (b, hq, SUBLANES, s))
   common = dict(scale=cfg.scale, bq=bq, bk=bk, nq=nq)
 
   # dQ: grid (b, q head, q block, kv step), as the forward.
   def kv_block(b_, i, t, lo, hi):
     return jnp.minimum(lo[b_ * nq + i] + t, hi[b_ * nq + i])
   q_map = lambda b_, h, i, t, *_: (b_, h, i, 0)
+  qt_map = lambda b_, h, i, t, *_: (b_, h, 0, i)
   kv_map = lambda b_, h, i, t, lo, hi, *_: (b_, _div(h, g), kv_block(b_, i, t, lo, hi), 0)
-  row_map = lambda b_, h, i, t, *_: (b_, i, 0)
+  row_map = lambda b_, h, i, t, *_: (b_, 0, i)
   dq = pl.pallas_call(
       functools.partial(_dq_kernel, **common),
       grid_spec=pltpu.PrefetchScalarGridSpec(
@@ -280,10 +319,10 @@ def _bwd_calls(cfg: Config, q, k, v, do, lse, di, start_l, limit_l,
               pl.BlockSpec((None, None, bk, dqk), kv_map),
               pl.BlockSpec((None, None, bk, dv), kv_map),
               pl.BlockSpec((None, None, bq, dv), q_map),
-              pl.BlockSpec((None, None, bq, LANES), q_map),
-              pl.BlockSpec((None, None, bq, LANES), q_map),
-              pl.BlockSpec((None, bq, LANES), row_map),
-              pl.BlockSpec((None, bq, LANES), row_map),
+              pl.BlockSpec((None, None, SUBLANES, bq), qt_map),
+              pl.BlockSpec((None, None, SUBLANES, bq), qt_map),
+              pl.BlockSpec((None, SUBLANES, bq), row_map),
+              pl.BlockSpec((None, SUBLANES, bq), row_map),
           ],
           out_specs=pl.BlockSpec((None, None, bq, dqk), q_map),
           scratch_shapes=[pltpu.VMEM((bq, dqk), jnp.float32)]),
@@ -291,16 +330,22 @@ def _bwd_calls(cfg: Config, q, k, v, do, lse, di, start_l, limit_l,
       compiler_params=pltpu.CompilerParams(
           dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
       interpret=cfg.interpret,
+      cost_estimate=_cost(b, hq, s, bq, bk, matmul_width=2 * dqk + dv,
+                          streamed_bytes=bk * (dqk + dv) * k.dtype.itemsize,
+                          fixed_bytes=b * hq * s * (2 * dqk + dv) * q.dtype.itemsize),
       name="flash_mixed_dq",
   )(r.kv_lo, r.kv_hi, r.q_max_start, r.q_min_limit,
-    q, k, v, do, lse_l, di_l, start_l, limit_l)
+    q, k, v, do, lse_r, di_r, start_r, limit_r)
 
   # dK/dV: grid (b, kv head, kv block, query head in group, q step).
   def q_block(b_, j, t, lo, hi):
     lo_, hi_ = lo[b_ * nk + j], hi[b_ * nk + j]
     return jnp.minimum(lo_ + t, jnp.maximum(hi_, lo_))
-  qq_map = lambda b_, h, j, gi, t, lo, hi, *_: (b_, h * g + gi, q_block(b_, j, t, lo, hi), 0)
-  qrow_map = lambda b_, h, j, gi, t, lo, hi, *_: (b_, q_block(b_, j, t, lo, hi), 0)
+  qq_map = lambda b_, h, j, gi, t, lo, hi, *_: (
+      b_, h * g + gi, q_block(b_, j, t, lo, hi), 0)
+  qqt_map = lambda b_, h, j, gi, t, lo, hi, *_: (
+      b_, h * g + gi, 0, q_block(b_, j, t, lo, hi))
+  qrow_map = lambda b_, h, j, gi, t, lo, hi, *_: (b_, 0, q_block(b_, j, t, lo, hi))
   k_map = lambda b_, h, j, gi, t, *_: (b_, h, j, 0)
   dk, dv_ = pl.pallas_call(
       functools.partial(_dkv_kernel, nk=nk, **common),
@@ -312,10 +357,10 @@ def _bwd_calls(cfg: Config, q, k, v, do, lse, di, start_l, limit_l,
               pl.BlockSpec((None, None, bk, dqk), k_map),
               pl.BlockSpec((None, None, bk, dv), k_map),
               pl.BlockSpec((None, None, bq, dv), qq_map),
-              pl.BlockSpec((None, None, bq, LANES), qq_map),
-              pl.BlockSpec((None, None, bq, LANES), qq_map),
-              pl.BlockSpec((None, bq, LANES), qrow_map),
-              pl.BlockSpec((None, bq, LANES), qrow_map),
+              pl.BlockSpec((None, None, SUBLANES, bq), qqt_map),
+              pl.BlockSpec((None, None, SUBLANES, bq), qqt_map),
+              pl.BlockSpec((None, SUBLANES, bq), qrow_map),
+              pl.BlockSpec((None, SUBLANES, bq), qrow_map),
           ],
           out_specs=[
               pl.BlockSpec((None, None, bk, dqk), k_map),
@@ -329,9 +374,12 @@ def _bwd_calls(cfg: Config, q, k, v, do, lse, di, start_l, limit_l,
           dimension_semantics=("parallel", "parallel", "parallel", "arbitrary",
                                "arbitrary")),
       interpret=cfg.interpret,
+      cost_estimate=_cost(b, hq, s, bq, bk, matmul_width=2 * (dqk + dv),
+                          streamed_bytes=bq * (dqk + dv) * q.dtype.itemsize,
+                          fixed_bytes=2 * b * hkv * s * (dqk + dv) * k.dtype.itemsize),
       name="flash_mixed_dkv",
   )(r.q_lo, r.q_hi, r.q_max_start, r.q_min_limit,
-    q, k, v, do, lse_l, di_l, start_l, limit_l)
+    q, k, v, do, lse_r, di_r, start_r, limit_r)
   return dq, dk, dv_
 
 
@@ -339,8 +387,13 @@ def _bwd_calls(cfg: Config, q, k, v, do, lse, di, start_l, limit_l,
 
 
 def _lanes(x):
-  """``[B, S] -> [B, S, LANES]`` lane-broadcast (the kernels read column vectors)."""
+  """``[B, S] -> [B, S, LANES]`` lane-broadcast (the forward reads column vectors)."""
   return jnp.broadcast_to(x[..., None], (*x.shape, LANES))
+
+
+def _sublanes(x):
+  """``[B, S] -> [B, SUBLANES, S]`` sublane-broadcast (the backward reads rows)."""
+  return jnp.broadcast_to(x[:, None], (x.shape[0], SUBLANES, x.shape[1]))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -361,7 +414,8 @@ def _flash_bwd(cfg, res, do):
   q, k, v, start, limit, o, lse = res
   r = br.block_ranges(br.TokenBounds(start, limit), cfg.block_q_bwd, cfg.block_kv_bwd)
   di = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), axis=-1)
-  dq, dk, dv = _bwd_calls(cfg, q, k, v, do, lse, di, _lanes(start), _lanes(limit), r)
+  dq, dk, dv = _bwd_calls(cfg, q, k, v, do, lse, di, _sublanes(start), _sublanes(limit),
+                          r)
   return dq, dk, dv, None, None
 
 
