@@ -166,13 +166,13 @@ def test_attention_dispatch_and_residual_names():
       q, k, v, seg, unit, scale=0.25, block_q=32, block_kv=64,
       residual_names=names) * ct)
   policy = jax.checkpoint_policies.save_only_these_names(*names)
-  g1 = jax.grad(jax.checkpoint(fn, policy=policy))(q)
-  g2 = jax.grad(fn)(q)
+  g1 = jax.jit(jax.grad(jax.checkpoint(fn, policy=policy)))(q)
+  g2 = jax.jit(jax.grad(fn))(q)
   np.testing.assert_allclose(g1, g2, atol=1e-6)
   jaxpr = str(jax.make_jaxpr(jax.grad(fn))(q))
   assert "attn_o" in jaxpr and "attn_lse" in jaxpr
-  o1 = attention_lib.attention(q, k, v, seg, unit, scale=0.25, impl="pallas",
-                               block_q=32, block_kv=64)
+  o1 = jax.jit(functools.partial(attention_lib.attention, scale=0.25, impl="pallas",
+                                 block_q=32, block_kv=64))(q, k, v, seg, unit)
   o2 = attention_lib.attention(q, k, v, seg, unit, scale=0.25, impl="xla")
   np.testing.assert_allclose(o1, o2, atol=2e-5)
 
@@ -182,7 +182,7 @@ def test_separate_backward_blocks():
   def grads(**kw):
     fn = lambda q, k, v: jnp.sum(flash_mixed.flash_mixed_attention(
         q, k, v, seg, unit, scale=0.25, **kw) * ct)
-    return jax.grad(fn, argnums=(0, 1, 2))(q, k, v)
+    return jax.jit(jax.grad(fn, argnums=(0, 1, 2)))(q, k, v)
   ref = jax.grad(lambda q, k, v: jnp.sum(attention_lib.reference_attention(
       q, k, v, seg, unit, scale=0.25) * ct), argnums=(0, 1, 2))(q, k, v)
   got = grads(block_q=64, block_kv=32, block_q_bwd=32, block_kv_bwd=64)
@@ -253,3 +253,23 @@ def test_aot_compile_tpu_fwd_bwd_16k(topology):
   for name in ("flash_mixed_fwd", "flash_mixed_dq", "flash_mixed_dkv"):
     assert name in text, name
   assert time.time() - t0 < 300
+
+
+def test_gpu_triton_kernels_interpret():
+  """The GPU (Pallas Triton) kernels, in interpret mode: fwd and grads, GQA 2."""
+  from neo_jax.ops import flash_mixed_gpu  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(11)
+  seg, unit = map(jnp.asarray, random_packed_ids(rng, 1, 70))
+  q = jnp.asarray(rng.normal(size=(1, 70, 2, 16)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(1, 70, 1, 16)), jnp.float32)
+  v = jnp.asarray(rng.normal(size=(1, 70, 1, 8)), jnp.float32)
+  ct = jnp.asarray(rng.normal(size=(1, 70, 2, 8)), jnp.float32)
+  kern = lambda q, k, v: flash_mixed_gpu.flash_mixed_attention_gpu(
+      q, k, v, seg, unit, scale=0.25, block_q=32, block_kv=16, interpret=True)
+  ref = lambda q, k, v: attention_lib.reference_attention(q, k, v, seg, unit, scale=0.25)
+  vg = lambda fn: jax.jit(jax.value_and_grad(
+      lambda q, k, v: jnp.sum(fn(q, k, v) * ct), argnums=(0, 1, 2)))(q, k, v)
+  (lk, gk), (lr, gr) = vg(kern), vg(ref)
+  np.testing.assert_allclose(lk, lr, atol=2e-4)
+  for a, b in zip(gk, gr):
+    np.testing.assert_allclose(a, b, atol=2e-5)

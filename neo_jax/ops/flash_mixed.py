@@ -472,9 +472,10 @@ def flash_mixed_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     backend = jax.default_backend()
     if backend == "gpu":
       from neo_jax.ops import flash_mixed_gpu  # pylint: disable=g-import-not-at-top
+      # Triton blocks live in shared memory: the TPU-sized defaults are capped.
       return flash_mixed_gpu.flash_mixed_attention_gpu(
-          q, k, v, segment_ids, unit_ids, scale=scale, block_q=block_q,
-          block_kv=block_kv)
+          q, k, v, segment_ids, unit_ids, scale=scale, block_q=min(block_q, 64),
+          block_kv=min(block_kv, 64), residual_names=residual_names)
     interpret = backend == "cpu"
   cfg = Config(float(scale), block_q, block_kv, block_q_bwd, block_kv_bwd, hq // hkv,
                bool(interpret), tuple(residual_names))
