@@ -1,0 +1,160 @@
+"""Block ranges of the mixed mask: which (q block, kv block) pairs can hold a visible pair.
+
+The mixed mask of NEO_SPEC §1.4 in the "limit" form of ``ops/mask.py``: query ``i``
+sees key ``j`` iff ``seg_i == seg_j and j <= limit_i``. Packed samples are contiguous
+runs of one segment id (padding, id 0, is the last run), so "same segment" is
+``j >= start_i`` with ``start_i`` the first token of ``i``'s run, and the mask is the
+interval
+
+    start_i <= j <= limit_i.
+
+Both ``start`` and ``limit`` are non-decreasing along the sequence (contiguous samples,
+contiguous visual units inside a sample). Hence for a q block the visible keys lie in
+``[start(first row), max limit]``, every kv block in that range holds at least one
+visible pair (the union of the rows' intervals is contiguous), and the q blocks that
+see one kv block form an interval too (the mirror image, used by dK / dV).
+
+Everything here is plain ``jnp`` run before the kernel; the kernel receives the ranges
+by scalar prefetch.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from neo_jax.ops import mask as mask_lib
+
+
+class TokenBounds(NamedTuple):
+  """Per-token visible interval ``[start, limit]`` (``[B, S] int32`` each)."""
+  start: jax.Array
+  limit: jax.Array
+
+
+class BlockRanges(NamedTuple):
+  """Block-level metadata, flattened to 1-D (``b * n + block``) for SMEM.
+
+  Attributes:
+    kv_lo: ``[B * nq] int32`` first kv block a q block visits.
+    kv_hi: ``[B * nq] int32`` last kv block a q block visits (inclusive).
+    q_max_start: ``[B * nq] int32`` largest ``start`` of the q block's rows.
+    q_min_limit: ``[B * nq] int32`` smallest ``limit`` of the q block's rows; with
+      ``q_max_start`` it decides whether a (q, kv) block pair is fully visible.
+    q_lo: ``[B * nk] int32`` first q block that visits a kv block.
+    q_hi: ``[B * nk] int32`` last q block that visits a kv block (``q_lo - 1``
+      when none does: a kv block made only of internal padding).
+  """
+  kv_lo: jax.Array
+  kv_hi: jax.Array
+  q_max_start: jax.Array
+  q_min_limit: jax.Array
+  q_lo: jax.Array
+  q_hi: jax.Array
+
+
+def token_bounds(segment_ids: jax.Array, unit_ids: jax.Array) -> TokenBounds:
+  """The visible key interval of every query.
+
+  Args:
+    segment_ids: ``[B, S] int32`` packed-sample ids (0 = padding); each id one
+      contiguous run (the packer's layout; a repeated id in two runs is treated as
+      two samples, unlike the dense reference).
+    unit_ids: ``[B, S] int32`` visual-unit ids (0 = non-visual), contiguous runs.
+
+  Returns:
+    ``TokenBounds`` with ``start`` = first index of the query's segment run and
+    ``limit`` = ``mask.visible_limit`` (last token of the query's visual unit, or the
+    query itself).
+  """
+  b, s = segment_ids.shape
+  idx = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+  is_first = jnp.concatenate(
+      [jnp.ones((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+  start = jax.lax.cummax(jnp.where(is_first, idx, 0), axis=1)
+  limit = mask_lib.visible_limit(unit_ids)
+  return TokenBounds(start.astype(jnp.int32), limit.astype(jnp.int32))
+
+
+def pad_bounds(bounds: TokenBounds, seq_pad: int) -> TokenBounds:
+  """Pads the bounds to ``seq_pad`` tokens by repeating the last real row.
+
+  Padded rows then see exactly what the last real row sees (never a padded key), so
+  their softmax is well defined, no padded key is ever visible and the ranges stay
+  non-decreasing.
+  """
+  extra = seq_pad - bounds.start.shape[1]
+  if extra == 0:
+    return bounds
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, extra)), mode="edge")
+  return TokenBounds(pad(bounds.start), pad(bounds.limit))
+
+
+def block_ranges(bounds: TokenBounds, block_q: int, block_kv: int) -> BlockRanges:
+  """Per q block the kv block range, per kv block the q block range.
+
+  Args:
+    bounds: ``TokenBounds`` of ``[B, S]`` with ``S`` a multiple of both block sizes.
+    block_q: q block size in tokens.
+    block_kv: kv block size in tokens.
+
+  Returns:
+    ``BlockRanges`` (see its docstring). The (q, kv) pairs visited by the forward
+    and by the dK / dV pass are the same set.
+
+  Raises:
+    ValueError: ``S`` not a multiple of the block sizes.
+  """
+  b, s = bounds.start.shape
+  if s % block_q or s % block_kv:
+    raise ValueError(f"Sequence {s} not a multiple of blocks {block_q}, {block_kv}.")
+  nq, nk = s // block_q, s // block_kv
+  start_b = bounds.start.reshape(b, nq, block_q)
+  limit_b = bounds.limit.reshape(b, nq, block_q)
+  kv_lo = start_b.min(-1) // block_kv
+  kv_hi = limit_b.max(-1) // block_kv
+  # Mirror: q blocks i with kv_lo[i] <= j <= kv_hi[i]. An interval when the ranges
+  # are non-decreasing; otherwise [first, last] is a superset and the in-kernel mask
+  # keeps the result exact.
+  j = jnp.arange(nk, dtype=jnp.int32)
+  visits = (kv_lo[:, :, None] <= j) & (j <= kv_hi[:, :, None])      # [B, nq, nk]
+  any_visit = visits.any(1)
+  q_lo = jnp.argmax(visits, axis=1).astype(jnp.int32)
+  q_hi = (nq - 1 - jnp.argmax(visits[:, ::-1], axis=1)).astype(jnp.int32)
+  q_lo = jnp.where(any_visit, q_lo, 0)
+  q_hi = jnp.where(any_visit, q_hi, -1)
+  flat = lambda x: x.reshape(-1).astype(jnp.int32)
+  return BlockRanges(flat(kv_lo), flat(kv_hi), flat(start_b.max(-1)),
+                     flat(limit_b.min(-1)), flat(q_lo), flat(q_hi))
+
+
+def block_counts(segment_ids: jax.Array, unit_ids: jax.Array, block_q: int,
+                 block_kv: int) -> dict[str, int]:
+  """Counts for the benchmark: kv blocks visited vs blocks holding a visible pair.
+
+  Args:
+    segment_ids, unit_ids: ``[B, S] int32`` as in ``token_bounds``; ``S`` a multiple
+      of both block sizes.
+    block_q, block_kv: block sizes in tokens.
+
+  Returns:
+    ``{"visited", "nonempty", "full", "dense"}`` summed over the batch: blocks the
+    kernel visits, blocks with >= 1 visible pair, blocks whose pairs are all visible
+    (the kernel skips their mask arithmetic) and all blocks. Visibility per row from
+    the interval form (``[B, S, nk]`` memory, not ``[B, S, S]``); the tests check it
+    against the dense mask.
+  """
+  b, s = segment_ids.shape
+  nq, nk = s // block_q, s // block_kv
+  tb = token_bounds(segment_ids, unit_ids)
+  r = block_ranges(tb, block_q, block_kv)
+  visited = int(jnp.sum(r.kv_hi - r.kv_lo + 1))
+  j0 = jnp.arange(nk, dtype=jnp.int32) * block_kv
+  j1 = j0 + block_kv - 1
+  row_any = (tb.start[..., None] <= j1) & (tb.limit[..., None] >= j0)   # [B, S, nk]
+  row_all = (tb.start[..., None] <= j0) & (tb.limit[..., None] >= j1)
+  nonempty = int(jnp.sum(row_any.reshape(b, nq, block_q, nk).any(2)))
+  full = int(jnp.sum(row_all.reshape(b, nq, block_q, nk).all(2)))
+  return {"visited": visited, "nonempty": nonempty, "full": full, "dense": b * nq * nk}

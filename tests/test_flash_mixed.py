@@ -1,0 +1,275 @@
+"""The block-sparse mixed-mask kernel against the dense reference (interpret mode on CPU).
+
+Also: the interval form and the block ranges against the dense mask, the shard_map
+wrapper, checkpoint residual names, and AOT compilation for a TPU topology (libtpu).
+"""
+
+import functools
+import importlib.util
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from neo_jax.ops import attention as attention_lib
+from neo_jax.ops import block_ranges as br
+from neo_jax.ops import flash_mixed
+from neo_jax.ops import mask as mask_lib
+
+
+def random_packed_ids(rng: np.random.Generator, batch: int, seq: int):
+  """Random packed batch: 1-4 samples, 0-3 images and maybe a video per sample, padding.
+
+  Returns:
+    ``(segment_ids, unit_ids)``, ``[batch, seq] int32`` numpy arrays.
+  """
+  seg = np.zeros((batch, seq), np.int32)
+  unit = np.zeros((batch, seq), np.int32)
+  next_unit = 1
+  for b in range(batch):
+    real = seq - int(rng.integers(0, seq // 4 + 1))        # trailing padding
+    n_samples = int(rng.integers(1, 5))
+    cuts = np.sort(rng.choice(np.arange(1, real), size=min(n_samples - 1, real - 1),
+                              replace=False)) if n_samples > 1 else np.array([], int)
+    bounds = [0, *cuts.tolist(), real]
+    for s_id, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]), start=1):
+      seg[b, lo:hi] = s_id
+      n = hi - lo
+      units = []                                 # (offset, size) inside the sample
+      for _ in range(int(rng.integers(0, 4))):   # images
+        units.append([int(rng.integers(1, max(2, n // 3) + 1))])
+      if rng.random() < 0.3:                     # a video: frames back to back
+        units.append([int(rng.integers(1, 9)) for _ in range(int(rng.integers(2, 5)))])
+      pos = lo + int(rng.integers(0, 4))
+      for frames in units:
+        pos += int(rng.integers(0, 6))           # text between images
+        for size in frames:
+          end = min(pos + size, hi)
+          if end > pos:
+            unit[b, pos:end] = next_unit
+            next_unit += 1
+          pos = end
+  return seg, unit
+
+
+# Shape configurations (compiled once each); the data varies with the seed.
+# (batch, seq, q heads, kv heads, head_dim, dtype, block_q, block_kv)
+CONFIGS = [
+    (2, 67, 2, 2, 16, "float32", 32, 32),
+    (1, 130, 4, 2, 16, "float32", 32, 64),
+    (2, 200, 4, 1, 8, "float32", 64, 32),
+    (1, 300, 2, 1, 16, "float32", 64, 64),
+    (2, 150, 4, 2, 16, "bfloat16", 32, 64),
+    (1, 257, 4, 1, 16, "bfloat16", 64, 32),
+]
+N_CASES = 50
+
+
+@functools.lru_cache(maxsize=None)
+def _compare_fn(batch, seq, hq, hkv, d, dtype, bq, bk):
+  """Jitted: (kernel, reference) outputs and q/k/v gradients of ``sum(o * ct)``."""
+  del batch, seq, hq, hkv, dtype
+  scale = d ** -0.5
+
+  def both(q, k, v, seg, unit, ct):
+    def loss(fn, q, k, v):
+      o = fn(q, k, v)
+      return jnp.sum(o.astype(jnp.float32) * ct), o
+    kern = lambda q, k, v: flash_mixed.flash_mixed_attention(
+        q, k, v, seg, unit, scale=scale, block_q=bq, block_kv=bk)
+    ref = lambda q, k, v: attention_lib.reference_attention(
+        q, k, v, seg, unit, scale=scale)
+    grad = lambda fn: jax.grad(functools.partial(loss, fn), argnums=(0, 1, 2),
+                               has_aux=True)(q, k, v)
+    (gk, ok), (gr, orf) = grad(kern), grad(ref)
+    return (ok, *gk), (orf, *gr)
+
+  return jax.jit(both)
+
+
+def _case(i):
+  cfg = CONFIGS[i % len(CONFIGS)]
+  batch, seq, hq, hkv, d, dtype, bq, bk = cfg
+  rng = np.random.default_rng(1000 + i)
+  seg, unit = random_packed_ids(rng, batch, seq)
+  dt = jnp.dtype(dtype)
+  q = jnp.asarray(rng.normal(size=(batch, seq, hq, 2 * d)), dt)
+  k = jnp.asarray(rng.normal(size=(batch, seq, hkv, 2 * d)), dt)
+  v = jnp.asarray(rng.normal(size=(batch, seq, hkv, d)), dt)
+  ct = jnp.asarray(rng.normal(size=(batch, seq, hq, d)), jnp.float32)
+  return cfg, (q, k, v, jnp.asarray(seg), jnp.asarray(unit), ct)
+
+
+@pytest.mark.parametrize("i", range(N_CASES))
+def test_kernel_matches_reference(i):
+  cfg, args = _case(i)
+  got, want = _compare_fn(*cfg)(*args)
+  for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
+    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    assert np.all(np.isfinite(a)), name
+    err = np.max(np.abs(a - b))
+    if cfg[5] == "float32":
+      assert err <= 2e-5, (name, err)
+    else:
+      rel = err / np.max(np.abs(b))
+      assert rel <= 1e-2, (name, rel)
+
+
+def test_interval_form_is_the_mixed_mask():
+  rng = np.random.default_rng(7)
+  for _ in range(20):
+    seg, unit = random_packed_ids(rng, 2, 97)
+    tb = br.token_bounds(jnp.asarray(seg), jnp.asarray(unit))
+    j = np.arange(97)
+    interval = (j[None, None] >= np.asarray(tb.start)[..., None]) & (
+        j[None, None] <= np.asarray(tb.limit)[..., None])
+    np.testing.assert_array_equal(interval, mask_lib.mixed_mask(seg, unit))
+
+
+@pytest.mark.parametrize("bq,bk", [(16, 16), (16, 32), (32, 16)])
+def test_block_ranges_visit_exactly_the_nonempty_blocks(bq, bk):
+  rng = np.random.default_rng(bq + bk)
+  for _ in range(10):
+    seg, unit = random_packed_ids(rng, 2, 128)
+    m = np.asarray(mask_lib.mixed_mask(seg, unit)).reshape(2, 128 // bq, bq, 128 // bk, bk)
+    nonempty, full = m.any((2, 4)), m.all((2, 4))
+    r = br.block_ranges(br.token_bounds(jnp.asarray(seg), jnp.asarray(unit)), bq, bk)
+    nq, nk = 128 // bq, 128 // bk
+    j = np.arange(nk)
+    kv_lo, kv_hi = np.asarray(r.kv_lo).reshape(2, nq, 1), np.asarray(r.kv_hi).reshape(2, nq, 1)
+    visited = (j >= kv_lo) & (j <= kv_hi)
+    np.testing.assert_array_equal(visited, nonempty)
+    # Mirror ranges: kv block j visited by q blocks q_lo..q_hi.
+    i = np.arange(nq)
+    q_lo, q_hi = np.asarray(r.q_lo).reshape(2, 1, nk), np.asarray(r.q_hi).reshape(2, 1, nk)
+    np.testing.assert_array_equal((i[:, None] >= q_lo) & (i[:, None] <= q_hi), nonempty)
+    # Full-block test used by the kernel.
+    qms = np.asarray(r.q_max_start).reshape(2, nq, 1)
+    qml = np.asarray(r.q_min_limit).reshape(2, nq, 1)
+    np.testing.assert_array_equal((qms <= j * bk) & (qml >= j * bk + bk - 1), full)
+    counts = br.block_counts(jnp.asarray(seg), jnp.asarray(unit), bq, bk)
+    assert counts["visited"] == counts["nonempty"] == nonempty.sum()
+    assert counts["full"] == full.sum()
+
+
+def test_attention_dispatch_and_residual_names():
+  rng = np.random.default_rng(5)
+  seg, unit = map(jnp.asarray, random_packed_ids(rng, 1, 64))
+  q = jnp.asarray(rng.normal(size=(1, 64, 2, 16)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(1, 64, 1, 16)), jnp.float32)
+  v = jnp.asarray(rng.normal(size=(1, 64, 1, 8)), jnp.float32)
+  ct = jnp.asarray(rng.normal(size=(1, 64, 2, 8)), jnp.float32)
+  names = ("attn_o", "attn_lse")
+  fn = lambda q: jnp.sum(flash_mixed.flash_mixed_attention(
+      q, k, v, seg, unit, scale=0.25, block_q=32, block_kv=64,
+      residual_names=names) * ct)
+  policy = jax.checkpoint_policies.save_only_these_names(*names)
+  g1 = jax.jit(jax.grad(jax.checkpoint(fn, policy=policy)))(q)
+  g2 = jax.jit(jax.grad(fn))(q)
+  np.testing.assert_allclose(g1, g2, atol=1e-6)
+  jaxpr = str(jax.make_jaxpr(jax.grad(fn))(q))
+  assert "attn_o" in jaxpr and "attn_lse" in jaxpr
+  o1 = jax.jit(functools.partial(attention_lib.attention, scale=0.25, impl="pallas",
+                                 block_q=32, block_kv=64))(q, k, v, seg, unit)
+  o2 = attention_lib.attention(q, k, v, seg, unit, scale=0.25, impl="xla")
+  np.testing.assert_allclose(o1, o2, atol=2e-5)
+
+
+def test_separate_backward_blocks():
+  _, (q, k, v, seg, unit, ct) = _case(3)
+  def grads(**kw):
+    fn = lambda q, k, v: jnp.sum(flash_mixed.flash_mixed_attention(
+        q, k, v, seg, unit, scale=0.25, **kw) * ct)
+    return jax.jit(jax.grad(fn, argnums=(0, 1, 2)))(q, k, v)
+  ref = jax.grad(lambda q, k, v: jnp.sum(attention_lib.reference_attention(
+      q, k, v, seg, unit, scale=0.25) * ct), argnums=(0, 1, 2))(q, k, v)
+  got = grads(block_q=64, block_kv=32, block_q_bwd=32, block_kv_bwd=64)
+  for a, b in zip(got, ref):
+    np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+def test_shard_map_over_batch_and_heads():
+  devices = np.array(jax.devices()[:8])
+  if devices.size < 8:
+    pytest.skip("needs 8 (fake) devices")
+  mesh = jax.sharding.Mesh(devices.reshape(2, 1, 4), ("data", "fsdp", "tensor"))
+  rng = np.random.default_rng(3)
+  seg, unit = random_packed_ids(rng, 2, 96)
+  q = jnp.asarray(rng.normal(size=(2, 96, 8, 16)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(2, 96, 4, 16)), jnp.float32)
+  v = jnp.asarray(rng.normal(size=(2, 96, 4, 8)), jnp.float32)
+  fn = jax.jit(lambda q, k, v: flash_mixed.sharded_flash_mixed_attention(
+      mesh, q, k, v, jnp.asarray(seg), jnp.asarray(unit), batch_axes=("data", "fsdp"),
+      head_axis="tensor", scale=0.3, block_q=32, block_kv=32))
+  out = fn(q, k, v)
+  ref = attention_lib.reference_attention(q, k, v, seg, unit, scale=0.3)
+  np.testing.assert_allclose(out, ref, atol=2e-5)
+  g = jax.grad(lambda q: jnp.sum(fn(q, k, v) ** 2))(q)
+  g_ref = jax.grad(lambda q: jnp.sum(attention_lib.reference_attention(
+      q, k, v, seg, unit, scale=0.3) ** 2))(q)
+  np.testing.assert_allclose(g, g_ref, atol=2e-5)
+
+
+# ------------------------------------------------------------------------------- AOT
+
+_HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+
+
+def compile_for_tpu(topology: str, *, batch=1, seq=16384, heads=16, kv_heads=16,
+                    head_dim=128, block=512):
+  """AOT-compiles forward + backward of the kernel for one chip of ``topology``.
+
+  Returns:
+    The ``jax.stages.Compiled`` (``cost_analysis()``, ``memory_analysis()``).
+  """
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+  topo = topologies.get_topology_desc(topology, "tpu", chips_per_host_bounds=(1, 1, 1))
+  sh = jax.sharding.SingleDeviceSharding(topo.devices[0])
+  spec = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=sh)
+  q = spec((batch, seq, heads, 2 * head_dim), jnp.bfloat16)
+  k = spec((batch, seq, kv_heads, 2 * head_dim), jnp.bfloat16)
+  v = spec((batch, seq, kv_heads, head_dim), jnp.bfloat16)
+  ids = spec((batch, seq), jnp.int32)
+
+  def loss(q, k, v, seg, unit):
+    o = flash_mixed.flash_mixed_attention(q, k, v, seg, unit, scale=head_dim ** -0.5,
+                                          block_q=block, block_kv=block, interpret=False)
+    return jnp.sum(o.astype(jnp.float32))
+
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(
+      q, k, v, ids, ids).compile()
+
+
+@pytest.mark.skipif(not _HAS_LIBTPU, reason="libtpu is not installed: no TPU compiler "
+                    "for AOT (install the 'tpu' extra)")
+@pytest.mark.parametrize("topology", ["v5p:1x1x1", "v6e:1x1"])
+def test_aot_compile_tpu_fwd_bwd_16k(topology):
+  t0 = time.time()
+  compiled = compile_for_tpu(topology)
+  assert compiled.memory_analysis() is not None
+  text = compiled.as_text()
+  for name in ("flash_mixed_fwd", "flash_mixed_dq", "flash_mixed_dkv"):
+    assert name in text, name
+  assert time.time() - t0 < 300
+
+
+def test_gpu_triton_kernels_interpret():
+  """The GPU (Pallas Triton) kernels, in interpret mode: fwd and grads, GQA 2."""
+  from neo_jax.ops import flash_mixed_gpu  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(11)
+  seg, unit = map(jnp.asarray, random_packed_ids(rng, 1, 70))
+  q = jnp.asarray(rng.normal(size=(1, 70, 2, 16)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(1, 70, 1, 16)), jnp.float32)
+  v = jnp.asarray(rng.normal(size=(1, 70, 1, 8)), jnp.float32)
+  ct = jnp.asarray(rng.normal(size=(1, 70, 2, 8)), jnp.float32)
+  kern = lambda q, k, v: flash_mixed_gpu.flash_mixed_attention_gpu(
+      q, k, v, seg, unit, scale=0.25, block_q=32, block_kv=16, interpret=True)
+  ref = lambda q, k, v: attention_lib.reference_attention(q, k, v, seg, unit, scale=0.25)
+  vg = lambda fn: jax.jit(jax.value_and_grad(
+      lambda q, k, v: jnp.sum(fn(q, k, v) * ct), argnums=(0, 1, 2)))(q, k, v)
+  (lk, gk), (lr, gr) = vg(kern), vg(ref)
+  np.testing.assert_allclose(lk, lr, atol=2e-4)
+  for a, b in zip(gk, gr):
+    np.testing.assert_allclose(a, b, atol=2e-5)
