@@ -9,6 +9,10 @@ Arguments (``configs/demo.py:steps=300,eval_every=100``): ``steps``,
 from configs import common
 
 
+DEMO_WEIGHTS = {"digit": 5.0, "text": 1.0, "aspect": 1.0, "spatial": 1.0, "multi_image": 1.0,
+                "video": 1.0}
+
+
 def get_config(arg=None):
   a = common.parse_arg(arg, steps=600, eval_every=200, data="pipeline", seq_len=512, batch_size=8)
   c = common.base_config("tiny")
@@ -25,12 +29,16 @@ def get_config(arg=None):
   m.vision_hidden = 64
   m.dtype = "float32"
   m.loss_vocab_chunk = 16384
-  m.max_supervised_tokens = 64
+  m.max_supervised_tokens = 128
   m.tie_word_embeddings = True
   c.seq_len = a.seq_len
   c.batch_size = a.batch_size
   if a.data == "pipeline":
     c.data = common.data_mixture_config(ov=True, stage="demo")
+    # Every input kind stays in the mixture; the digit task (the accuracy
+    # target) gets half of the samples.
+    for task, weight in DEMO_WEIGHTS.items():
+      c.data.sources[task].weight = weight
   c.train.num_steps = a.steps
   c.train.lr = 2e-3
   c.train.warmup_steps = 30
