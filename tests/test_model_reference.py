@@ -52,6 +52,20 @@ def test_logits_match_float64_reference():
   assert ref_logits[real].std() > 0.1
 
 
+def test_untied_head_logits_match_float64_reference():
+  """With ``tie_word_embeddings=False`` (the NEO-9B layout) the model uses its own
+  ``lm_head/kernel``, and the logits match the reference reading ``lm_head.weight``."""
+  _, pb, _, _ = _setup()
+  cfg = mf.tiny_config(tie_word_embeddings=False)
+  params = mf.init_params(cfg, seed=5)
+  assert params["lm_head"]["kernel"].shape == (cfg.hidden_size, cfg.vocab_size)
+  want = ref.forward(pb.batch["input_ids"], pb.batch["segment_ids"], pb.images,
+                     mf.export_weights(cfg, params), mf.reference_config(cfg))
+  logits = np.asarray(mf.logits_fn(cfg)(params, pb.batch))
+  real = pb.batch["segment_ids"] > 0
+  assert np.abs(logits - want)[real].max() <= LOGIT_TOL
+
+
 @pytest.mark.parametrize("corruption", ["swap_hw", "shift_pixels"])
 def test_reference_comparison_detects_wrong_vision_inputs(corruption):
   """The reference check can fail: a batch whose token (row, col) are swapped or whose
