@@ -136,3 +136,18 @@ def test_leak_check_detects_a_mask_without_segments(monkeypatch):
   k0, k1 = _span(pb, 1, "video")
   out = _fresh_logits(cfg, params, _perturb(pb, cfg, 1, s0, s1, seed=7))
   assert np.abs(out[1, k0:k1] - base[1, k0:k1]).max() > 1e-3
+
+
+def test_limit_form_equals_dense_mask():
+  """``mask.visible_limit`` (the kernel's form: same sample and ``j <= limit_i``) gives
+  exactly ``mask.mixed_mask`` on the packed batch (images contiguous)."""
+  cfg, pb, _, _ = _setup()
+  units = positions.unit_ids(pb.batch["input_ids"], img_start_id=cfg.img_start_token_id,
+                             img_context_id=cfg.img_context_token_id)
+  seg = pb.batch["segment_ids"]
+  dense = np.asarray(mask_lib.mixed_mask(seg, units))
+  limit = np.asarray(mask_lib.visible_limit(units))
+  s = seg.shape[1]
+  from_limit = (seg[:, :, None] == seg[:, None, :]) & (
+      np.arange(s)[None, None, :] <= limit[:, :, None])
+  np.testing.assert_array_equal(from_limit, dense)

@@ -99,6 +99,17 @@ def test_loss_matches_float64_reference(mode):
   assert int(out.dropped) == 0
 
 
+@pytest.mark.parametrize("chunk", [100, 512, 1000])
+def test_loss_vocab_chunking_is_exact(chunk):
+  """The chunked LM head + cross entropy gives the reference loss for a chunk that does
+  not divide the vocabulary (last chunk overlaps the previous one), one chunk, and a
+  chunk larger than the vocabulary."""
+  cfg, pb, params, ref_logits = _setup()
+  out = mf.model_loss(mf.tiny_config(loss_vocab_chunk=chunk), params, pb.batch)
+  want, _, _ = ref.loss(ref_logits, pb.batch["labels"], pb.batch["segment_ids"], "square")
+  assert abs(out.weighted_ce / out.weight - want) <= LOSS_TOL
+
+
 def test_weighting_modes_differ_on_this_batch():
   """The three modes give different reference losses here (samples have different n),
   so the per-mode checks above tell the modes apart."""
