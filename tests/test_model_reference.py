@@ -9,12 +9,13 @@ with padding at the end of each row.
 
 import functools
 
-import jax
 import numpy as np
 import pytest
 
 import model_fixtures as mf
 import np_reference as ref
+from neo_jax.model import positions
+from neo_jax.ops import mask
 
 LOGIT_TOL = 1e-4
 LOSS_TOL = 1e-5
@@ -156,8 +157,6 @@ def test_loss_with_gathered_supervised_tokens(mode):
 def test_positions_and_units_match_reference_loops():
   """``positions.native_rope_positions`` / ``unit_ids`` and ``ops.mask.mixed_mask`` ==
   the reference's explicit loops of NEO_SPEC §1.3 / §1.4 on the real tokens of the batch."""
-  from neo_jax.model import positions  # pylint: disable=g-import-not-at-top
-  from neo_jax.ops import mask  # pylint: disable=g-import-not-at-top
   cfg, pb, _, _ = _setup()
   b = pb.batch
   kw = dict(img_start_id=cfg.img_start_token_id, img_context_id=cfg.img_context_token_id)
@@ -186,7 +185,6 @@ def test_positions_and_units_match_reference_loops():
 def test_segment_sums_match_loops():
   """``positions.segment_cumsum`` / ``segment_total`` == per-sample loops on random
   packings (samples of random lengths, trailing padding)."""
-  from neo_jax.model import positions  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(3)
   seg = np.zeros((4, 40), np.int32)
   for r in range(4):
