@@ -37,14 +37,18 @@ def segment_cumsum(x: jax.Array, segment_ids: jax.Array) -> jax.Array:
 
 def segment_total(x: jax.Array, segment_ids: jax.Array) -> jax.Array:
   """Sum of non-negative ``x`` over each token's packed sample, ``[B, S] int32``."""
-  c = segment_cumsum(x, segment_ids)
+  x = x.astype(jnp.int32)
+  g = jnp.cumsum(x, axis=1)  # over the whole row: non-decreasing
+  before = g - segment_cumsum(x, segment_ids)  # row sum before the token's sample
   b = segment_ids.shape[0]
   is_end = jnp.concatenate(
       [segment_ids[:, 1:] != segment_ids[:, :-1], jnp.ones((b, 1), bool)], axis=1)
   big = jnp.iinfo(jnp.int32).max
-  # Within a sample c is non-decreasing, so the first end mark to the right
-  # holds the sample's total.
-  return jax.lax.cummin(jnp.where(is_end, c, big), axis=1, reverse=True)
+  # g is non-decreasing along the row, so the smallest end mark at or to the
+  # right of a token is its own sample's end. (The per-sample cumsum restarts
+  # at every sample, so its minimum to the right would be a later sample's.)
+  g_end = jax.lax.cummin(jnp.where(is_end, g, big), axis=1, reverse=True)
+  return g_end - before
 
 
 def unit_ids(input_ids: jax.Array, *, img_start_id: int, img_context_id: int) -> jax.Array:
