@@ -135,3 +135,29 @@ def test_resume_after_sigkill_reproduces_losses(tmp_path):
   ref, got = _losses(full), _losses(killed)
   for step in range(resumed_from + 1, 15):
     assert got[step] == ref[step], (step, got[step], ref[step])
+
+
+def test_non_finite_loss_stops_without_overwriting_checkpoint(tmp_path):
+  """A diverging run raises NonFiniteLossError naming the step; the checkpoints on disk
+  are those of finite states only (the last good one is kept)."""
+  c = smoke.get_config("steps=12")
+  c.train.lr = 1e30  # the first update already makes the parameters overflow
+  c.train.grad_clip = 0.0
+  c.train.warmup_steps = 1
+  c.checkpoint.every_steps = 1
+  c.checkpoint.async_save = False
+  workdir = str(tmp_path)
+  with pytest.raises(trainer.NonFiniteLossError, match="Non-finite"):
+    trainer.run(c, workdir)
+  saved = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit())
+  assert saved, "no finite step was checkpointed before the divergence"
+  logged = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert max(saved) == max(r["step"] for r in logged)  # it stopped right after the last save
+  # Restore every saved state and check it is finite.
+  s = trainer.Setup(c)
+  from neo_jax.train import checkpointing  # pylint: disable=g-import-not-at-top
+  mgr = checkpointing.make_manager(workdir, keep=10, async_save=False)
+  for step in saved:
+    st = checkpointing.restore(mgr, step, s.abstract_state, None)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(st.params))
+  mgr.close()

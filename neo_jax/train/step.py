@@ -69,7 +69,7 @@ def train_step(state: TrainState, batch: dict, *, model: NEO, tx: optax.Gradient
 
   Returns:
     (new state, metrics dict of scalars: loss, grad_norm, lr,
-    supervised_tokens, tokens, dropped_supervised).
+    supervised_tokens, tokens, dropped_supervised, params_finite).
   """
   cfg = model.config
   k = grad_accum_steps
@@ -109,5 +109,9 @@ def train_step(state: TrainState, batch: dict, *, model: NEO, tx: optax.Gradient
       "supervised_tokens": out.tokens,
       "tokens": jnp.sum(batch["segment_ids"] > 0),
       "dropped_supervised": out.dropped,
+      # The loss above is of the old parameters; this guards the new ones, so a
+      # step that produced inf / NaN parameters is never checkpointed.
+      "params_finite": jnp.all(jnp.asarray(
+          [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(params)])),
   }
   return TrainState(state.step + 1, params, opt_state), metrics

@@ -244,9 +244,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       if log_now or save_now:
         # Checked before every save too, so a non-finite state is never saved.
         m = {k: v.item() for k, v in jax.device_get(metrics).items()}
-        if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"])):
+        if not (np.isfinite(m["loss"]) and np.isfinite(m["grad_norm"]) and m["params_finite"]):
           raise NonFiniteLossError(
-              f"Non-finite loss={m['loss']} grad_norm={m['grad_norm']} at step {step}; "
+              f"Non-finite loss={m['loss']} grad_norm={m['grad_norm']} "
+              f"params_finite={m['params_finite']} at step {step}; "
               f"stopping without saving. The last good checkpoint is step {manager.latest_step()}. "
               "Lower the learning rate or check the data (skip counts in metrics.jsonl).")
       if log_now:
