@@ -144,7 +144,7 @@ class ParamReader:
     self.path = os.path.abspath(path)
     if not os.path.isdir(self.path):
       raise FileNotFoundError(f"Checkpoint directory {self.path} does not exist.")
-    self._meta = dict(flatten(ocp.pytree_metadata(self.path).metadata))
+    self._meta = dict(flatten(ocp.metadata(self.path).metadata))
 
   def paths(self) -> list[Path]:
     return list(self._meta)
@@ -164,7 +164,7 @@ class ParamReader:
     ctx = ocp.Context()
     ctx.pytree.loading.partial_load = True
     with ctx:
-      tree = ocp.load_pytree(self.path, _nest(path, self._meta[path]))
+      tree = ocp.load(self.path, _nest(path, self._meta[path]))
     for name in path:
       tree = tree[name]
     return np.asarray(tree)
@@ -212,5 +212,5 @@ def load_params(path: str, target: Any = None) -> dict:
   if not os.path.isdir(path):
     raise FileNotFoundError(f"Checkpoint directory {path} does not exist.")
   if target is None:
-    return ocp.load_pytree(path)
-  return ocp.load_pytree(path, nn.meta.unbox(target))
+    return ocp.load(path)
+  return ocp.load(path, nn.meta.unbox(target))
