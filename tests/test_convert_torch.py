@@ -136,3 +136,17 @@ def test_export_runs_in_torch_reference(tmp_path, tie):
   real = ours["segment_ids"] > 0
   err = float(np.max(np.abs(got[real] - want[real])))
   assert err <= TOL, err
+
+
+def test_plain_torch_state_dict(tmp_path):
+  from safetensors.torch import load_file
+  cfg = config_lib.get_model_config("tiny", tie_word_embeddings=False)
+  params = cv.collect(cv.random_leaves(cfg, dtype="bfloat16"))
+  dst, tf = str(tmp_path / "hf"), str(tmp_path / "model.pt")
+  cv.export_release(cv.TreeSource(params), cfg, dst, dtype="bfloat16", torch_file=tf,
+                    progress=False)
+  sd = torch.load(tf)
+  st = load_file(os.path.join(dst, "model.safetensors"))
+  assert sorted(sd) == sorted(st)
+  for k in sd:
+    assert sd[k].dtype == torch.bfloat16 and torch.equal(sd[k], st[k]), k
