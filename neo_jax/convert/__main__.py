@@ -48,6 +48,7 @@ flags.DEFINE_float("max_shard_gb", 2.0, "export: safetensors shard size limit [G
 flags.DEFINE_integer("min_pixels", 65536, "export: vision_config.min_pixels.")
 flags.DEFINE_integer("max_pixels", 4194304, "export: vision_config.max_pixels.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing Orbax destination.")
+flags.DEFINE_bool("compress", False, "ZSTD-compress Orbax arrays (~20% smaller, 2x slower).")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 
 COMMANDS = ("import-qwen3", "import-neo", "export", "random")
@@ -71,7 +72,7 @@ def main(argv):
     _require("dst")
     from neo_jax.model import config as config_lib  # pylint: disable=import-outside-toplevel
     cfg = config_lib.get_model_config(FLAGS.preset, param_dtype=FLAGS.dtype or "float32")
-    w = orbax_io.ParamWriter(FLAGS.dst, cfg, overwrite=FLAGS.overwrite)
+    w = orbax_io.ParamWriter(FLAGS.dst, cfg, overwrite=FLAGS.overwrite, compress=FLAGS.compress)
     cv.write(cv.random_leaves(cfg, dtype=FLAGS.dtype or "float32", seed=FLAGS.seed), w,
              total=_count(cfg), desc="random", progress=FLAGS.progress)
   elif cmd == "import-qwen3":
@@ -83,7 +84,7 @@ def main(argv):
     cfg = cv.qwen3_config(FLAGS.src, num_prebuffer_layers=FLAGS.num_prebuffer_layers,
                           vocab_size=FLAGS.vocab_size, base=FLAGS.base_preset,
                           param_dtype=dtype, **overrides)
-    w = orbax_io.ParamWriter(FLAGS.dst, cfg, overwrite=FLAGS.overwrite)
+    w = orbax_io.ParamWriter(FLAGS.dst, cfg, overwrite=FLAGS.overwrite, compress=FLAGS.compress)
     cv.write(cv.qwen3_leaves(FLAGS.src, cfg, dtype=dtype, new_rows=FLAGS.new_rows,
                              seed=FLAGS.seed), w, total=_count(cfg), desc="import-qwen3",
              progress=FLAGS.progress)
@@ -92,7 +93,7 @@ def main(argv):
     dtype = FLAGS.dtype or "float32"
     overrides = {"vocab_size": FLAGS.vocab_size} if FLAGS.vocab_size else {}
     cfg = cv.release_config(FLAGS.src, base=FLAGS.base_preset, param_dtype=dtype, **overrides)
-    w = orbax_io.ParamWriter(FLAGS.dst, cfg, overwrite=FLAGS.overwrite)
+    w = orbax_io.ParamWriter(FLAGS.dst, cfg, overwrite=FLAGS.overwrite, compress=FLAGS.compress)
     cv.write(cv.release_leaves(FLAGS.src, cfg, dtype=dtype, new_rows=FLAGS.new_rows,
                                seed=FLAGS.seed), w, total=_count(cfg), desc="import-neo",
              progress=FLAGS.progress)
