@@ -1,0 +1,278 @@
+"""The one table between our parameter paths and the release's state-dict keys.
+
+NEO_SPEC §5 lists the release's keys (``VLMEvalKit/vlmeval/vlm/neo/to_hf`` and
+``VLMTrainKit/neo/model``: ``NEOChatModel`` = ``vision_model`` +
+``language_model``, a ``Qwen3ForCausalLM`` whose layers carry the extra H / W
+projections). Every conversion (Qwen3 import, NEO import, export) walks this
+table; the hook functions below turn one tensor from our layout into the
+PyTorch layout and back, so both directions share one description.
+
+Layouts (ours -> PyTorch):
+* Dense kernels ``[in..., out...]`` -> Linear ``weight [prod(out), prod(in)]``
+  (``q_proj [D, Hq, d]`` -> ``[Hq d, D]``; ``o_proj [Hq, d, D]`` -> ``[D, Hq d]``).
+* ``patch_embedding.kernel [3 P P, V]`` (patch flattened (c, y, x)) ->
+  Conv ``weight [V, 3, P, P]`` (OIHW).
+* ``dense_embedding.kernel [k k V, D]`` (flattened (dy, dx, V)) -> Conv
+  ``weight [D, V, k, k]`` (OIHW), k = ``downsample``.
+* ``lm_head.kernel [D, vocab]`` -> ``weight [vocab, D]``; norms, biases and the
+  embedding table are unchanged.
+* Scanned stacks: our leaf ``[L, ...]`` holds layer ``l`` of the stack at
+  index ``l``; pre-Buffer layer ``i`` is release layer ``i``, post-LLM layer
+  ``j`` is release layer ``j + num_prebuffer_layers``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Iterator
+
+import ml_collections
+import numpy as np
+
+Path = tuple[str, ...]
+
+LANGUAGE_PREFIX = "language_model."
+STACKS = ("prebuffer", "llm")
+
+
+# ----------------------------------------------------------------------------
+# Hooks: our layout <-> PyTorch layout, one tensor at a time (numpy).
+
+
+def _dense_to_torch(n_in: int):
+  def to_torch(x: np.ndarray, cfg) -> np.ndarray:
+    del cfg
+    return np.ascontiguousarray(x.reshape(math.prod(x.shape[:n_in]), -1).T)
+
+  def from_torch(w: np.ndarray, cfg, shape: tuple[int, ...]) -> np.ndarray:
+    del cfg
+    return np.ascontiguousarray(w.T).reshape(shape)
+
+  def torch_shape(shape, cfg):
+    del cfg
+    return (math.prod(shape[n_in:]), math.prod(shape[:n_in]))
+
+  return to_torch, from_torch, torch_shape
+
+
+def _identity():
+  return (lambda x, cfg: x), (lambda w, cfg, shape: w.reshape(shape)), (lambda shape, cfg: shape)
+
+
+def _patch_conv():
+  """``[3 P P, V]`` <-> OIHW ``[V, 3, P, P]``."""
+  def to_torch(x, cfg):
+    p = cfg.patch_size
+    return np.ascontiguousarray(x.T).reshape(x.shape[1], cfg.num_channels, p, p)
+
+  def from_torch(w, cfg, shape):
+    del cfg
+    return np.ascontiguousarray(w.reshape(w.shape[0], -1).T).reshape(shape)
+
+  def torch_shape(shape, cfg):
+    return (shape[1], cfg.num_channels, cfg.patch_size, cfg.patch_size)
+
+  return to_torch, from_torch, torch_shape
+
+
+def _dense_conv():
+  """``[k k V, D]`` (dy, dx, V) <-> OIHW ``[D, V, k, k]``."""
+  def to_torch(x, cfg):
+    k = cfg.downsample
+    return np.ascontiguousarray(
+        x.reshape(k, k, cfg.vision_hidden, x.shape[-1]).transpose(3, 2, 0, 1))
+
+  def from_torch(w, cfg, shape):
+    del cfg
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0)).reshape(shape)
+
+  def torch_shape(shape, cfg):
+    return (shape[1], cfg.vision_hidden, cfg.downsample, cfg.downsample)
+
+  return to_torch, from_torch, torch_shape
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One parameter: our path, the release key, and the two hooks.
+
+  Attributes:
+    path: path inside the parameter tree; for layer entries relative to
+      ``<stack>/layers``.
+    key: release state-dict key; layer entries contain ``{i}``.
+    to_torch: ``(ours, cfg) -> torch layout`` (numpy in, numpy out).
+    from_torch: ``(torch layout, cfg, our shape) -> ours``.
+    torch_shape: ``(our shape, cfg) -> torch shape`` (no data touched).
+    kind: "layer" | "global".
+  """
+  path: Path
+  key: str
+  to_torch: Callable
+  from_torch: Callable
+  torch_shape: Callable
+  kind: str = "global"
+
+
+def _layer(path: str, key: str, hooks) -> Entry:
+  return Entry(tuple(path.split("/")), LANGUAGE_PREFIX + "model.layers.{i}." + key, *hooks,
+               kind="layer")
+
+
+def _global(path: str, key: str, hooks) -> Entry:
+  return Entry(tuple(path.split("/")), key, *hooks, kind="global")
+
+
+LAYER_ENTRIES: tuple[Entry, ...] = (
+    _layer("input_layernorm/scale", "input_layernorm.weight", _identity()),
+    _layer("post_attention_layernorm/scale", "post_attention_layernorm.weight", _identity()),
+    _layer("self_attn/q_proj/kernel", "self_attn.q_proj.weight", _dense_to_torch(1)),
+    _layer("self_attn/q_proj_hw/kernel", "self_attn.q_proj_hw.weight", _dense_to_torch(1)),
+    _layer("self_attn/k_proj/kernel", "self_attn.k_proj.weight", _dense_to_torch(1)),
+    _layer("self_attn/k_proj_hw/kernel", "self_attn.k_proj_hw.weight", _dense_to_torch(1)),
+    _layer("self_attn/v_proj/kernel", "self_attn.v_proj.weight", _dense_to_torch(1)),
+    _layer("self_attn/o_proj/kernel", "self_attn.o_proj.weight", _dense_to_torch(2)),
+    _layer("self_attn/q_norm/scale", "self_attn.q_norm.weight", _identity()),
+    _layer("self_attn/k_norm/scale", "self_attn.k_norm.weight", _identity()),
+    _layer("self_attn/q_norm_h/scale", "self_attn.q_norm_h.weight", _identity()),
+    _layer("self_attn/q_norm_w/scale", "self_attn.q_norm_w.weight", _identity()),
+    _layer("self_attn/k_norm_h/scale", "self_attn.k_norm_h.weight", _identity()),
+    _layer("self_attn/k_norm_w/scale", "self_attn.k_norm_w.weight", _identity()),
+    _layer("mlp/gate_proj/kernel", "mlp.gate_proj.weight", _dense_to_torch(1)),
+    _layer("mlp/up_proj/kernel", "mlp.up_proj.weight", _dense_to_torch(1)),
+    _layer("mlp/down_proj/kernel", "mlp.down_proj.weight", _dense_to_torch(1)),
+)
+
+GLOBAL_ENTRIES: tuple[Entry, ...] = (
+    _global("vision_model/patch_embedding/kernel",
+            "vision_model.embeddings.patch_embedding.weight", _patch_conv()),
+    _global("vision_model/patch_embedding/bias",
+            "vision_model.embeddings.patch_embedding.bias", _identity()),
+    _global("vision_model/dense_embedding/kernel",
+            "vision_model.embeddings.dense_embedding.weight", _dense_conv()),
+    _global("vision_model/dense_embedding/bias",
+            "vision_model.embeddings.dense_embedding.bias", _identity()),
+    _global("embed_tokens/embedding", LANGUAGE_PREFIX + "model.embed_tokens.weight", _identity()),
+    _global("norm/scale", LANGUAGE_PREFIX + "model.norm.weight", _identity()),
+    _global("lm_head/kernel", LANGUAGE_PREFIX + "lm_head.weight", _dense_to_torch(1)),
+)
+
+# Layer parameters a plain Qwen3 checkpoint lacks (NEO_SPEC §2 derives them).
+HW_ONLY = ("self_attn/q_proj_hw/kernel", "self_attn/k_proj_hw/kernel", "self_attn/q_norm_h/scale",
+           "self_attn/q_norm_w/scale", "self_attn/k_norm_h/scale", "self_attn/k_norm_w/scale")
+
+# Parameters whose leading axis is the vocabulary in the torch layout.
+VOCAB_KEYS = (LANGUAGE_PREFIX + "model.embed_tokens.weight", LANGUAGE_PREFIX + "lm_head.weight")
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+  """One leaf of our parameter tree with its release keys.
+
+  Attributes:
+    path: full path in our tree (``("llm", "layers", "mlp", ...)``).
+    entry: the table entry.
+    shape: our shape (with the stacked layer axis first for layer leaves).
+    keys: release keys, one per stacked layer (one for a global leaf).
+  """
+  path: Path
+  entry: Entry
+  shape: tuple[int, ...]
+  keys: tuple[str, ...]
+
+  @property
+  def stacked(self) -> bool:
+    return self.entry.kind == "layer"
+
+
+def layer_shapes(cfg: ml_collections.ConfigDict) -> dict[Path, tuple[int, ...]]:
+  """Our per-layer parameter shapes (without the stacked axis)."""
+  d_model, hq, hkv, d, inter = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
+                                cfg.intermediate_size)
+  s = {
+      "input_layernorm/scale": (d_model,), "post_attention_layernorm/scale": (d_model,),
+      "self_attn/q_proj/kernel": (d_model, hq, d), "self_attn/q_proj_hw/kernel": (d_model, hq, d),
+      "self_attn/k_proj/kernel": (d_model, hkv, d), "self_attn/k_proj_hw/kernel": (d_model, hkv, d),
+      "self_attn/v_proj/kernel": (d_model, hkv, d), "self_attn/o_proj/kernel": (hq, d, d_model),
+      "self_attn/q_norm/scale": (d,), "self_attn/k_norm/scale": (d,),
+      "self_attn/q_norm_h/scale": (d // 2,), "self_attn/q_norm_w/scale": (d // 2,),
+      "self_attn/k_norm_h/scale": (d // 2,), "self_attn/k_norm_w/scale": (d // 2,),
+      "mlp/gate_proj/kernel": (d_model, inter), "mlp/up_proj/kernel": (d_model, inter),
+      "mlp/down_proj/kernel": (inter, d_model),
+  }
+  return {tuple(k.split("/")): v for k, v in s.items()}
+
+
+def global_shapes(cfg: ml_collections.ConfigDict) -> dict[Path, tuple[int, ...]]:
+  """Shapes of the non-layer parameters (``lm_head`` only when untied)."""
+  p2c = cfg.num_channels * cfg.patch_size ** 2
+  s = {
+      "vision_model/patch_embedding/kernel": (p2c, cfg.vision_hidden),
+      "vision_model/patch_embedding/bias": (cfg.vision_hidden,),
+      "vision_model/dense_embedding/kernel": (cfg.downsample ** 2 * cfg.vision_hidden,
+                                              cfg.hidden_size),
+      "vision_model/dense_embedding/bias": (cfg.hidden_size,),
+      "embed_tokens/embedding": (cfg.vocab_size, cfg.hidden_size),
+      "norm/scale": (cfg.hidden_size,),
+  }
+  if not cfg.tie_word_embeddings:
+    s["lm_head/kernel"] = (cfg.hidden_size, cfg.vocab_size)
+  return {tuple(k.split("/")): v for k, v in s.items()}
+
+
+def stack_sizes(cfg: ml_collections.ConfigDict) -> dict[str, tuple[int, int]]:
+  """``{stack: (num_layers, release index of its first layer)}`` for the stacks present."""
+  out = {}
+  if cfg.num_prebuffer_layers:
+    out["prebuffer"] = (cfg.num_prebuffer_layers, 0)
+  out["llm"] = (cfg.num_llm_layers, cfg.num_prebuffer_layers)
+  return out
+
+
+def leaves(cfg: ml_collections.ConfigDict) -> Iterator[Leaf]:
+  """Every leaf of our parameter tree for ``cfg``, in a fixed order.
+
+  Global leaves first (vision, embedding, norm, head), then the pre-Buffer and
+  post-LLM stacks, entry by entry.
+  """
+  gshapes = global_shapes(cfg)
+  for e in GLOBAL_ENTRIES:
+    if e.path in gshapes:
+      yield Leaf(e.path, e, gshapes[e.path], (e.key,))
+  lshapes = layer_shapes(cfg)
+  for stack, (n, offset) in stack_sizes(cfg).items():
+    for e in LAYER_ENTRIES:
+      keys = tuple(e.key.format(i=offset + i) for i in range(n))
+      yield Leaf((stack, "layers") + e.path, e, (n,) + lshapes[e.path], keys)
+
+
+def release_keys(cfg: ml_collections.ConfigDict) -> list[str]:
+  """All state-dict keys of the release model for ``cfg`` (no tied ``lm_head``)."""
+  return [k for leaf in leaves(cfg) for k in leaf.keys]
+
+
+def resize_rows(x: np.ndarray, rows: int, *, init: str = "zero", std: float = 0.02,
+                rng: np.random.Generator | None = None) -> np.ndarray:
+  """Crops or grows the leading (vocabulary) axis of ``x`` to ``rows``.
+
+  Args:
+    x: ``[vocab, ...]`` any dtype.
+    rows: target number of rows.
+    init: "zero" or "normal" (N(0, std)) for appended rows.
+    std: std of the appended rows for "normal".
+    rng: numpy generator for "normal".
+
+  Returns:
+    ``[rows, ...]`` in ``x.dtype``.
+  """
+  if rows <= x.shape[0]:
+    return x[:rows]
+  extra_shape = (rows - x.shape[0],) + x.shape[1:]
+  if init == "zero":
+    extra = np.zeros(extra_shape, x.dtype)
+  elif init == "normal":
+    rng = rng or np.random.default_rng(0)
+    extra = (rng.standard_normal(extra_shape, dtype=np.float32) * std).astype(x.dtype)
+  else:
+    raise ValueError(f"init={init!r} is not 'zero' or 'normal'.")
+  return np.concatenate([x, extra], axis=0)
