@@ -1,16 +1,15 @@
 """Both tokenizer back ends give the same ids (NEO_SPEC §3.1).
 
-The Hugging Face back end is fed a ``tokenizer.json`` built here from the
-embedded tiktoken ranks: ``vocab.json`` = byte-level strings of the ranks,
-``merges.txt`` = for each multi-byte token (in rank order) the pair that BPE
-restricted to lower ranks produces.
+The Hugging Face back end and ``transformers.AutoTokenizer`` (fast and slow)
+are fed the files ``neo_jax.data.hf_tokenizer.write_hf_tokenizer`` builds from
+the embedded tiktoken ranks (what ``export`` writes by default).
 """
 
 import json
 
 import pytest
 
-from neo_jax.data import tokenizer as tok_lib
+from neo_jax.data import hf_tokenizer, tokenizer as tok_lib
 from neo_jax.model import config as model_config
 
 TEXTS = [
@@ -30,60 +29,10 @@ TEXTS = [
 ]
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-  bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-  cs = bs[:]
-  n = 0
-  for b in range(256):
-    if b not in bs:
-      bs.append(b)
-      cs.append(256 + n)
-      n += 1
-  return dict(zip(bs, map(chr, cs)))
-
-
-def _bpe_split(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
-  parts = [bytes([b]) for b in token]
-  while True:
-    best, best_rank = None, None
-    for i in range(len(parts) - 1):
-      r = ranks.get(parts[i] + parts[i + 1])
-      if r is not None and r < max_rank and (best_rank is None or r < best_rank):
-        best, best_rank = i, r
-    if best is None:
-      return parts
-    parts = parts[:best] + [parts[best] + parts[best + 1]] + parts[best + 2:]
-
-
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-  import tokenizers
-  from tokenizers import decoders, models, normalizers, pre_tokenizers
-  ranks = tok_lib.load_tiktoken_ranks()
-  b2u = _bytes_to_unicode()
-  enc = lambda b: "".join(b2u[x] for x in b)
-  vocab = {enc(t): r for t, r in ranks.items()}
-  merges = []
-  for t, r in sorted(ranks.items(), key=lambda kv: kv[1]):
-    if len(t) > 1:
-      parts = _bpe_split(ranks, t, r)
-      assert len(parts) == 2, (t, parts)
-      merges.append((enc(parts[0]), enc(parts[1])))
   d = tmp_path_factory.mktemp("hf_tok")
-  with open(d / "vocab.json", "w") as f:
-    json.dump(vocab, f)
-  with open(d / "merges.txt", "w") as f:
-    f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-  t = tokenizers.Tokenizer(models.BPE.from_file(str(d / "vocab.json"), str(d / "merges.txt")))
-  t.normalizer = normalizers.NFC()
-  t.pre_tokenizer = pre_tokenizers.Sequence([
-      pre_tokenizers.Split(tokenizers.Regex(tok_lib.QWEN_PAT_STR), behavior="isolated"),
-      pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-  t.decoder = decoders.ByteLevel()
-  # Qwen3's added tokens only: the back end must add NEO's itself.
-  t.add_special_tokens([tokenizers.AddedToken(s, special=True, normalized=False)
-                        for s in tok_lib.QWEN3_SPECIAL_TOKENS])
-  t.save(str(d / "tokenizer.json"))
+  assert hf_tokenizer.write_hf_tokenizer(str(d)) == list(hf_tokenizer.TOKENIZER_FILE_NAMES)
   return str(d)
 
 
@@ -112,10 +61,76 @@ def test_back_ends_agree(hf_dir):
   assert emb.decode(emb.encode(TEXTS[4])) == TEXTS[4]
 
 
-def test_hf_wrong_special_id_raises(tmp_path, hf_dir):
+@pytest.fixture
+def qwen3_only_dir(tmp_path, hf_dir):
+  """The written tokenizer.json with Qwen3's added tokens only (NEO's removed)."""
+  with open(hf_dir + "/tokenizer.json") as f:
+    tj = json.load(f)
+  tj["added_tokens"] = [a for a in tj["added_tokens"] if a["content"] in tok_lib.QWEN3_SPECIAL_TOKENS]
+  assert len(tj["added_tokens"]) == 26
+  d = tmp_path / "qwen3_only"
+  d.mkdir()
+  with open(d / "tokenizer.json", "w") as f:
+    json.dump(tj, f)
+  return str(d)
+
+
+def test_hf_wrong_special_id_raises(tmp_path, qwen3_only_dir):
   import tokenizers
-  t = tokenizers.Tokenizer.from_file(hf_dir + "/tokenizer.json")
+  t = tokenizers.Tokenizer.from_file(qwen3_only_dir + "/tokenizer.json")
   t.add_special_tokens([tokenizers.AddedToken("<img>", special=True)])  # gets 151669, not 151670
   t.save(str(tmp_path / "tokenizer.json"))
   with pytest.raises(ValueError, match="<img>"):
     tok_lib.HFTokenizer(str(tmp_path))
+
+
+def test_hf_back_end_adds_missing_neo_tokens(qwen3_only_dir):
+  hf = tok_lib.HFTokenizer(qwen3_only_dir)
+  assert hf.special_ids == tok_lib.special_token_ids()
+  assert hf.encode(TEXTS[8]) == tok_lib.get_tokenizer("embedded").encode(TEXTS[8])
+
+
+@pytest.mark.parametrize("use_fast", [True, False])
+def test_transformers_auto_tokenizer(hf_dir, use_fast):
+  transformers = pytest.importorskip("transformers")
+  # The release's VLMEvalKit loads it with use_fast=False, trust_remote_code=True.
+  at = transformers.AutoTokenizer.from_pretrained(hf_dir, use_fast=use_fast, trust_remote_code=True)
+  assert type(at).__name__ == ("Qwen2TokenizerFast" if use_fast else "Qwen2Tokenizer")
+  emb = tok_lib.get_tokenizer("embedded")
+  for text in TEXTS:
+    ids = emb.encode(text)
+    assert at.encode(text) == ids, text
+    assert at(text)["input_ids"] == ids, text  # add_special_tokens=True adds nothing (no bos)
+    assert at.decode(ids) == emb.decode(ids), text
+  ids = at.encode("<img><IMG_CONTEXT><image> hello world.</img>")
+  assert ids[:2] == [151670, 151669] and ids[-4:] == [23811, 1879, 13, 151671]
+  special = tok_lib.special_token_ids()
+  assert len(at) == emb.vocab_size == 151682
+  for text, i in special.items():
+    assert at.convert_tokens_to_ids(text) == i, text
+    assert at.convert_ids_to_tokens(i) == text, text
+    assert at.encode(text) == [i], text
+  assert (at.eos_token, at.eos_token_id, at.pad_token, at.pad_token_id, at.bos_token) == (
+      "<|im_end|>", 151645, "<|endoftext|>", 151643, None)
+  assert at.convert_tokens_to_ids("<|im_end|>\n".strip()) == 151645  # the release's eos lookup
+  # Qwen3's special flags: <think> survives skip_special_tokens, <img> does not.
+  assert at.decode(emb.encode("<think>a</think><img>b</img>"), skip_special_tokens=True) == "<think>a</think>b"
+  # neo1_0 (NEO_SPEC §3.3): system block only when given.
+  msgs = [{"role": "user", "content": "What?"}, {"role": "assistant", "content": "7"}]
+  assert at.apply_chat_template(msgs, tokenize=False) == (
+      "<|im_start|>user\nWhat?<|im_end|>\n<|im_start|>assistant\n7<|im_end|>\n")
+  assert at.apply_chat_template([{"role": "system", "content": "S"}] + msgs[:1], tokenize=False,
+                                add_generation_prompt=True) == (
+      "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nWhat?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_written_files(hf_dir):
+  with open(hf_dir + "/tokenizer_config.json") as f:
+    tc = json.load(f)
+  assert tc["tokenizer_class"] == "Qwen2Tokenizer" and tc["model_max_length"] == 40960
+  dec = {int(k): v["content"] for k, v in tc["added_tokens_decoder"].items()}
+  assert dec == {i: t for t, i in tok_lib.special_token_ids().items()}
+  with open(hf_dir + "/vocab.json") as f:
+    assert len(json.load(f)) == tok_lib.NUM_BPE_RANKS
+  with open(hf_dir + "/merges.txt") as f:
+    assert sum(1 for _ in f) == 1 + tok_lib.NUM_BPE_RANKS - 256
