@@ -89,6 +89,8 @@ def test_export_import_bit_equal(tmp_path, tie, dtype):
   info = cv.export_release(cv.TreeSource(params), cfg, dst, dtype=dtype, progress=False,
                            max_shard_bytes=100_000)
   assert len(info["shards"]) > 1 and os.path.isfile(os.path.join(dst, "model.safetensors.index.json"))
+  # tiny's image token ids (500..502) are not the built-in tokenizer's: none written.
+  assert info["tokenizer_files"] == [] and not os.path.exists(os.path.join(dst, "tokenizer.json"))
   reader = safetensors_io.SafetensorsReader(dst)
   assert sorted(reader.keys()) == sorted(pm.release_keys(cfg))
   cfg2 = cv.release_config(dst)
@@ -188,9 +190,47 @@ def test_cli_roundtrip(tmp_path):
   r = _cli("export", f"--src={ck}", f"--dst={hf}", f"--tokenizer_dir={tok}")
   assert r.returncode == 0, r.stderr[-2000:]
   assert os.path.isfile(os.path.join(hf, "tokenizer_config.json"))
+  assert not os.path.exists(os.path.join(hf, "vocab.json"))  # copied, not the built-in files
   ck2 = str(tmp_path / "ck2")
   r = _cli("import-neo", f"--src={hf}", f"--dst={ck2}", "--dtype=bfloat16")
   assert r.returncode == 0, r.stderr[-2000:]
   _assert_bit_equal(params, orbax_io.load_params(ck2))
   r = _cli("import-neo", f"--src={tmp_path / 'missing'}", f"--dst={tmp_path / 'x'}")
   assert r.returncode == 1 and "config.json" in r.stderr
+
+
+def test_builtin_tokenizer_mismatch():
+  assert cv.builtin_tokenizer_mismatch(config_lib.get_model_config("neo_2b")) == ""
+  assert cv.builtin_tokenizer_mismatch(config_lib.get_model_config("neo_9b"), vocab_size=151682) == ""
+  assert "vocabulary rows" in cv.builtin_tokenizer_mismatch(config_lib.get_model_config("neo_2b"),
+                                                            vocab_size=151000)
+  assert "img_context_token_id" in cv.builtin_tokenizer_mismatch(config_lib.get_model_config("tiny"))
+
+
+def test_cli_export_writes_tokenizer(tmp_path):
+  """Without --tokenizer_dir, export writes the built-in Qwen3 + NEO tokenizer files."""
+  from neo_jax.data import hf_tokenizer, tokenizer as tok_lib
+  cfg = config_lib.get_model_config("tiny", vocab_size=151682, img_context_token_id=151669,
+                                    img_start_token_id=151670, img_end_token_id=151671)
+  params = cv.collect(cv.random_leaves(cfg, dtype="bfloat16", seed=3))
+  ck = str(tmp_path / "ck")
+  orbax_io.save_params(ck, params, cfg)
+  hf = str(tmp_path / "hf")
+  r = _cli("export", f"--src={ck}", f"--dst={hf}")
+  assert r.returncode == 0, r.stderr[-2000:]
+  for name in hf_tokenizer.TOKENIZER_FILE_NAMES:
+    assert os.path.isfile(os.path.join(hf, name)), name
+  transformers = pytest.importorskip("transformers")
+  # VLMEvalKit's load; the ids it looks up agree with config.json.
+  at = transformers.AutoTokenizer.from_pretrained(hf, trust_remote_code=True, use_fast=False)
+  with open(os.path.join(hf, "config.json")) as f:
+    hfc = json.load(f)
+  for tok, key in (("<IMG_CONTEXT>", "img_context_token_id"), ("<img>", "img_start_token_id"),
+                   ("</img>", "img_end_token_id")):
+    assert at.convert_tokens_to_ids(tok) == hfc[key], tok
+  text = "<|im_start|>user\n<img><IMG_CONTEXT></img>\nWhat digit?<|im_end|>\n"
+  assert at(text)["input_ids"] == tok_lib.get_tokenizer("embedded").encode(text)
+  ck2 = str(tmp_path / "ck2")
+  r = _cli("import-neo", f"--src={hf}", f"--dst={ck2}", "--dtype=bfloat16")
+  assert r.returncode == 0, r.stderr[-2000:]
+  _assert_bit_equal(params, orbax_io.load_params(ck2))

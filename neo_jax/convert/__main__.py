@@ -4,7 +4,8 @@ Commands:
   import-qwen3  Hugging Face Qwen3 dir -> our Orbax checkpoint (NEO_SPEC §2).
   import-neo    released NEO / NEO-ov dir (model_type neo_chat) -> Orbax.
   export        Orbax checkpoint -> the release's Hugging Face dir (+ optional
-                plain ``torch.save`` state dict).
+                plain ``torch.save`` state dict). Tokenizer files: copied from
+                --tokenizer_dir, else built from the embedded Qwen BPE ranks.
   random        random weights of a preset -> Orbax, generated leaf by leaf
                 (for the 9B memory check; no float32 ``model.init``).
 
@@ -13,7 +14,7 @@ Examples:
       --num_prebuffer_layers=12
   python -m neo_jax.convert import-neo --src NEO-2B-SFT --dst ckpt/neo2b
   python -m neo_jax.convert export --src ckpt/neo2b --dst out/neo2b_hf \\
-      --dtype=bfloat16 --tokenizer_dir NEO-2B-SFT --modeling_dir to_hf/
+      --dtype=bfloat16 --modeling_dir to_hf/
 """
 
 from __future__ import annotations
@@ -40,7 +41,13 @@ flags.DEFINE_string("tie_word_embeddings", None, "import-qwen3: true | false to 
 flags.DEFINE_string("base_preset", "neo_2b", "Preset supplying fields the HF config lacks "
                     "(vision sizes, RoPE bases) on import.")
 flags.DEFINE_string("preset", "neo_9b", "random: model preset.")
-flags.DEFINE_string("tokenizer_dir", None, "export: copy tokenizer files from this directory.")
+flags.DEFINE_string("tokenizer_dir", None, "export: copy tokenizer files from this directory "
+                    "instead of writing the built-in ones.")
+flags.DEFINE_bool("write_tokenizer", True, "export without --tokenizer_dir: write the Qwen3 + "
+                  "NEO tokenizer files (tokenizer.json, vocab.json, merges.txt, "
+                  "tokenizer_config.json, special_tokens_map.json) built offline from the "
+                  "embedded Qwen BPE ranks (NEO_SPEC 3.1 ids; skipped with a warning if the "
+                  "model's image token ids or vocabulary do not fit them).")
 flags.DEFINE_string("modeling_dir", None, "export: copy the release's to_hf *.py files from here "
                     "(for AutoModel + trust_remote_code).")
 flags.DEFINE_string("torch_file", None, "export: also write a plain torch.save state dict here.")
@@ -103,11 +110,13 @@ def main(argv):
     info = cv.export_release(
         orbax_io.ParamReader(FLAGS.src), cfg, FLAGS.dst, dtype=FLAGS.dtype or "bfloat16",
         max_shard_bytes=int(FLAGS.max_shard_gb * 1024 ** 3), vocab_size=FLAGS.vocab_size,
-        tokenizer_dir=FLAGS.tokenizer_dir, modeling_dir=FLAGS.modeling_dir,
+        tokenizer_dir=FLAGS.tokenizer_dir, write_tokenizer=FLAGS.write_tokenizer,
+        modeling_dir=FLAGS.modeling_dir,
         torch_file=FLAGS.torch_file, min_pixels=FLAGS.min_pixels, max_pixels=FLAGS.max_pixels,
         progress=FLAGS.progress)
-    logging.info("Exported %.2f GB in %d shard(s) to %s.", info["total_bytes"] / 1e9,
-                 len(info["shards"]), FLAGS.dst)
+    logging.info("Exported %.2f GB in %d shard(s) to %s; tokenizer files: %s.",
+                 info["total_bytes"] / 1e9, len(info["shards"]), FLAGS.dst,
+                 ", ".join(info["tokenizer_files"]) or "none")
   logging.info("%s done: %s", cmd, FLAGS.dst)
 
 

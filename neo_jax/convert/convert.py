@@ -14,7 +14,8 @@ safetensors shard.
   model = copy of ``embed_tokens``.
 * ``release_leaves``: a released NEO / NEO-ov checkpoint.
 * ``export_tensors`` / ``export_release``: the release's state dict and
-  directory (NEO_SPEC §5).
+  directory (NEO_SPEC §5), tokenizer files included (copied from a given
+  directory, else built from the embedded Qwen BPE ranks).
 * ``random_leaves``: random weights of any config, generated per layer in the
   target dtype (the 9B check: no ``model.init`` in float32).
 """
@@ -33,6 +34,7 @@ import tqdm
 
 from neo_jax.convert import hf_config, param_mapping as pm, safetensors_io
 from neo_jax.convert.orbax_io import flatten
+from neo_jax.data import hf_tokenizer, tokenizer as tok_lib
 
 Path = tuple[str, ...]
 LeafIter = Iterator[tuple[Path, np.ndarray]]
@@ -327,9 +329,28 @@ def copy_tokenizer(tokenizer_dir: str, dst: str) -> list[str]:
   return copied
 
 
+def builtin_tokenizer_mismatch(cfg: ml_collections.ConfigDict, vocab_size: int | None = None) -> str:
+  """Why the built-in tokenizer does not fit ``cfg`` ('' if it does).
+
+  It fits when the image token ids are NEO_SPEC §3.1's and the exported
+  vocabulary (``vocab_size`` or ``cfg.vocab_size``) holds every tokenizer id.
+  """
+  ids = tok_lib.special_token_ids()
+  want = {"img_context_token_id": ids[tok_lib.IMG_CONTEXT], "img_start_token_id": ids[tok_lib.IMG_START],
+          "img_end_token_id": ids[tok_lib.IMG_END]}
+  wrong = {k: (cfg[k], v) for k, v in want.items() if cfg.get(k) != v}
+  if wrong:
+    return f"image token ids {{name: (model, tokenizer)}} differ: {wrong}"
+  rows = vocab_size or cfg.vocab_size
+  if rows < max(ids.values()) + 1:
+    return f"{rows} vocabulary rows < {max(ids.values()) + 1} tokenizer ids"
+  return ""
+
+
 def export_release(source: Any, cfg: ml_collections.ConfigDict, dst: str, *,
                    dtype: str = "bfloat16", max_shard_bytes: int = 2 * 1024 ** 3,
                    vocab_size: int | None = None, tokenizer_dir: str | None = None,
+                   write_tokenizer: bool = True,
                    modeling_dir: str | None = None, torch_file: str | None = None,
                    min_pixels: int = 65536, max_pixels: int = 4194304,
                    progress: bool = True) -> dict:
@@ -342,7 +363,13 @@ def export_release(source: Any, cfg: ml_collections.ConfigDict, dst: str, *,
     dtype: stored dtype ("bfloat16" / "float32").
     max_shard_bytes: safetensors shard size limit.
     vocab_size: exported vocabulary rows (default ``cfg.vocab_size``).
-    tokenizer_dir: copy the tokenizer files from here (else none are written).
+    tokenizer_dir: copy the tokenizer files from here instead of writing them.
+    write_tokenizer: without ``tokenizer_dir``, write the Qwen3 + NEO tokenizer
+      files built offline from the embedded BPE ranks
+      (``neo_jax.data.hf_tokenizer``; NEO_SPEC §3.1 ids). Skipped, with a
+      warning, when the model's image token ids are not NEO_SPEC's or it has
+      fewer vocabulary rows than the tokenizer has ids (see
+      ``builtin_tokenizer_mismatch``).
     modeling_dir: copy ``*.py`` from here (the release's ``to_hf`` folder) so
       that ``AutoModel.from_pretrained(dst, trust_remote_code=True)`` works.
     torch_file: also write a plain ``torch.save`` state dict here (holds the
@@ -367,10 +394,17 @@ def export_release(source: Any, cfg: ml_collections.ConfigDict, dst: str, *,
   import json  # pylint: disable=import-outside-toplevel
   with open(os.path.join(dst, "config.json"), "w") as f:
     json.dump(hf, f, indent=2)
-  tok = copy_tokenizer(tokenizer_dir, dst) if tokenizer_dir else []
-  if not tokenizer_dir:
-    logging.warning("No --tokenizer_dir: %s has no tokenizer files; copy them from the "
-                    "release (or a Qwen3 tokenizer with NEO's special tokens added).", dst)
+  tok = []
+  if tokenizer_dir:
+    tok = copy_tokenizer(tokenizer_dir, dst)
+  elif write_tokenizer:
+    mismatch = builtin_tokenizer_mismatch(cfg, vocab_size)
+    if mismatch:
+      logging.warning("Not writing the built-in tokenizer to %s: %s. Pass --tokenizer_dir with "
+                      "this model's tokenizer files.", dst, mismatch)
+    else:
+      tok = hf_tokenizer.write_hf_tokenizer(
+          dst, model_max_length=int(cfg.get("max_position_embeddings", 40960)))
   if modeling_dir:
     for name in os.listdir(modeling_dir):
       if name.endswith(".py"):
