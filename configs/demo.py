@@ -14,7 +14,7 @@ DEMO_WEIGHTS = {"digit": 5.0, "text": 1.0, "aspect": 1.0, "spatial": 1.0, "multi
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, steps=600, eval_every=200, data="pipeline", seq_len=512, batch_size=8)
+  a = common.parse_arg(arg, steps=300, eval_every=100, data="pipeline", seq_len=512, batch_size=8)
   c = common.base_config("tiny")
   m = c.model
   m.vocab_size = 151936  # the real Qwen3 + NEO tokenizer
@@ -46,6 +46,7 @@ def get_config(arg=None):
   c.checkpoint.every_steps = 100
   c.log_every = 10
   c.eval_every = a.eval_every
+  c.eval.limit_per_task = 0  # the whole held-out split (360 digit drawings)
   return c
 
 
