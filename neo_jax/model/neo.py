@@ -24,6 +24,23 @@ from neo_jax.model.vision import VisionEmbeddings
 Array = jax.Array
 
 
+class LMHead(nn.Module):
+  """The untied LM head's parameter ``kernel [D, vocab]`` (a ``Dense`` kernel's layout).
+
+  Calling it returns the kernel: the model contracts it itself (full logits or
+  vocabulary chunks in the loss), so it is a parameter holder, not a layer.
+  """
+  hidden_size: int
+  vocab_size: int
+  init_std: float
+  param_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self) -> Array:
+    return self.param("kernel", layers.normal_init(self.init_std, ("embed", "vocab")),
+                      (self.hidden_size, self.vocab_size), self.param_dtype)
+
+
 class NEO(nn.Module):
   """The full model.
 
@@ -48,9 +65,7 @@ class NEO(nn.Module):
     self.llm = layers.DecoderStack(cfg, cfg.num_llm_layers)
     self.norm = layers.RMSNorm(cfg.rms_norm_eps, "embed", pdt)
     if not cfg.tie_word_embeddings:
-      self.lm_head = nn.Dense(cfg.vocab_size, use_bias=False, dtype=layers.dtype_of(cfg.dtype),
-                              param_dtype=pdt,
-                              kernel_init=layers.normal_init(cfg.init_std, ("embed", "vocab")))
+      self.lm_head = LMHead(cfg.hidden_size, cfg.vocab_size, cfg.init_std, pdt)
 
   def embed(self, input_ids: Array, token_hw: Array, pixel_values: Array) -> Array:
     """Token embeddings with visual tokens substituted, ``[B, S, D]``."""
@@ -75,6 +90,8 @@ class NEO(nn.Module):
     x = self.llm(x, positions, segment_ids, units)
     x = self.norm(x)
     if return_hidden:
+      if self.is_initializing():
+        self.head_weights()  # create lm_head/kernel when initialising without logits
       return x
     return self.logits(x)
 
@@ -88,4 +105,4 @@ class NEO(nn.Module):
     """The LM head as ``[vocab, D]`` (the ``embed_tokens`` table when tied)."""
     if self.config.tie_word_embeddings:
       return self.embed_tokens.embedding
-    return self.lm_head.variables["params"]["kernel"].T
+    return self.lm_head().T
