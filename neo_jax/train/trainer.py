@@ -86,7 +86,11 @@ class Setup:
                                 trainable=self.trainable, lr_schedule=self.lr_schedule)
 
     def step_with_rules(state, batch):
-      with nn.logical_axis_rules(self.rules):
+      # The abstract mesh in context is what makes Flax's logical activation
+      # constraints (``nn.with_logical_constraint``) real: without one they are
+      # silently dropped and XLA alone decides the activation layout (no
+      # ``length -> context`` sharding, whole-batch temporaries on a pod).
+      with nn.logical_axis_rules(self.rules), jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
         return step_fn(state, batch)
 
     self.train_step = jax.jit(step_with_rules,
@@ -208,7 +212,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                        async_save=config.checkpoint.async_save)
   latest = manager.latest_step()
   if latest is not None:
-    state = checkpointing.restore(manager, latest, setup.abstract_state, data_iter)
+    saved_pc = _saved_process_count(workdir, latest)
+    if saved_pc not in (None, jax.process_count()):
+      # Orbax reshards the arrays to any mesh; Grain iterator states are per
+      # process and do not map onto another process count: the data stream
+      # restarts (from each process's new slice) and the step count goes on.
+      logging.warning("Checkpoint %d was written by %d processes, this run has %d: restoring "
+                      "the train state only; the data iterators start afresh.",
+                      latest, saved_pc, jax.process_count())
+      print(f"Data iterator state not restored ({saved_pc} -> {jax.process_count()} processes)",
+            flush=True)
+      state = checkpointing.restore(manager, latest, setup.abstract_state, None)
+    else:
+      state = checkpointing.restore(manager, latest, setup.abstract_state, data_iter)
     logging.info("Resumed from step %d in %s", latest, workdir)
     print(f"Resumed from checkpoint step {latest}", flush=True)
   elif config.checkpoint.get("init_from"):
@@ -283,6 +299,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if prev_handler is not None:
       signal.signal(signal.SIGTERM, prev_handler)
   return {"train": last, "eval": last_eval, "step": step}
+
+
+def _saved_process_count(workdir: str, step: int) -> int | None:
+  """Process count of the Grain states saved at ``step`` (files
+  ``data/process_<i>-of-<n>.json``), or None when there are none."""
+  import re  # pylint: disable=g-import-not-at-top
+  d = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "data")
+  counts = {int(m.group(1)) for f in (os.listdir(d) if os.path.isdir(d) else [])
+            if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", f))}
+  return counts.pop() if len(counts) == 1 else None
 
 
 def _in_main_thread() -> bool:
