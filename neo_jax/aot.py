@@ -31,6 +31,9 @@ from typing import Any
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # libtpu looks for a TPU VM's metadata when it loads; give it empty answers.
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+# Compile-only use: several compiler processes (tests, parallel plans) may load
+# libtpu at once; its single-user lockfile is for processes that own TPU chips.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 GiB = 1024 ** 3
 
@@ -199,7 +202,8 @@ def abstract_batch(setup) -> dict:
           for k, (s, d) in batch_shapes(c.batch_size, c.seq_len, c.model.patch_size).items()}
 
 
-def compile_train_step(config, topology: str, num_slices: int = 1) -> tuple[Report, Any]:
+def compile_train_step(config, topology: str, num_slices: int = 1,
+                       hbm_gib: float | None = None) -> tuple[Report, Any]:
   """Compiles ``Setup(config).train_step`` for ``topology``; nothing is allocated.
 
   Args:
@@ -207,6 +211,8 @@ def compile_train_step(config, topology: str, num_slices: int = 1) -> tuple[Repo
       multiply to the topology's devices (one axis may be -1).
     topology: e.g. "v5p-256", "v6e-256", "v5p:2x2x2".
     num_slices: DCN-connected slices (then set ``config.dcn_mesh``).
+    hbm_gib: memory budget per device [GiB]; default the chip's HBM (a lower
+      value keeps headroom, e.g. for XLA's runtime reservations).
 
   Returns:
     (Report, the ``jax.stages.Compiled``).
@@ -237,7 +243,7 @@ def compile_train_step(config, topology: str, num_slices: int = 1) -> tuple[Repo
       argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
       alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
       code_bytes=mem.generated_code_size_in_bytes,
-      hbm_bytes=int(topo.chip.hbm_gib * GiB), flops_per_device=float(cost.get("flops", 0.0)),
+      hbm_bytes=int((hbm_gib or topo.chip.hbm_gib) * GiB), flops_per_device=float(cost.get("flops", 0.0)),
       peak_flops=topo.chip.peak_tflops * 1e12, model_flops_per_device=model_flops)
   return report, compiled
 
@@ -251,12 +257,13 @@ def main(argv) -> int:
   fl = flags.FLAGS
   print(f"Compiling the train step for {fl.topology} (x{fl.num_slices} slices) on the CPU; this can take minutes for the released sizes.",
         flush=True)
-  report, compiled = compile_train_step(_CONFIG.value, fl.topology, fl.num_slices)
+  report, compiled = compile_train_step(_CONFIG.value, fl.topology, fl.num_slices,
+                                        fl.hbm_gib or None)
   del compiled
   print(report.text(), flush=True)
   if not report.fits:
     print(f"DOES NOT FIT: the step needs {report.total_bytes / GiB:.2f} GiB per device, the "
-          f"{fl.topology} chip has {report.hbm_bytes / GiB:.0f} GiB. Shard more (mesh.fsdp / "
+          f"{fl.topology} budget is {report.hbm_bytes / GiB:.2f} GiB. Shard more (mesh.fsdp / "
           "mesh.tensor / mesh.context), use a stronger remat policy (model.remat_policy=full) or "
           "more gradient accumulation (train.grad_accum_steps).", file=sys.stderr, flush=True)
     return 1
@@ -274,6 +281,7 @@ def _define_flags():
   _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
   flags.DEFINE_string("topology", "v5p-8", "TPU slice: v5p-256, v6e-256, v5e-64, v4-32, v5p:4x4x8.")
   flags.DEFINE_integer("num_slices", 1, "Number of DCN-connected slices (set config.dcn_mesh).")
+  flags.DEFINE_float("hbm_gib", 0.0, "Memory budget per device in GiB (0 = the chip's HBM).")
   flags.mark_flags_as_required(["config"])
 
 

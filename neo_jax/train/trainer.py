@@ -65,14 +65,14 @@ class Setup:
     self.tx = optimizer.make_optimizer(config.train, abs_params, self.patterns)
     self.lr_schedule = optimizer.learning_rate_schedule(config.train)
     abs_opt = jax.eval_shape(self.tx.init, abs_params)
-    # Optimizer-state shardings follow the parameters: read them off the
-    # compiled init (Adam moments are zeros_like(params); frozen parameters
-    # have no state at all, so no name-based matching is needed).
-    opt_shardings = jax.jit(self.tx.init, in_shardings=(self.param_shardings,)).lower(
-        abs_params).compile().output_shardings
-    opt_shardings = jax.tree_util.tree_map(
-        lambda sh: sh if isinstance(sh, jax.sharding.NamedSharding) else sharding.replicated(self.mesh),
-        opt_shardings)
+    # Optimizer-state shardings follow the parameters: optax maps every
+    # parameter-shaped leaf of the state (Adam moments; frozen parameters have
+    # none) to its parameter's sharding, the rest (counts) is replicated.
+    # (Reading them off a compiled ``tx.init`` gave SingleDeviceShardings for
+    # compile-only TPU devices, i.e. a replicated Adam state in AOT plans.)
+    opt_shardings = optax.tree_map_params(
+        self.tx, lambda _, sh: sh, abs_opt, self.param_shardings,
+        transform_non_params=lambda _: sharding.replicated(self.mesh))
     self.state_shardings = TrainState(step=sharding.replicated(self.mesh),
                                       params=self.param_shardings, opt_state=opt_shardings)
     abs_state = TrainState(jax.ShapeDtypeStruct((), jnp.int32), abs_params, abs_opt)
