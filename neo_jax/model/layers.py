@@ -34,9 +34,20 @@ def dtype_of(name: str) -> Any:
   return jnp.dtype(name)
 
 
+class _LogicalPartitioned(nn.LogicallyPartitioned):
+  """``nn.LogicallyPartitioned`` that skips the sharding constraint on a value
+  whose rank differs from its names: ``nn.DenseGeneral`` initialises a
+  multi-axis kernel flattened to 2D and unboxes it before reshaping, which with
+  a mesh in context (the train step) fails in ``with_sharding_constraint``."""
+
+  def unbox(self, apply_constraint=True):
+    return super().unbox(apply_constraint and jnp.ndim(self.value) == len(self.names))
+
+
 def normal_init(std: float, axes: tuple[str, ...]):
   """N(0, std) initialiser with logical axis names attached."""
-  return nn.with_logical_partitioning(nn.initializers.normal(stddev=std), axes)
+  init = nn.initializers.normal(stddev=std)
+  return lambda *args, **kwargs: _LogicalPartitioned(init(*args, **kwargs), axes)
 
 
 class RMSNorm(nn.Module):

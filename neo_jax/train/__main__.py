@@ -24,10 +24,9 @@ def main(argv):
   from absl import logging  # pylint: disable=g-import-not-at-top
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax is chatty at INFO; metrics are printed.
-  import jax  # pylint: disable=g-import-not-at-top
   if _DIST.value or _COORD.value:
-    jax.distributed.initialize(coordinator_address=_COORD.value, num_processes=_NPROC.value,
-                               process_id=_PID.value)
+    from neo_jax.train import distributed  # pylint: disable=g-import-not-at-top
+    distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
   from neo_jax.train import trainer  # pylint: disable=g-import-not-at-top
   trainer.run(_CONFIG.value, _WORKDIR.value)
 

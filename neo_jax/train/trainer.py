@@ -65,14 +65,14 @@ class Setup:
     self.tx = optimizer.make_optimizer(config.train, abs_params, self.patterns)
     self.lr_schedule = optimizer.learning_rate_schedule(config.train)
     abs_opt = jax.eval_shape(self.tx.init, abs_params)
-    # Optimizer-state shardings follow the parameters: read them off the
-    # compiled init (Adam moments are zeros_like(params); frozen parameters
-    # have no state at all, so no name-based matching is needed).
-    opt_shardings = jax.jit(self.tx.init, in_shardings=(self.param_shardings,)).lower(
-        abs_params).compile().output_shardings
-    opt_shardings = jax.tree_util.tree_map(
-        lambda sh: sh if isinstance(sh, jax.sharding.NamedSharding) else sharding.replicated(self.mesh),
-        opt_shardings)
+    # Optimizer-state shardings follow the parameters: optax maps every
+    # parameter-shaped leaf of the state (Adam moments; frozen parameters have
+    # none) to its parameter's sharding, the rest (counts) is replicated.
+    # (Reading them off a compiled ``tx.init`` gave SingleDeviceShardings for
+    # compile-only TPU devices, i.e. a replicated Adam state in AOT plans.)
+    opt_shardings = optax.tree_map_params(
+        self.tx, lambda _, sh: sh, abs_opt, self.param_shardings,
+        transform_non_params=lambda _: sharding.replicated(self.mesh))
     self.state_shardings = TrainState(step=sharding.replicated(self.mesh),
                                       params=self.param_shardings, opt_state=opt_shardings)
     abs_state = TrainState(jax.ShapeDtypeStruct((), jnp.int32), abs_params, abs_opt)
@@ -86,7 +86,11 @@ class Setup:
                                 trainable=self.trainable, lr_schedule=self.lr_schedule)
 
     def step_with_rules(state, batch):
-      with nn.logical_axis_rules(self.rules):
+      # The abstract mesh in context is what makes Flax's logical activation
+      # constraints (``nn.with_logical_constraint``) real: without one they are
+      # silently dropped and XLA alone decides the activation layout (no
+      # ``length -> context`` sharding, whole-batch temporaries on a pod).
+      with nn.logical_axis_rules(self.rules), jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
         return step_fn(state, batch)
 
     self.train_step = jax.jit(step_with_rules,
@@ -208,7 +212,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                        async_save=config.checkpoint.async_save)
   latest = manager.latest_step()
   if latest is not None:
-    state = checkpointing.restore(manager, latest, setup.abstract_state, data_iter)
+    saved_pc = _saved_process_count(workdir, latest)
+    if saved_pc not in (None, jax.process_count()):
+      # Orbax reshards the arrays to any mesh; Grain iterator states are per
+      # process and do not map onto another process count: the data stream
+      # restarts (from each process's new slice) and the step count goes on.
+      logging.warning("Checkpoint %d was written by %d processes, this run has %d: restoring "
+                      "the train state only; the data iterators start afresh.",
+                      latest, saved_pc, jax.process_count())
+      print(f"Data iterator state not restored ({saved_pc} -> {jax.process_count()} processes)",
+            flush=True)
+      state = checkpointing.restore(manager, latest, setup.abstract_state, None)
+    else:
+      state = checkpointing.restore(manager, latest, setup.abstract_state, data_iter)
     logging.info("Resumed from step %d in %s", latest, workdir)
     print(f"Resumed from checkpoint step {latest}", flush=True)
   elif config.checkpoint.get("init_from"):
@@ -284,6 +300,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if prev_handler is not None:
       signal.signal(signal.SIGTERM, prev_handler)
   return {"train": last, "eval": last_eval, "step": step}
+
+
+def _saved_process_count(workdir: str, step: int) -> int | None:
+  """Process count of the Grain states saved at ``step`` (files
+  ``data/process_<i>-of-<n>.json``), or None when there are none."""
+  import re  # pylint: disable=g-import-not-at-top
+  d = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "data")
+  counts = {int(m.group(1)) for f in (os.listdir(d) if os.path.isdir(d) else [])
+            if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", f))}
+  return counts.pop() if len(counts) == 1 else None
 
 
 def _in_main_thread() -> bool:

@@ -1,0 +1,47 @@
+"""AOT compile of the real train step for a TPU topology, on the CPU (neo_jax.aot)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configs import smoke
+from neo_jax import aot
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_topology_names():
+  t = aot.parse_topology("v5p-256")
+  assert (t.topology_name, t.num_devices, t.chip.hbm_gib) == ("v5:4x4x8", 128, 95.0)
+  t = aot.parse_topology("v6e-256")
+  assert (t.topology_name, t.num_devices, t.chip.peak_tflops) == ("v6e:16x16", 256, 918.0)
+  assert aot.parse_topology("v5p-64").num_devices == 32
+  assert aot.parse_topology("v5e-16").topology_name == "v5e:4x4"
+  assert aot.parse_topology("v5p:2x2x2", num_slices=2).num_devices == 16
+  with pytest.raises(ValueError, match="No standard"):
+    aot.parse_topology("v5p-24")
+  with pytest.raises(ValueError, match="CUDA PJRT plugin"):
+    aot.parse_topology("a3-2x8")
+
+
+def test_tiny_config_compiles_for_v5p_8():
+  """The smoke model, data=2 x fsdp=2 on the 4 chips of a v5p-8, compiled by libtpu."""
+  c = smoke.get_config()
+  c.mesh.data, c.mesh.fsdp = 2, 2
+  report, compiled = aot.compile_train_step(c, "v5p-8")
+  assert report.num_devices == 4 and report.mesh["fsdp"] == 2
+  assert report.fits and 0 < report.total_bytes < 2 ** 30
+  assert report.temp_bytes > 0 and report.flops_per_device > 0
+  text = report.text()
+  assert "per-device memory" in text and "step time" in text
+
+
+def test_cli_fails_clearly_when_it_does_not_fit():
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  r = subprocess.run([sys.executable, "-m", "neo_jax.aot", f"--config={ROOT}/configs/smoke.py",
+                      "--topology=v5p-8", "--hbm_gib=0.001"], env=env, cwd=ROOT,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
+  assert "DOES NOT FIT" in r.stderr and "total" in r.stdout
