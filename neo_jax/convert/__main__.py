@@ -21,6 +21,10 @@ from __future__ import annotations
 
 import sys
 
+from neo_jax import platform as _platform
+
+_platform.select_default_platform()
+
 from absl import app, flags, logging
 
 from neo_jax.convert import convert as cv, orbax_io, param_mapping as pm

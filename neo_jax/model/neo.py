@@ -70,8 +70,12 @@ class NEO(nn.Module):
   def embed(self, input_ids: Array, token_hw: Array, pixel_values: Array) -> Array:
     """Token embeddings with visual tokens substituted, ``[B, S, D]``."""
     cfg = self.config
-    text = self.embed_tokens(input_ids)
-    vis = self.vision_model(pixel_values, token_hw)
+    # Both operands laid out like every activation (batch-sharded), so the
+    # select needs no resharding: the gather from the (vocab, embed)-sharded
+    # table would otherwise leave ``text`` sharded on ``embed``.
+    act = ("batch", "length", "embed")
+    text = nn.with_logical_constraint(self.embed_tokens(input_ids), act)
+    vis = nn.with_logical_constraint(self.vision_model(pixel_values, token_hw), act)
     is_ctx = (input_ids == cfg.img_context_token_id)[..., None]
     return jnp.where(is_ctx, vis.astype(text.dtype), text)
 

@@ -7,6 +7,10 @@ VMs and SLURM; explicit ``--coordinator_address/--num_processes/--process_id``
 otherwise).
 """
 
+from neo_jax import platform as _platform
+
+_platform.select_default_platform()
+
 from absl import app, flags
 from ml_collections import config_flags
 
