@@ -2,7 +2,7 @@
 
     python -m neo_jax.train --config configs/demo.py --workdir /tmp/neo_demo
 
-Arguments (``configs/demo.py:steps=300,eval_every=100``): ``steps``,
+Arguments (``configs/demo.py:steps=500,eval_every=100``): ``steps``,
 ``eval_every``, ``data`` ("pipeline" or "random").
 """
 
@@ -14,7 +14,7 @@ DEMO_WEIGHTS = {"digit": 5.0, "text": 1.0, "aspect": 1.0, "spatial": 1.0, "multi
 
 
 def get_config(arg=None):
-  a = common.parse_arg(arg, steps=300, eval_every=100, data="pipeline", seq_len=512, batch_size=8)
+  a = common.parse_arg(arg, steps=500, eval_every=100, data="pipeline", seq_len=512, batch_size=8)
   c = common.base_config("tiny")
   m = c.model
   m.vocab_size = 151936  # the real Qwen3 + NEO tokenizer
