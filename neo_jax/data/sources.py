@@ -13,6 +13,7 @@ import os
 from typing import Any, Sequence
 
 import grain
+import numpy as np
 
 from neo_jax.data import embedded
 
@@ -67,9 +68,12 @@ class _Annotate:
 class TfdsToRecord:
   """Maps a TFDS example to a release-format record.
 
-  Fields: ``image_key`` (an image feature, uint8 ``[H, W, C]``; empty = text
-  only), ``question_key`` / ``answer_key`` (text features; bytes decoded as
-  UTF-8), ``prompt``: a format string with ``{question}``.
+  Fields: ``image_key`` (an image feature, uint8 ``[H, W, C]`` with C = 1 or
+  3, or a sequence of images ``[N, H, W, C]`` / list, which becomes a
+  multi-image record, whose ``prompt`` must then hold one ``<image>`` tag per
+  image; empty = text only), ``question_key`` / ``answer_key``
+  (text features; bytes decoded as UTF-8), ``prompt``: a format string with
+  ``{question}``.
   """
   image_key: str = "image"
   question_key: str = "question"
@@ -84,8 +88,18 @@ class TfdsToRecord:
         {"from": "human", "value": self.prompt.format(question=text(ex[self.question_key]))},
         {"from": "gpt", "value": text(ex[self.answer_key])}]}
     if self.image_key:
-      rec["image"] = ex[self.image_key]
+      img = ex[self.image_key]
+      if isinstance(img, (list, tuple)) or getattr(img, "ndim", 0) == 4:
+        rec["images"] = [_tfds_image(x) for x in img]
+      else:
+        rec["image"] = _tfds_image(img)
     return rec
+
+
+def _tfds_image(x: Any) -> Any:
+  """A decoded TFDS image as Pillow takes it: ``[H, W, 1]`` -> ``[H, W]`` (grayscale)."""
+  x = np.asarray(x)
+  return x[..., 0] if x.ndim == 3 and x.shape[-1] == 1 else x
 
 
 def make_source(name: str, cfg: Any, cache_dir: str = "", split: str = "train") -> grain.MapDataset:
