@@ -12,6 +12,7 @@ from flax import traverse_util
 
 from configs import smoke
 from neo_jax.data import random_batches
+import train_testlib
 from neo_jax.train import checkpointing, sharding, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -19,18 +20,10 @@ STEPS = 20
 
 
 def _train_cmd(workdir, steps):
-  return [sys.executable, "-m", "neo_jax.train", f"--config={ROOT}/configs/smoke.py:steps={steps}",
-          f"--workdir={workdir}", "--config.checkpoint.every_steps=10"]
+  return train_testlib.train_cmd(workdir, steps, every=10)
 
 
-def _losses(workdir):
-  out = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      r = json.loads(line)
-      if r["kind"] == "train":
-        out[r["step"]] = r["loss"]
-  return out
+_losses = train_testlib.logged_losses
 
 
 def _global_batches(config, num_processes, n):

@@ -13,6 +13,7 @@ import pytest
 from flax import traverse_util
 
 from configs import smoke
+import train_testlib
 from neo_jax.train import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,18 +102,10 @@ def test_stage1_release_quirk_trains_tied_head():
 
 
 def _train_cmd(workdir, steps):
-  return [sys.executable, "-m", "neo_jax.train", f"--config={ROOT}/configs/smoke.py:steps={steps}",
-          f"--workdir={workdir}", "--config.checkpoint.every_steps=4"]
+  return train_testlib.train_cmd(workdir, steps, every=4)
 
 
-def _losses(workdir):
-  out = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      r = json.loads(line)
-      if r["kind"] == "train":
-        out[r["step"]] = r["loss"]
-  return out
+_losses = train_testlib.logged_losses
 
 
 def test_resume_after_sigkill_reproduces_losses(tmp_path):

@@ -1,0 +1,24 @@
+"""Helpers shared by the trainer tests: the CLI command line and its logged losses."""
+
+import json
+import os
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def train_cmd(workdir: str, steps: int, every: int) -> list[str]:
+  """``python -m neo_jax.train`` on ``configs/smoke.py`` checkpointing every ``every`` steps."""
+  return [sys.executable, "-m", "neo_jax.train", f"--config={ROOT}/configs/smoke.py:steps={steps}",
+          f"--workdir={workdir}", f"--config.checkpoint.every_steps={every}"]
+
+
+def logged_losses(workdir: str) -> dict[int, float]:
+  """``{step: loss}`` of the train records in ``workdir/metrics.jsonl``."""
+  out = {}
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      r = json.loads(line)
+      if r["kind"] == "train":
+        out[r["step"]] = r["loss"]
+  return out
