@@ -112,3 +112,30 @@ def batch_sharding(mesh: Mesh, rules, ndim: int) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
+
+
+def state_shardings_like_params(state: Any, params: Any, param_shardings: Any,
+                                mesh: Mesh) -> Any:
+  """Shardings for an optimizer state: each leaf whose key path ends with a
+  parameter's path (and has its shape) gets that parameter's sharding; every
+  other leaf (step counts, ...) is replicated.
+
+  Matching by path works for any optax state, including ``multi_transform``
+  states whose frozen parameters are ``MaskedNode``s (``optax.tree_map_params``
+  rejects those), and needs no compilation (reading shardings off a compiled
+  ``tx.init`` gives single-device shardings on compile-only TPU devices).
+  """
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  flat_p = traverse_util.flatten_dict(params)
+  flat_s = traverse_util.flatten_dict(param_shardings)
+  depth = max(len(k) for k in flat_p)
+
+  def pick(path, leaf):
+    names = tuple(getattr(k, "key", None) for k in path)
+    for n in range(min(depth, len(names)), 0, -1):
+      key = names[-n:]
+      if None not in key and key in flat_p and flat_p[key].shape == getattr(leaf, "shape", None):
+        return flat_s[key]
+    return replicated(mesh)
+
+  return jax.tree_util.tree_map_with_path(pick, state)

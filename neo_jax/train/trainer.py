@@ -65,14 +65,8 @@ class Setup:
     self.tx = optimizer.make_optimizer(config.train, abs_params, self.patterns)
     self.lr_schedule = optimizer.learning_rate_schedule(config.train)
     abs_opt = jax.eval_shape(self.tx.init, abs_params)
-    # Optimizer-state shardings follow the parameters: optax maps every
-    # parameter-shaped leaf of the state (Adam moments; frozen parameters have
-    # none) to its parameter's sharding, the rest (counts) is replicated.
-    # (Reading them off a compiled ``tx.init`` gave SingleDeviceShardings for
-    # compile-only TPU devices, i.e. a replicated Adam state in AOT plans.)
-    opt_shardings = optax.tree_map_params(
-        self.tx, lambda _, sh: sh, abs_opt, self.param_shardings,
-        transform_non_params=lambda _: sharding.replicated(self.mesh))
+    opt_shardings = sharding.state_shardings_like_params(abs_opt, abs_params,
+                                                         self.param_shardings, self.mesh)
     self.state_shardings = TrainState(step=sharding.replicated(self.mesh),
                                       params=self.param_shardings, opt_state=opt_shardings)
     abs_state = TrainState(jax.ShapeDtypeStruct((), jnp.int32), abs_params, abs_opt)
