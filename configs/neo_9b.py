@@ -5,7 +5,7 @@
 
 The argument is the stage (``stage1`` | ``stage2`` | ``stage3``), optionally
 with ``,batch_size=N``. Mesh, remat policy and gradient accumulation are
-per-pod choices: the AOT-checked plans are in notes/pod.md; pass them as
+per-pod choices: the AOT-checked plans are in BUILD_NOTES.md §5; pass them as
 ``--config.mesh.fsdp=... --config.train.grad_accum_steps=...``.
 """
 

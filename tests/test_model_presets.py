@@ -36,7 +36,7 @@ def native_layer_params(d_model, inter, hq, hkv, d):
 
 
 def spec_counts(name):
-  """Parameter counts implied by NEO_SPEC §1.6 (see notes/model.md)."""
+  """Parameter counts implied by NEO_SPEC §1.6 (see BUILD_NOTES.md §1b)."""
   d_model, inter, n_llm, n_pre, hq, hkv, d, vocab, tied = SPEC[name]
   embed = vocab * d_model
   head = 0 if tied else vocab * d_model

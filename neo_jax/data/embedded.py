@@ -9,7 +9,7 @@ split written as release-format JSONL (NEO_SPEC §3.3) next to its PNG / MKV
 files. Digit-based tasks split by the original digit index (index % 5 == 0 is
 held out), so no held-out digit drawing is seen in training.
 
-Tasks (what each tests is in notes/data.md):
+Tasks (what each tests is in BUILD_NOTES.md §3):
   text        text only: 2-digit addition / digit-string copying.
   digit       one 32x32 image (1 visual token): which digit, answer "0".."9".
   aspect      photo crops at aspect ratios 1:4 .. 4:1, stored as RGB / L / P /
