@@ -77,8 +77,11 @@ def train_step(state: TrainState, batch: dict, *, model: NEO, tx: optax.Gradient
   t = loss_lib.make_targets(batch["labels"], batch["segment_ids"], mode=cfg.loss_weighting,
                             max_supervised_tokens=cfg.max_supervised_tokens)
   total_w = jnp.maximum(jnp.sum(t.weight), 1e-9)
-  grad_fn = jax.value_and_grad(lambda p, mb: (lambda o: (o.weighted_ce, o))(loss_sums(p, mb, model)),
-                               has_aux=True)
+  def objective(params, mb):
+    out = loss_sums(params, mb, model)
+    return out.weighted_ce, out
+
+  grad_fn = jax.value_and_grad(objective, has_aux=True)
 
   if k == 1:
     (_, out), grads = grad_fn(state.params, batch)

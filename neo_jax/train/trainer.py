@@ -199,7 +199,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       f.write(config.to_json_best_effort(indent=2))
   setup = Setup(config)
   tc = config.train
-  if config.batch_size % (tc.grad_accum_steps * 1):
+  if config.batch_size % tc.grad_accum_steps:
     raise ValueError(f"batch_size={config.batch_size} not divisible by grad_accum_steps={tc.grad_accum_steps}.")
   data_iter = make_data_iterator(config)
   manager = checkpointing.make_manager(workdir, keep=config.checkpoint.keep,
