@@ -96,31 +96,31 @@ def _sharded_kernel(mesh, q, k, v, segment_ids, unit_ids, *, scale, block_q, blo
 
   A Pallas call cannot be partitioned by XLA's SPMD partitioner, so inside a
   train step traced under a mesh (``trainer.Setup``) the kernel runs under
-  ``shard_map`` over the batch and head axes named by the logical rules in
-  context (``batch``, ``heads``). The target platform comes from the mesh's
-  devices (so AOT compiles for TPU from a CPU host compile Mosaic, not the
-  interpreter).
+  ``shard_map`` over the mesh axes named by the logical rules in context
+  (``batch``, ``heads``, and ``length``). With the sequence sharded (a ``context``
+  axis of size > 1) each shard runs its query rows against the all-gathered keys
+  and values (``flash_mixed.context_parallel_flash_mixed_attention``). The target
+  platform comes from the mesh's devices (so AOT compiles for TPU from a CPU host
+  compile Mosaic, not the interpreter).
 
   Raises:
-    NotImplementedError: the sequence (``length``) is sharded over a mesh axis of
-      size > 1: the kernel takes whole sequences (no query offset / ring yet);
-      use ``attention_impl="xla"`` with ``mesh.context > 1``.
+    ValueError: heads or sequence not divisible by their mesh axes.
   """
   from neo_jax.ops import flash_mixed  # pylint: disable=g-import-not-at-top
   length = _mesh_axes("length")
-  length = (length,) if isinstance(length, str) else (length or ())
-  if any(mesh.shape[a] > 1 for a in length):
-    raise NotImplementedError(
-        f"attention_impl='pallas' with the sequence sharded over {length} "
-        f"({[mesh.shape[a] for a in length]}): the kernel needs whole sequences on a device. "
-        "Use mesh.context=1 (the kernel's memory is linear in S) or attention_impl='xla' "
-        "(XLA gathers keys/values across the context axis).")
+  length = (length,) if isinstance(length, str) else tuple(length or ())
+  length = tuple(a for a in length if mesh.shape[a] > 1)
   batch_axes = _mesh_axes("batch")
   head_axis = _mesh_axes("heads")
   if isinstance(head_axis, tuple):
     head_axis = head_axis[0] if len(head_axis) == 1 else None
   platform = mesh.abstract_device.platform if mesh.abstract_device else jax.default_backend()
   interpret = {"tpu": False, "cpu": True}.get(platform)  # None: GPU (Triton path)
+  kwargs = dict(batch_axes=batch_axes, head_axis=head_axis, scale=scale,
+                block_q=block_q, block_kv=block_kv, interpret=interpret)
+  if length:
+    return flash_mixed.context_parallel_flash_mixed_attention(
+        mesh, q, k, v, segment_ids, unit_ids,
+        context_axes=length[0] if len(length) == 1 else length, **kwargs)
   return flash_mixed.sharded_flash_mixed_attention(
-      mesh, q, k, v, segment_ids, unit_ids, batch_axes=batch_axes, head_axis=head_axis,
-      scale=scale, block_q=block_q, block_kv=block_kv, interpret=interpret)
+      mesh, q, k, v, segment_ids, unit_ids, **kwargs)

@@ -92,25 +92,35 @@ def pad_bounds(bounds: TokenBounds, seq_pad: int) -> TokenBounds:
   return TokenBounds(pad(bounds.start), pad(bounds.limit))
 
 
-def block_ranges(bounds: TokenBounds, block_q: int, block_kv: int) -> BlockRanges:
+def block_ranges(bounds: TokenBounds, block_q: int, block_kv: int,
+                 kv_len: int | None = None) -> BlockRanges:
   """Per q block the kv block range, per kv block the q block range.
 
+  The query rows need not be the whole sequence: under context parallelism a
+  device holds ``Sq`` consecutive rows of a longer sequence while the bounds are
+  key positions in the whole (all-gathered) ``kv_len``-token sequence.
+
   Args:
-    bounds: ``TokenBounds`` of ``[B, S]`` with ``S`` a multiple of both block sizes.
+    bounds: ``TokenBounds`` of ``[B, Sq]`` (key positions in ``[0, kv_len)``),
+      ``Sq`` a multiple of ``block_q``.
     block_q: q block size in tokens.
     block_kv: kv block size in tokens.
+    kv_len: key sequence length, a multiple of ``block_kv``; default ``Sq``.
 
   Returns:
-    ``BlockRanges`` (see its docstring). The (q, kv) pairs visited by the forward
-    and by the dK / dV pass are the same set.
+    ``BlockRanges`` (see its docstring; ``nq = Sq / block_q``,
+    ``nk = kv_len / block_kv``). The (q, kv) pairs visited by the forward and by
+    the dK / dV pass are the same set.
 
   Raises:
-    ValueError: ``S`` not a multiple of the block sizes.
+    ValueError: a length not a multiple of its block size.
   """
   b, s = bounds.start.shape
-  if s % block_q or s % block_kv:
-    raise ValueError(f"Sequence {s} not a multiple of blocks {block_q}, {block_kv}.")
-  nq, nk = s // block_q, s // block_kv
+  kv_len = s if kv_len is None else kv_len
+  if s % block_q or kv_len % block_kv:
+    raise ValueError(f"Query length {s} / key length {kv_len} not multiples of blocks "
+                     f"{block_q} / {block_kv}.")
+  nq, nk = s // block_q, kv_len // block_kv
   start_b = bounds.start.reshape(b, nq, block_q)
   limit_b = bounds.limit.reshape(b, nq, block_q)
   kv_lo = start_b.min(-1) // block_kv

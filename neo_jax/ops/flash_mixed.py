@@ -84,16 +84,18 @@ def _is_full(q_max_start, q_min_limit, j, bk):
   return (q_max_start <= j * bk) & (q_min_limit >= j * bk + bk - 1)
 
 
-def _cost(b, h, s, bq, bk, *, matmul_width, streamed_bytes, fixed_bytes):
+def _cost(b, h, sq, sk, bq, bk, *, matmul_width, streamed_bytes, fixed_bytes):
   """Static ``pl.CostEstimate`` for XLA's scheduler.
 
   The visited blocks depend on the data; the hint assumes a causal pattern (the blocks
   on and below the diagonal), the worst case of one sample per sequence without
-  images. ``matmul_width``: sum of the contracted/produced widths of the block's
-  matmuls; ``streamed_bytes``: bytes DMA'd per visited block; ``fixed_bytes``: once.
+  images (for a context shard, ``sq < sk``, the average shard). ``matmul_width``:
+  sum of the contracted/produced widths of the block's matmuls; ``streamed_bytes``:
+  bytes DMA'd per visited block; ``fixed_bytes``: once.
   """
-  n = max(s // bq, s // bk)
-  blocks = b * h * (s // bq) * (s // bk) * (n + 1) // (2 * n)
+  nq, nk = sq // bq, sk // bk
+  n = max(nq, nk)
+  blocks = b * h * nq * nk * (n + 1) // (2 * n)
   return pl.CostEstimate(flops=int(2 * bq * bk * matmul_width * blocks),
                          transcendentals=int(bq * bk * blocks),
                          bytes_accessed=int(blocks * streamed_bytes + fixed_bytes))
@@ -151,11 +153,11 @@ def _fwd_kernel(kv_lo_ref, kv_hi_ref, qms_ref, qml_ref,            # scalar pref
 
 
 def _fwd(cfg: Config, q, k, v, start_l, limit_l, r: br.BlockRanges):
-  """Forward kernel call. q ``[B,Hq,S,Dqk]``, k ``[B,Hkv,S,Dqk]``, v ``[B,Hkv,S,Dv]``."""
+  """Forward kernel call. q ``[B,Hq,Sq,Dqk]``, k ``[B,Hkv,Sk,Dqk]``, v ``[B,Hkv,Sk,Dv]``."""
   b, hq, s, dqk = q.shape
-  dv = v.shape[-1]
+  sk, dv = k.shape[2], v.shape[-1]
   bq, bk, g = cfg.block_q, cfg.block_kv, cfg.group
-  nq, nk = s // bq, s // bk
+  nq, nk = s // bq, sk // bk
 
   def kv_block(b_, i, t, kv_lo, kv_hi):
     blk = b_ * nq + i
@@ -194,7 +196,7 @@ def _fwd(cfg: Config, q, k, v, start_l, limit_l, r: br.BlockRanges):
       compiler_params=pltpu.CompilerParams(
           dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
       interpret=cfg.interpret,
-      cost_estimate=_cost(b, hq, s, bq, bk, matmul_width=dqk + dv,
+      cost_estimate=_cost(b, hq, s, sk, bq, bk, matmul_width=dqk + dv,
                           streamed_bytes=bk * (dqk + dv) * k.dtype.itemsize,
                           fixed_bytes=b * hq * s * (dqk + dv) * q.dtype.itemsize),
       name="flash_mixed_fwd",
@@ -291,13 +293,13 @@ def _bwd_calls(cfg: Config, q, k, v, do, lse, di, start_r, limit_r,
                r: br.BlockRanges):
   """dQ and dK/dV kernel calls (block sizes ``block_*_bwd``; ``r`` made for them).
 
-  ``lse``, ``di``: ``[B, Hq, S] float32``; ``start_r``, ``limit_r``:
-  ``[B, SUBLANES, S] int32``.
+  ``q``, ``do``: ``[B, Hq, Sq, .]``; ``k``, ``v``: ``[B, Hkv, Sk, .]``; ``lse``,
+  ``di``: ``[B, Hq, Sq] float32``; ``start_r``, ``limit_r``: ``[B, SUBLANES, Sq] int32``.
   """
   b, hq, s, dqk = q.shape
-  hkv, dv = k.shape[1], v.shape[-1]
+  hkv, sk, dv = k.shape[1], k.shape[2], v.shape[-1]
   bq, bk, g = cfg.block_q_bwd, cfg.block_kv_bwd, cfg.group
-  nq, nk = s // bq, s // bk
+  nq, nk = s // bq, sk // bk
   lse_r = jnp.broadcast_to(lse[:, :, None], (b, hq, SUBLANES, s))
   di_r = jnp.broadcast_to(di[:, :, None], (b, hq, SUBLANES, s))
   common = dict(scale=cfg.scale, bq=bq, bk=bk, nq=nq)
@@ -330,7 +332,7 @@ def _bwd_calls(cfg: Config, q, k, v, do, lse, di, start_r, limit_r,
       compiler_params=pltpu.CompilerParams(
           dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
       interpret=cfg.interpret,
-      cost_estimate=_cost(b, hq, s, bq, bk, matmul_width=2 * dqk + dv,
+      cost_estimate=_cost(b, hq, s, sk, bq, bk, matmul_width=2 * dqk + dv,
                           streamed_bytes=bk * (dqk + dv) * k.dtype.itemsize,
                           fixed_bytes=b * hq * s * (2 * dqk + dv) * q.dtype.itemsize),
       name="flash_mixed_dq",
@@ -374,9 +376,9 @@ def _bwd_calls(cfg: Config, q, k, v, do, lse, di, start_r, limit_r,
           dimension_semantics=("parallel", "parallel", "parallel", "arbitrary",
                                "arbitrary")),
       interpret=cfg.interpret,
-      cost_estimate=_cost(b, hq, s, bq, bk, matmul_width=2 * (dqk + dv),
+      cost_estimate=_cost(b, hq, s, sk, bq, bk, matmul_width=2 * (dqk + dv),
                           streamed_bytes=bq * (dqk + dv) * q.dtype.itemsize,
-                          fixed_bytes=2 * b * hkv * s * (dqk + dv) * k.dtype.itemsize),
+                          fixed_bytes=2 * b * hkv * sk * (dqk + dv) * k.dtype.itemsize),
       name="flash_mixed_dkv",
   )(r.q_lo, r.q_hi, r.q_max_start, r.q_min_limit,
     q, k, v, do, lse_r, di_r, start_r, limit_r)
@@ -403,7 +405,7 @@ def _flash(cfg: Config, q, k, v, start, limit):
 
 def _flash_fwd(cfg, q, k, v, start, limit):
   tb = br.TokenBounds(start, limit)
-  r = br.block_ranges(tb, cfg.block_q, cfg.block_kv)
+  r = br.block_ranges(tb, cfg.block_q, cfg.block_kv, kv_len=k.shape[2])
   o, lse = _fwd(cfg, q, k, v, _lanes(start), _lanes(limit), r)
   o = checkpoint_name(o, cfg.residual_names[0])
   lse = checkpoint_name(lse, cfg.residual_names[1])
@@ -412,7 +414,8 @@ def _flash_fwd(cfg, q, k, v, start, limit):
 
 def _flash_bwd(cfg, res, do):
   q, k, v, start, limit, o, lse = res
-  r = br.block_ranges(br.TokenBounds(start, limit), cfg.block_q_bwd, cfg.block_kv_bwd)
+  r = br.block_ranges(br.TokenBounds(start, limit), cfg.block_q_bwd, cfg.block_kv_bwd,
+                      kv_len=k.shape[2])
   di = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), axis=-1)
   dq, dk, dv = _bwd_calls(cfg, q, k, v, do, lse, di, _sublanes(start), _sublanes(limit),
                           r)
@@ -457,12 +460,64 @@ def flash_mixed_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   Raises:
     ValueError: incompatible shapes or non-positive block sizes.
   """
-  b, s, hq, dqk = q.shape
-  hkv = k.shape[2]
-  if (hq % hkv or k.shape != (b, s, hkv, dqk) or v.shape[:3] != (b, s, hkv)
-      or segment_ids.shape != (b, s) or unit_ids.shape != (b, s)):
+  b, s = q.shape[:2]
+  if k.shape[:2] != (b, s) or segment_ids.shape != (b, s) or unit_ids.shape != (b, s):
     raise ValueError(f"Incompatible shapes q{q.shape} k{k.shape} v{v.shape} "
                      f"segment_ids{segment_ids.shape} unit_ids{unit_ids.shape}.")
+  bounds = br.token_bounds(segment_ids.astype(jnp.int32), unit_ids.astype(jnp.int32))
+  return flash_mixed_attention_bounds(
+      q, k, v, bounds, scale=scale, block_q=block_q, block_kv=block_kv,
+      block_q_bwd=block_q_bwd, block_kv_bwd=block_kv_bwd,
+      residual_names=residual_names, interpret=interpret)
+
+
+def to_kernel_layout(x: jax.Array, n: int) -> jax.Array:
+  """``[B, S, H, D] -> [B, H, n, D]`` (same dtype): the kernels' heads-major layout,
+  rows zero-padded to ``n >= S`` (a block multiple)."""
+  x = jnp.swapaxes(x, 1, 2)
+  s = x.shape[2]
+  return jnp.pad(x, ((0, 0), (0, 0), (0, n - s), (0, 0))) if n > s else x
+
+
+def flash_mixed_attention_bounds(q: jax.Array, k: jax.Array, v: jax.Array,
+                                 bounds: br.TokenBounds, *, scale: float,
+                                 block_q: int = 512, block_kv: int = 512,
+                                 block_q_bwd: int | None = None,
+                                 block_kv_bwd: int | None = None,
+                                 residual_names: tuple[str, str] = ("flash_mixed_out",
+                                                                    "flash_mixed_lse"),
+                                 interpret: bool | None = None) -> jax.Array:
+  """The kernel on query rows given by their visible key intervals (differentiable).
+
+  The general form behind ``flash_mixed_attention``: query row ``i`` sees keys
+  ``bounds.start[i] <= j <= bounds.limit[i]`` (``block_ranges.token_bounds``). The
+  query rows may be any ``Sq`` consecutive rows of the sequence whose ``Sk`` keys are
+  given, which is how a context-parallel shard runs it (its rows against the
+  all-gathered keys; ``context_parallel_flash_mixed_attention``).
+
+  Args:
+    q: ``[B, Sq, Hq, Dqk]`` queries (float32 or bfloat16).
+    k: ``[B, Sk, Hkv, Dqk]`` keys, ``Hq % Hkv == 0``.
+    v: ``[B, Sk, Hkv, Dv]`` values.
+    bounds: ``TokenBounds`` of ``[B, Sq] int32`` key positions in ``[0, Sk)``, each
+      row's ``start <= limit``, both non-decreasing along the rows (true of
+      consecutive rows of one packed sequence).
+    scale, block_q, block_kv, block_q_bwd, block_kv_bwd, residual_names, interpret:
+      as ``flash_mixed_attention``. Rows are padded to a multiple of the q blocks,
+      keys to a multiple of the kv blocks.
+
+  Returns:
+    ``[B, Sq, Hq, Dv]`` in ``q.dtype``.
+
+  Raises:
+    ValueError: incompatible shapes or non-positive block sizes.
+  """
+  b, sq, hq, dqk = q.shape
+  sk, hkv = k.shape[1], k.shape[2]
+  if (hq % hkv or k.shape != (b, sk, hkv, dqk) or v.shape[:3] != (b, sk, hkv)
+      or bounds.start.shape != (b, sq) or bounds.limit.shape != (b, sq)):
+    raise ValueError(f"Incompatible shapes q{q.shape} k{k.shape} v{v.shape} "
+                     f"bounds{bounds.start.shape}/{bounds.limit.shape}.")
   block_q_bwd = block_q_bwd or block_q
   block_kv_bwd = block_kv_bwd or block_kv
   blocks = (block_q, block_kv, block_q_bwd, block_kv_bwd)
@@ -473,23 +528,33 @@ def flash_mixed_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     if backend == "gpu":
       from neo_jax.ops import flash_mixed_gpu  # pylint: disable=g-import-not-at-top
       # Triton blocks live in shared memory: the TPU-sized defaults are capped.
-      return flash_mixed_gpu.flash_mixed_attention_gpu(
-          q, k, v, segment_ids, unit_ids, scale=scale, block_q=min(block_q, 64),
+      return flash_mixed_gpu.flash_mixed_attention_gpu_bounds(
+          q, k, v, bounds, scale=scale, block_q=min(block_q, 64),
           block_kv=min(block_kv, 64), residual_names=residual_names)
     interpret = backend == "cpu"
   cfg = Config(float(scale), block_q, block_kv, block_q_bwd, block_kv_bwd, hq // hkv,
                bool(interpret), tuple(residual_names))
-  step = functools.reduce(math.lcm, blocks)
-  s_pad = -(-s // step) * step
-  tb = br.pad_bounds(br.token_bounds(segment_ids.astype(jnp.int32),
-                                     unit_ids.astype(jnp.int32)), s_pad)
+  q_pad = -(-sq // math.lcm(block_q, block_q_bwd)) * math.lcm(block_q, block_q_bwd)
+  k_pad = -(-sk // math.lcm(block_kv, block_kv_bwd)) * math.lcm(block_kv, block_kv_bwd)
+  tb = br.pad_bounds(br.TokenBounds(bounds.start.astype(jnp.int32),
+                                    bounds.limit.astype(jnp.int32)), q_pad)
+  o = _flash(cfg, to_kernel_layout(q, q_pad), to_kernel_layout(k, k_pad),
+             to_kernel_layout(v, k_pad), tb.start, tb.limit)
+  return jnp.swapaxes(o[:, :, :sq], 1, 2)
 
-  def prep(x):
-    x = jnp.swapaxes(x, 1, 2)
-    return jnp.pad(x, ((0, 0), (0, 0), (0, s_pad - s), (0, 0))) if s_pad > s else x
 
-  o = _flash(cfg, prep(q), prep(k), prep(v), tb.start, tb.limit)
-  return jnp.swapaxes(o[:, :, :s], 1, 2)
+def _axes_size(mesh, axes) -> int:
+  """Product of the sizes of mesh ``axes`` (a name, a tuple of names or None)."""
+  if axes is None:
+    return 1
+  axes = (axes,) if isinstance(axes, str) else tuple(axes)
+  return math.prod(mesh.shape[a] for a in axes)
+
+
+def _check_heads(mesh, k, head_axis):
+  if head_axis is not None and k.shape[2] % mesh.shape[head_axis]:
+    raise ValueError(f"kv heads {k.shape[2]} not divisible by mesh axis "
+                     f"{head_axis!r} of size {mesh.shape[head_axis]}.")
 
 
 def sharded_flash_mixed_attention(mesh: jax.sharding.Mesh, q: jax.Array, k: jax.Array,
@@ -503,7 +568,7 @@ def sharded_flash_mixed_attention(mesh: jax.sharding.Mesh, q: jax.Array, k: jax.
 
   Each device runs the kernel on its batch shard and its heads (query and kv heads
   split the same way, so a GQA group stays on one device). The sequence is not
-  sharded.
+  sharded (see ``context_parallel_flash_mixed_attention`` for that).
 
   Args:
     mesh: the device mesh.
@@ -520,13 +585,73 @@ def sharded_flash_mixed_attention(mesh: jax.sharding.Mesh, q: jax.Array, k: jax.
     ValueError: heads not divisible by the head axis size.
   """
   p = jax.sharding.PartitionSpec
-  if head_axis is not None and k.shape[2] % mesh.shape[head_axis]:
-    raise ValueError(f"kv heads {k.shape[2]} not divisible by mesh axis "
-                     f"{head_axis!r} of size {mesh.shape[head_axis]}.")
+  _check_heads(mesh, k, head_axis)
   qkv_spec = p(batch_axes, None, head_axis, None)
   ids_spec = p(batch_axes, None)
   fn = functools.partial(flash_mixed_attention, **kwargs)
   return jax.shard_map(fn, mesh=mesh,
+                       in_specs=(qkv_spec, qkv_spec, qkv_spec, ids_spec, ids_spec),
+                       out_specs=qkv_spec, check_vma=False)(
+                           q, k, v, segment_ids, unit_ids)
+
+
+def context_parallel_flash_mixed_attention(
+    mesh: jax.sharding.Mesh, q: jax.Array, k: jax.Array, v: jax.Array,
+    segment_ids: jax.Array, unit_ids: jax.Array, *,
+    batch_axes: tuple[str, ...] | str | None = ("data", "fsdp"),
+    head_axis: str | None = "tensor",
+    context_axes: tuple[str, ...] | str = "context", **kwargs) -> jax.Array:
+  """The kernel with the sequence sharded over ``context_axes`` (context parallelism).
+
+  The all-gather form of context parallelism (as MaxText's default): device ``c``
+  of ``C`` along the context axes holds query rows ``[c * S/C, (c + 1) * S/C)``; it
+  all-gathers the keys, values and ids of the whole sequence, derives every row's
+  visible key interval from the gathered ids (``block_ranges.token_bounds``), keeps
+  its own rows' intervals and runs ``flash_mixed_attention_bounds`` on its rows
+  against all keys. The kernel visits only the kv blocks its rows can see (for a
+  causal layout, none after the shard). In the backward, the transpose of the
+  all-gather reduce-scatters dK / dV back to the owning shards.
+
+  Per device memory: the gathered keys / values ``B/D x S x Hkv/T x (Dqk + Dv)``
+  (one layer at a time), the rest ``1/C`` of the unsharded kernel's.
+
+  Args:
+    mesh: the device mesh.
+    q, k, v, segment_ids, unit_ids: as ``flash_mixed_attention``; ``B`` divisible by
+      the batch axes' size, ``S`` by the context axes' size, ``Hkv`` by the head
+      axis size.
+    batch_axes: mesh axes of the batch dimension (``batch`` rule).
+    head_axis: mesh axis of the heads (``heads`` rule), or None.
+    context_axes: mesh axes of the sequence (``length`` rule).
+    **kwargs: forwarded to ``flash_mixed_attention_bounds`` (``scale`` required).
+
+  Returns:
+    ``[B, S, Hq, Dv]``, sharded like ``q``.
+
+  Raises:
+    ValueError: heads or sequence not divisible by their mesh axes.
+  """
+  p = jax.sharding.PartitionSpec
+  _check_heads(mesh, k, head_axis)
+  n_ctx = _axes_size(mesh, context_axes)
+  if q.shape[1] % n_ctx:
+    raise ValueError(f"Sequence length {q.shape[1]} not divisible by the context "
+                     f"axes {context_axes!r} of total size {n_ctx}.")
+  qkv_spec = p(batch_axes, context_axes, head_axis, None)
+  ids_spec = p(batch_axes, context_axes)
+
+  def local(q, k, v, seg, unit):
+    gather = functools.partial(lax.all_gather, axis_name=context_axes, axis=1,
+                               tiled=True)
+    k, v, seg, unit = gather(k), gather(v), gather(seg), gather(unit)
+    tb = br.token_bounds(seg.astype(jnp.int32), unit.astype(jnp.int32))
+    rows = q.shape[1]
+    offset = lax.axis_index(context_axes) * rows
+    mine = lambda x: lax.dynamic_slice_in_dim(x, offset, rows, axis=1)
+    return flash_mixed_attention_bounds(
+        q, k, v, br.TokenBounds(mine(tb.start), mine(tb.limit)), **kwargs)
+
+  return jax.shard_map(local, mesh=mesh,
                        in_specs=(qkv_spec, qkv_spec, qkv_spec, ids_spec, ids_spec),
                        out_specs=qkv_spec, check_vma=False)(
                            q, k, v, segment_ids, unit_ids)

@@ -128,7 +128,7 @@ def _full(shape):
 
 def _fwd(cfg, q, k, v, start, limit, r):
   b, hq, s, dqk = q.shape
-  hkv, dv = k.shape[1], v.shape[-1]
+  hkv, sk, dv = k.shape[1], k.shape[2], v.shape[-1]
   bq, bk, g = cfg.block_q, cfg.block_kv, cfg.group
   nq = s // bq
   qmap = lambda i, bh: (bh // hq, bh % hq, i, 0)
@@ -139,8 +139,8 @@ def _fwd(cfg, q, k, v, start, limit, r):
       grid=(nq, b * hq),
       in_specs=[_full(r.kv_lo.shape), _full(r.kv_hi.shape),
                 pl.BlockSpec((None, None, bq, dqk), qmap),
-                pl.BlockSpec((None, None, s, dqk), kvmap),
-                pl.BlockSpec((None, None, s, dv), kvmap),
+                pl.BlockSpec((None, None, sk, dqk), kvmap),
+                pl.BlockSpec((None, None, sk, dv), kvmap),
                 pl.BlockSpec((None, bq), rowmap), pl.BlockSpec((None, bq), rowmap)],
       out_specs=[pl.BlockSpec((None, None, bq, dv), qmap),
                  pl.BlockSpec((None, None, bq), lambda i, bh: (bh // hq, bh % hq, i))],
@@ -153,9 +153,9 @@ def _fwd(cfg, q, k, v, start, limit, r):
 
 def _bwd(cfg, q, k, v, do, lse, di, start, limit, r):
   b, hq, s, dqk = q.shape
-  hkv, dv = k.shape[1], v.shape[-1]
+  hkv, sk, dv = k.shape[1], k.shape[2], v.shape[-1]
   bq, bk, g = cfg.block_q_bwd, cfg.block_kv_bwd, cfg.group
-  nq, nk = s // bq, s // bk
+  nq, nk = s // bq, sk // bk
   qmap = lambda i, bh: (bh // hq, bh % hq, i, 0)
   qrow = lambda i, bh: (bh // hq, bh % hq, i)
   kvmap = lambda i, bh: (bh // hq, (bh % hq) // g, 0, 0)
@@ -165,8 +165,8 @@ def _bwd(cfg, q, k, v, do, lse, di, start, limit, r):
       grid=(nq, b * hq),
       in_specs=[_full(r.kv_lo.shape), _full(r.kv_hi.shape),
                 pl.BlockSpec((None, None, bq, dqk), qmap),
-                pl.BlockSpec((None, None, s, dqk), kvmap),
-                pl.BlockSpec((None, None, s, dv), kvmap),
+                pl.BlockSpec((None, None, sk, dqk), kvmap),
+                pl.BlockSpec((None, None, sk, dv), kvmap),
                 pl.BlockSpec((None, None, bq, dv), qmap),
                 pl.BlockSpec((None, None, bq), qrow), pl.BlockSpec((None, None, bq), qrow),
                 pl.BlockSpec((None, bq), rowmap), pl.BlockSpec((None, bq), rowmap)],
@@ -208,7 +208,8 @@ def _flash(cfg, q, k, v, start, limit):
 
 
 def _flash_fwd(cfg, q, k, v, start, limit):
-  r = br.block_ranges(br.TokenBounds(start, limit), cfg.block_q, cfg.block_kv)
+  r = br.block_ranges(br.TokenBounds(start, limit), cfg.block_q, cfg.block_kv,
+                      kv_len=k.shape[2])
   o, lse = _fwd(cfg, q, k, v, start, limit, r)
   o = checkpoint_name(o, cfg.residual_names[0])
   lse = checkpoint_name(lse, cfg.residual_names[1])
@@ -217,7 +218,8 @@ def _flash_fwd(cfg, q, k, v, start, limit):
 
 def _flash_bwd(cfg, res, do):
   q, k, v, start, limit, o, lse = res
-  r = br.block_ranges(br.TokenBounds(start, limit), cfg.block_q_bwd, cfg.block_kv_bwd)
+  r = br.block_ranges(br.TokenBounds(start, limit), cfg.block_q_bwd, cfg.block_kv_bwd,
+                      kv_len=k.shape[2])
   di = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), axis=-1)
   dq, dk, dv = _bwd(cfg, q, k, v, do, lse, di, start, limit, r)
   return dq, dk, dv, None, None
@@ -237,22 +239,40 @@ def flash_mixed_attention_gpu(q, k, v, segment_ids, unit_ids, *, scale: float,
   are powers of two (default 64; q/k width 256 needs small blocks for shared
   memory). ``interpret=True`` runs the kernels on any backend (tests on CPU).
   """
-  b, s, hq, _ = q.shape
-  hkv = k.shape[2]
-  if hq % hkv or k.shape[:2] != (b, s) or v.shape[:3] != (b, s, hkv):
+  b, s = q.shape[:2]
+  if k.shape[:2] != (b, s) or segment_ids.shape != (b, s) or unit_ids.shape != (b, s):
     raise ValueError(f"Incompatible shapes q{q.shape} k{k.shape} v{v.shape}.")
+  bounds = br.token_bounds(segment_ids.astype(jnp.int32), unit_ids.astype(jnp.int32))
+  return flash_mixed_attention_gpu_bounds(
+      q, k, v, bounds, scale=scale, block_q=block_q, block_kv=block_kv,
+      residual_names=residual_names, interpret=interpret)
+
+
+def flash_mixed_attention_gpu_bounds(q, k, v, bounds: br.TokenBounds, *, scale: float,
+                                     block_q: int = 64, block_kv: int = 64,
+                                     residual_names: tuple[str, str] = (
+                                         "flash_mixed_out", "flash_mixed_lse"),
+                                     interpret: bool = False) -> jax.Array:
+  """The Triton kernels on query rows given by their visible key intervals.
+
+  Args / returns / raises: as ``flash_mixed.flash_mixed_attention_bounds`` (``q``
+  ``[B, Sq, ...]`` against ``k`` / ``v`` ``[B, Sk, ...]``); block sizes powers of two.
+  """
+  b, sq, hq, _ = q.shape
+  sk, hkv = k.shape[1], k.shape[2]
+  if (hq % hkv or k.shape[0] != b or v.shape[:3] != (b, sk, hkv)
+      or bounds.start.shape != (b, sq) or bounds.limit.shape != (b, sq)):
+    raise ValueError(f"Incompatible shapes q{q.shape} k{k.shape} v{v.shape} "
+                     f"bounds{bounds.start.shape}.")
   for blk in (block_q, block_kv):
     if blk <= 0 or blk & (blk - 1):
       raise ValueError(f"GPU block sizes must be powers of two, got {blk}.")
   cfg = tpu.Config(float(scale), block_q, block_kv, block_q, block_kv, hq // hkv,
                    bool(interpret), tuple(residual_names))
-  s_pad = -(-s // math.lcm(block_q, block_kv)) * math.lcm(block_q, block_kv)
-  tb = br.pad_bounds(br.token_bounds(segment_ids.astype(jnp.int32),
-                                     unit_ids.astype(jnp.int32)), s_pad)
-
-  def prep(x):
-    x = jnp.swapaxes(x, 1, 2)
-    return jnp.pad(x, ((0, 0), (0, 0), (0, s_pad - s), (0, 0))) if s_pad > s else x
-
-  o = _flash(cfg, prep(q), prep(k), prep(v), tb.start, tb.limit)
-  return jnp.swapaxes(o[:, :, :s], 1, 2)
+  q_pad = -(-sq // block_q) * block_q
+  k_pad = -(-sk // block_kv) * block_kv
+  tb = br.pad_bounds(br.TokenBounds(bounds.start.astype(jnp.int32),
+                                    bounds.limit.astype(jnp.int32)), q_pad)
+  o = _flash(cfg, tpu.to_kernel_layout(q, q_pad), tpu.to_kernel_layout(k, k_pad),
+             tpu.to_kernel_layout(v, k_pad), tb.start, tb.limit)
+  return jnp.swapaxes(o[:, :, :sq], 1, 2)
