@@ -8,11 +8,13 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 from flax import traverse_util
 
 from configs import smoke
 from neo_jax.data import random_batches
 import train_testlib
+from neo_jax.ops import flash_mixed
 from neo_jax.train import checkpointing, sharding, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,13 +90,26 @@ def test_two_processes_match_one_process_and_resume_on_one(tmp_path):
   assert {STEPS + 1, STEPS + 2} <= set(after) and all(np.isfinite(after[s]) for s in after)
 
 
-def test_context_axis_shards_the_sequence_and_keeps_the_loss():
-  """data=2 x context=4 on 8 fake devices (XLA attention gathers k/v) == 1 device."""
+@pytest.mark.parametrize("impl", ["xla", "pallas"])
+def test_context_axis_shards_the_sequence_and_keeps_the_loss(impl, monkeypatch):
+  """data=2 x context=4 on 8 fake devices == 1 device with the XLA attention.
+
+  ``xla``: XLA's partitioner gathers k / v. ``pallas``: the kernel runs per shard
+  on its 16 query rows against the gathered 64 keys (blocks of 16, interpret mode),
+  ``flash_mixed.context_parallel_flash_mixed_attention``.
+  """
   c1 = smoke.get_config()
   c1.mesh.data = 1
+  c1.model.attention_impl = "xla"
   s1 = trainer.Setup(c1, mesh=sharding.make_mesh(dict(c1.mesh), devices=jax.devices()[:1]))
   c8 = smoke.get_config()
   c8.mesh.data, c8.mesh.context = 2, 4
+  c8.model.attention_impl = impl
+  c8.model.attention_block_q = c8.model.attention_block_kv = 16
+  traced = []   # the context-parallel kernel is what the pallas step traces
+  cp = flash_mixed.context_parallel_flash_mixed_attention
+  monkeypatch.setattr(flash_mixed, "context_parallel_flash_mixed_attention",
+                      lambda *a, **k: traced.append(k["context_axes"]) or cp(*a, **k))
   s8 = trainer.Setup(c8)
   assert s8.batch_shardings["input_ids"].spec == jax.sharding.PartitionSpec(("data", "fsdp"), "context")
   it = trainer.make_data_iterator(c1)
@@ -110,3 +125,7 @@ def test_context_axis_shards_the_sequence_and_keeps_the_loss():
   # carries the context-sharded layout of the hidden states.
   hlo = s8.train_step.lower(st8, s8.global_batch(batches[0])).compile().as_text()
   assert "all-gather" in hlo
+  if impl == "pallas":
+    assert traced and set(traced) == {"context"}
+  else:
+    assert not traced

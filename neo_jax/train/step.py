@@ -107,7 +107,7 @@ def train_step(state: TrainState, batch: dict, *, model: NEO, tx: optax.Gradient
   params = optax.apply_updates(state.params, updates)
   metrics = {
       "loss": out.weighted_ce / total_w,
-      "grad_norm": optax.global_norm(tr_grads),
+      "grad_norm": optax.tree.norm(tr_grads),
       "lr": lr_schedule(state.step),
       "supervised_tokens": out.tokens,
       "tokens": jnp.sum(batch["segment_ids"] > 0),
