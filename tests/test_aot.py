@@ -38,6 +38,21 @@ def test_tiny_config_compiles_for_v5p_8():
   assert "per-device memory" in text and "step time" in text
 
 
+def test_context_parallel_kernel_compiles_for_v5p_8():
+  """data=2 x context=2 with the Pallas kernel: Mosaic kernels under shard_map, each on
+  its half of the sequence against all-gathered keys / values."""
+  c = smoke.get_config("seq_len=256")
+  c.mesh.data, c.mesh.context = 2, 2
+  c.model.attention_impl = "pallas"
+  c.model.attention_block_q = c.model.attention_block_kv = 128
+  report, compiled = aot.compile_train_step(c, "v5p-8")
+  assert report.mesh["context"] == 2 and report.fits
+  text = compiled.as_text()
+  for name in ("flash_mixed_fwd", "flash_mixed_dq", "flash_mixed_dkv", "all-gather",
+               "reduce-scatter"):
+    assert name in text, name
+
+
 def test_cli_fails_clearly_when_it_does_not_fit():
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   r = subprocess.run([sys.executable, "-m", "neo_jax.aot", f"--config={ROOT}/configs/smoke.py",
