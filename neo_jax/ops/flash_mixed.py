@@ -22,6 +22,10 @@ Design (after jax.experimental.pallas.ops.tpu.flash_attention and splash_attenti
   keys are never visible.
 * On CPU the kernels run with ``interpret=True`` (chosen automatically). On GPU the
   entry point runs ``flash_mixed_gpu`` (see there).
+* The query rows may be a slice of the sequence (``Sq`` rows with their intervals in
+  the ``Sk`` key positions, ``flash_mixed_attention_bounds``): what a context-parallel
+  shard runs against the all-gathered keys
+  (``context_parallel_flash_mixed_attention``).
 """
 
 from __future__ import annotations
