@@ -77,6 +77,16 @@ def _div(x, n: int):
   return x if n == 1 else lax.div(x, n)
 
 
+def _lanes(x):
+  """``[B, S] -> [B, S, LANES]`` lane-broadcast (the forward reads column vectors)."""
+  return jnp.broadcast_to(x[..., None], (*x.shape, LANES))
+
+
+def _sublanes(x):
+  """``[B, S] -> [B, SUBLANES, S]`` sublane-broadcast (the backward reads rows)."""
+  return jnp.broadcast_to(x[:, None], (x.shape[0], SUBLANES, x.shape[1]))
+
+
 def _visible(start_ref, limit_ref, j, bq, bk):
   """``[bq, bk] bool``: the interval mask of q rows vs the keys of kv block ``j``."""
   kpos = j * bk + lax.broadcasted_iota(jnp.int32, (bq, bk), 1)
@@ -156,8 +166,9 @@ def _fwd_kernel(kv_lo_ref, kv_hi_ref, qms_ref, qml_ref,            # scalar pref
     lse_ref[...] = jnp.transpose(m_sc[...] + jnp.log(l))[:SUBLANES]
 
 
-def _fwd(cfg: Config, q, k, v, start_l, limit_l, r: br.BlockRanges):
-  """Forward kernel call. q ``[B,Hq,Sq,Dqk]``, k ``[B,Hkv,Sk,Dqk]``, v ``[B,Hkv,Sk,Dv]``."""
+def _fwd(cfg: Config, q, k, v, start, limit, r: br.BlockRanges):
+  """Forward kernel call. q ``[B,Hq,Sq,Dqk]``, k ``[B,Hkv,Sk,Dqk]``, v ``[B,Hkv,Sk,Dv]``,
+  start / limit ``[B, Sq] int32``; returns ``(o, lse [B, Hq, Sq] float32)``."""
   b, hq, s, dqk = q.shape
   sk, dv = k.shape[2], v.shape[-1]
   bq, bk, g = cfg.block_q, cfg.block_kv, cfg.group
@@ -204,7 +215,7 @@ def _fwd(cfg: Config, q, k, v, start_l, limit_l, r: br.BlockRanges):
                           streamed_bytes=bk * (dqk + dv) * k.dtype.itemsize,
                           fixed_bytes=b * hq * s * (dqk + dv) * q.dtype.itemsize),
       name="flash_mixed_fwd",
-  )(r.kv_lo, r.kv_hi, r.q_max_start, r.q_min_limit, q, k, v, start_l, limit_l)
+  )(r.kv_lo, r.kv_hi, r.q_max_start, r.q_min_limit, q, k, v, _lanes(start), _lanes(limit))
   return o, lse[:, :, 0]
 
 
@@ -293,17 +304,17 @@ def _dkv_kernel(q_lo_ref, q_hi_ref, qms_ref, qml_ref,
     dv_ref[...] = dv_sc[...].astype(dv_ref.dtype)
 
 
-def _bwd_calls(cfg: Config, q, k, v, do, lse, di, start_r, limit_r,
-               r: br.BlockRanges):
+def _bwd_calls(cfg: Config, q, k, v, do, lse, di, start, limit, r: br.BlockRanges):
   """dQ and dK/dV kernel calls (block sizes ``block_*_bwd``; ``r`` made for them).
 
   ``q``, ``do``: ``[B, Hq, Sq, .]``; ``k``, ``v``: ``[B, Hkv, Sk, .]``; ``lse``,
-  ``di``: ``[B, Hq, Sq] float32``; ``start_r``, ``limit_r``: ``[B, SUBLANES, Sq] int32``.
+  ``di``: ``[B, Hq, Sq] float32``; ``start``, ``limit``: ``[B, Sq] int32``.
   """
   b, hq, s, dqk = q.shape
   hkv, sk, dv = k.shape[1], k.shape[2], v.shape[-1]
   bq, bk, g = cfg.block_q_bwd, cfg.block_kv_bwd, cfg.group
   nq, nk = s // bq, sk // bk
+  start_r, limit_r = _sublanes(start), _sublanes(limit)
   lse_r = jnp.broadcast_to(lse[:, :, None], (b, hq, SUBLANES, s))
   di_r = jnp.broadcast_to(di[:, :, None], (b, hq, SUBLANES, s))
   common = dict(scale=cfg.scale, bq=bq, bk=bk, nq=nq)
@@ -392,41 +403,48 @@ def _bwd_calls(cfg: Config, q, k, v, do, lse, di, start_r, limit_r,
 # -------------------------------------------------------------------------- custom_vjp
 
 
-def _lanes(x):
-  """``[B, S] -> [B, S, LANES]`` lane-broadcast (the forward reads column vectors)."""
-  return jnp.broadcast_to(x[..., None], (*x.shape, LANES))
+def differentiable(fwd_call, bwd_call):
+  """``flash(cfg, q, k, v, start, limit)`` with a custom VJP made of kernel calls.
+
+  Shared by the TPU kernels here and the Triton ones (``flash_mixed_gpu``). Residuals:
+  q, k, v, start, limit, the output and the logsumexp (the last two under
+  ``cfg.residual_names`` for ``jax.checkpoint`` policies); ``D_i = rowsum(dO * O)`` in
+  XLA (Dao 2023, Alg. 2). Block ranges are computed for the forward and backward
+  block sizes.
+
+  Args:
+    fwd_call: ``(cfg, q, k, v, start, limit, ranges) -> (o, lse)``; q ``[B, Hq, Sq, .]``,
+      k / v ``[B, Hkv, Sk, .]``, start / limit ``[B, Sq] int32``.
+    bwd_call: ``(cfg, q, k, v, do, lse, di, start, limit, ranges) -> (dq, dk, dv)``.
+
+  Returns:
+    The differentiable function (``cfg`` a static ``Config``).
+  """
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+  def flash(cfg, q, k, v, start, limit):
+    return fwd(cfg, q, k, v, start, limit)[0]
+
+  def fwd(cfg, q, k, v, start, limit):
+    r = br.block_ranges(br.TokenBounds(start, limit), cfg.block_q, cfg.block_kv,
+                        kv_len=k.shape[2])
+    o, lse = fwd_call(cfg, q, k, v, start, limit, r)
+    o = checkpoint_name(o, cfg.residual_names[0])
+    lse = checkpoint_name(lse, cfg.residual_names[1])
+    return o, (q, k, v, start, limit, o, lse)
+
+  def bwd(cfg, res, do):
+    q, k, v, start, limit, o, lse = res
+    r = br.block_ranges(br.TokenBounds(start, limit), cfg.block_q_bwd, cfg.block_kv_bwd,
+                        kv_len=k.shape[2])
+    di = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), axis=-1)
+    dq, dk, dv = bwd_call(cfg, q, k, v, do, lse, di, start, limit, r)
+    return dq, dk, dv, None, None
+
+  flash.defvjp(fwd, bwd)
+  return flash
 
 
-def _sublanes(x):
-  """``[B, S] -> [B, SUBLANES, S]`` sublane-broadcast (the backward reads rows)."""
-  return jnp.broadcast_to(x[:, None], (x.shape[0], SUBLANES, x.shape[1]))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flash(cfg: Config, q, k, v, start, limit):
-  return _flash_fwd(cfg, q, k, v, start, limit)[0]
-
-
-def _flash_fwd(cfg, q, k, v, start, limit):
-  tb = br.TokenBounds(start, limit)
-  r = br.block_ranges(tb, cfg.block_q, cfg.block_kv, kv_len=k.shape[2])
-  o, lse = _fwd(cfg, q, k, v, _lanes(start), _lanes(limit), r)
-  o = checkpoint_name(o, cfg.residual_names[0])
-  lse = checkpoint_name(lse, cfg.residual_names[1])
-  return o, (q, k, v, start, limit, o, lse)
-
-
-def _flash_bwd(cfg, res, do):
-  q, k, v, start, limit, o, lse = res
-  r = br.block_ranges(br.TokenBounds(start, limit), cfg.block_q_bwd, cfg.block_kv_bwd,
-                      kv_len=k.shape[2])
-  di = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), axis=-1)
-  dq, dk, dv = _bwd_calls(cfg, q, k, v, do, lse, di, _sublanes(start), _sublanes(limit),
-                          r)
-  return dq, dk, dv, None, None
-
-
-_flash.defvjp(_flash_fwd, _flash_bwd)
+_flash = differentiable(_fwd, _bwd_calls)
 
 
 def flash_mixed_attention(q: jax.Array, k: jax.Array, v: jax.Array,
@@ -475,12 +493,27 @@ def flash_mixed_attention(q: jax.Array, k: jax.Array, v: jax.Array,
       residual_names=residual_names, interpret=interpret)
 
 
-def to_kernel_layout(x: jax.Array, n: int) -> jax.Array:
-  """``[B, S, H, D] -> [B, H, n, D]`` (same dtype): the kernels' heads-major layout,
-  rows zero-padded to ``n >= S`` (a block multiple)."""
-  x = jnp.swapaxes(x, 1, 2)
-  s = x.shape[2]
-  return jnp.pad(x, ((0, 0), (0, 0), (0, n - s), (0, 0))) if n > s else x
+def run_padded(flash, cfg: Config, q: jax.Array, k: jax.Array, v: jax.Array,
+               bounds: br.TokenBounds, *, q_multiple: int, kv_multiple: int) -> jax.Array:
+  """Runs ``flash`` (from ``differentiable``) in the kernels' layout.
+
+  Transposes ``[B, S, H, D] -> [B, H, S, D]``, zero-pads the query rows to a multiple of
+  ``q_multiple`` and the keys / values to one of ``kv_multiple``, pads the bounds by
+  repeating the last row (``block_ranges.pad_bounds``: padded keys are never seen),
+  and returns the real rows, ``[B, Sq, Hq, Dv]``.
+  """
+  sq, sk = q.shape[1], k.shape[1]
+  q_pad = -(-sq // q_multiple) * q_multiple
+  k_pad = -(-sk // kv_multiple) * kv_multiple
+
+  def layout(x, n):
+    x = jnp.swapaxes(x, 1, 2)
+    return jnp.pad(x, ((0, 0), (0, 0), (0, n - x.shape[2]), (0, 0))) if n > x.shape[2] else x
+
+  tb = br.pad_bounds(br.TokenBounds(bounds.start.astype(jnp.int32),
+                                    bounds.limit.astype(jnp.int32)), q_pad)
+  o = flash(cfg, layout(q, q_pad), layout(k, k_pad), layout(v, k_pad), tb.start, tb.limit)
+  return jnp.swapaxes(o[:, :, :sq], 1, 2)
 
 
 def flash_mixed_attention_bounds(q: jax.Array, k: jax.Array, v: jax.Array,
@@ -538,13 +571,9 @@ def flash_mixed_attention_bounds(q: jax.Array, k: jax.Array, v: jax.Array,
     interpret = backend == "cpu"
   cfg = Config(float(scale), block_q, block_kv, block_q_bwd, block_kv_bwd, hq // hkv,
                bool(interpret), tuple(residual_names))
-  q_pad = -(-sq // math.lcm(block_q, block_q_bwd)) * math.lcm(block_q, block_q_bwd)
-  k_pad = -(-sk // math.lcm(block_kv, block_kv_bwd)) * math.lcm(block_kv, block_kv_bwd)
-  tb = br.pad_bounds(br.TokenBounds(bounds.start.astype(jnp.int32),
-                                    bounds.limit.astype(jnp.int32)), q_pad)
-  o = _flash(cfg, to_kernel_layout(q, q_pad), to_kernel_layout(k, k_pad),
-             to_kernel_layout(v, k_pad), tb.start, tb.limit)
-  return jnp.swapaxes(o[:, :, :sq], 1, 2)
+  return run_padded(_flash, cfg, q, k, v, bounds,
+                    q_multiple=math.lcm(block_q, block_q_bwd),
+                    kv_multiple=math.lcm(block_kv, block_kv_bwd))
 
 
 def _axes_size(mesh, axes) -> int:

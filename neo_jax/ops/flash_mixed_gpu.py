@@ -15,11 +15,9 @@ GPU in this project yet (no GPU was lent to the session that wrote it).
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 from jax import lax
-from jax.ad_checkpoint import checkpoint_name
 from jax.experimental import pallas as pl
 import jax.numpy as jnp
 
@@ -202,30 +200,7 @@ def _bwd(cfg, q, k, v, do, lse, di, start, limit, r):
   return dq, dk, dv_
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flash(cfg, q, k, v, start, limit):
-  return _flash_fwd(cfg, q, k, v, start, limit)[0]
-
-
-def _flash_fwd(cfg, q, k, v, start, limit):
-  r = br.block_ranges(br.TokenBounds(start, limit), cfg.block_q, cfg.block_kv,
-                      kv_len=k.shape[2])
-  o, lse = _fwd(cfg, q, k, v, start, limit, r)
-  o = checkpoint_name(o, cfg.residual_names[0])
-  lse = checkpoint_name(lse, cfg.residual_names[1])
-  return o, (q, k, v, start, limit, o, lse)
-
-
-def _flash_bwd(cfg, res, do):
-  q, k, v, start, limit, o, lse = res
-  r = br.block_ranges(br.TokenBounds(start, limit), cfg.block_q_bwd, cfg.block_kv_bwd,
-                      kv_len=k.shape[2])
-  di = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), axis=-1)
-  dq, dk, dv = _bwd(cfg, q, k, v, do, lse, di, start, limit, r)
-  return dq, dk, dv, None, None
-
-
-_flash.defvjp(_flash_fwd, _flash_bwd)
+_flash = tpu.differentiable(_fwd, _bwd)
 
 
 def flash_mixed_attention_gpu(q, k, v, segment_ids, unit_ids, *, scale: float,
@@ -269,10 +244,5 @@ def flash_mixed_attention_gpu_bounds(q, k, v, bounds: br.TokenBounds, *, scale: 
       raise ValueError(f"GPU block sizes must be powers of two, got {blk}.")
   cfg = tpu.Config(float(scale), block_q, block_kv, block_q, block_kv, hq // hkv,
                    bool(interpret), tuple(residual_names))
-  q_pad = -(-sq // block_q) * block_q
-  k_pad = -(-sk // block_kv) * block_kv
-  tb = br.pad_bounds(br.TokenBounds(bounds.start.astype(jnp.int32),
-                                    bounds.limit.astype(jnp.int32)), q_pad)
-  o = _flash(cfg, tpu.to_kernel_layout(q, q_pad), tpu.to_kernel_layout(k, k_pad),
-             tpu.to_kernel_layout(v, k_pad), tb.start, tb.limit)
-  return jnp.swapaxes(o[:, :, :sq], 1, 2)
+  return tpu.run_padded(_flash, cfg, q, k, v, bounds, q_multiple=block_q,
+                        kv_multiple=block_kv)
