@@ -319,6 +319,17 @@ def _bwd_calls(cfg: Config, q, k, v, do, lse, di, start, limit, r: br.BlockRange
   di_r = jnp.broadcast_to(di[:, :, None], (b, hq, SUBLANES, s))
   common = dict(scale=cfg.scale, bq=bq, bk=bk, nq=nq)
 
+  def in_specs(q_map, kv_map, qt_map, row_map):
+    """Both kernels read q, k, v, dO, lse, D_i, start, limit; only the maps differ."""
+    return [pl.BlockSpec((None, None, bq, dqk), q_map),
+            pl.BlockSpec((None, None, bk, dqk), kv_map),
+            pl.BlockSpec((None, None, bk, dv), kv_map),
+            pl.BlockSpec((None, None, bq, dv), q_map),
+            pl.BlockSpec((None, None, SUBLANES, bq), qt_map),
+            pl.BlockSpec((None, None, SUBLANES, bq), qt_map),
+            pl.BlockSpec((None, SUBLANES, bq), row_map),
+            pl.BlockSpec((None, SUBLANES, bq), row_map)]
+
   # dQ: grid (b, q head, q block, kv step), as the forward.
   def kv_block(b_, i, t, lo, hi):
     return jnp.minimum(lo[b_ * nq + i] + t, hi[b_ * nq + i])
@@ -331,16 +342,7 @@ def _bwd_calls(cfg: Config, q, k, v, do, lse, di, start, limit, r: br.BlockRange
       grid_spec=pltpu.PrefetchScalarGridSpec(
           num_scalar_prefetch=4,
           grid=(b, hq, nq, nk),
-          in_specs=[
-              pl.BlockSpec((None, None, bq, dqk), q_map),
-              pl.BlockSpec((None, None, bk, dqk), kv_map),
-              pl.BlockSpec((None, None, bk, dv), kv_map),
-              pl.BlockSpec((None, None, bq, dv), q_map),
-              pl.BlockSpec((None, None, SUBLANES, bq), qt_map),
-              pl.BlockSpec((None, None, SUBLANES, bq), qt_map),
-              pl.BlockSpec((None, SUBLANES, bq), row_map),
-              pl.BlockSpec((None, SUBLANES, bq), row_map),
-          ],
+          in_specs=in_specs(q_map, kv_map, qt_map, row_map),
           out_specs=pl.BlockSpec((None, None, bq, dqk), q_map),
           scratch_shapes=[pltpu.VMEM((bq, dqk), jnp.float32)]),
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
@@ -369,16 +371,7 @@ def _bwd_calls(cfg: Config, q, k, v, do, lse, di, start, limit, r: br.BlockRange
       grid_spec=pltpu.PrefetchScalarGridSpec(
           num_scalar_prefetch=4,
           grid=(b, hkv, nk, g, nq),
-          in_specs=[
-              pl.BlockSpec((None, None, bq, dqk), qq_map),
-              pl.BlockSpec((None, None, bk, dqk), k_map),
-              pl.BlockSpec((None, None, bk, dv), k_map),
-              pl.BlockSpec((None, None, bq, dv), qq_map),
-              pl.BlockSpec((None, None, SUBLANES, bq), qqt_map),
-              pl.BlockSpec((None, None, SUBLANES, bq), qqt_map),
-              pl.BlockSpec((None, SUBLANES, bq), qrow_map),
-              pl.BlockSpec((None, SUBLANES, bq), qrow_map),
-          ],
+          in_specs=in_specs(qq_map, k_map, qqt_map, qrow_map),
           out_specs=[
               pl.BlockSpec((None, None, bk, dqk), k_map),
               pl.BlockSpec((None, None, bk, dv), k_map),
