@@ -7,6 +7,7 @@ Arguments (``configs/demo.py:steps=500,eval_every=100``): ``steps``,
 """
 
 from configs import common
+from neo_jax.core import tokens
 
 
 DEMO_WEIGHTS = {"digit": 5.0, "text": 1.0, "aspect": 1.0, "spatial": 1.0, "multi_image": 1.0,
@@ -17,8 +18,10 @@ def get_config(arg=None):
   a = common.parse_arg(arg, steps=500, eval_every=100, data="pipeline", seq_len=512, batch_size=8)
   c = common.base_config("tiny")
   m = c.model
-  m.vocab_size = 151936  # the real Qwen3 + NEO tokenizer
-  m.img_context_token_id, m.img_start_token_id, m.img_end_token_id = 151669, 151670, 151671
+  m.vocab_size = tokens.QWEN3_VOCAB_SIZE  # the real Qwen3 + NEO tokenizer
+  m.img_context_token_id = tokens.IMG_CONTEXT_TOKEN_ID
+  m.img_start_token_id = tokens.IMG_START_TOKEN_ID
+  m.img_end_token_id = tokens.IMG_END_TOKEN_ID
   m.hidden_size = 128
   m.intermediate_size = 384
   m.num_llm_layers = 3
@@ -34,7 +37,7 @@ def get_config(arg=None):
   c.seq_len = a.seq_len
   c.batch_size = a.batch_size
   if a.data == "pipeline":
-    c.data = common.data_mixture_config(ov=True, stage="demo")
+    c.data = common.embedded_data_config()
     # Every input kind stays in the mixture; the digit task (the accuracy
     # target) gets half of the samples.
     for task, weight in DEMO_WEIGHTS.items():

@@ -6,23 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import data_testlib as ref
+from testlib import data as ref
+from testlib.data import assert_batches_equal, take
 from neo_jax.data import embedded
 from neo_jax.data import packing
 from neo_jax.data import pipeline
 from neo_jax.data import processor as processor_lib
-from neo_jax.model.inputs import IGNORE_INDEX, check_batch
-
-
-def _take(it, n):
-  return [next(it) for _ in range(n)]
-
-
-def _assert_batches_equal(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    for k in x:
-      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
+from neo_jax.core.batch import IGNORE_INDEX, check_batch
 
 
 def _check_packed(batch, max_sup=0):
@@ -53,7 +43,7 @@ def _cfg(**kw):
 
 def test_embedded_mixture_batches_and_positions():
   it = pipeline.make_train_iterator(_cfg(), seq_len=512, batch_size=2, seed=0, max_supervised_tokens=64)
-  for b in _take(it, 6):
+  for b in take(it, 6):
     _check_packed(b, max_sup=64)
     for r in range(2):  # t restarts at 0 per packed sample; visual tokens share t
       t, _, _ = ref.ref_thw(b["input_ids"][r], b["token_hw"][r], b["segment_ids"][r])
@@ -66,28 +56,28 @@ def test_embedded_mixture_batches_and_positions():
 def test_resume_gives_the_uninterrupted_batches():
   cfg = _cfg(max_waiting=4)
   kw = dict(seq_len=384, batch_size=2, seed=3, max_supervised_tokens=40)
-  full = _take(pipeline.make_train_iterator(cfg, **kw), 9)
+  full = take(pipeline.make_train_iterator(cfg, **kw), 9)
   it = pipeline.make_train_iterator(cfg, **kw)
-  _take(it, 4)
+  take(it, 4)
   state = json.loads(json.dumps(it.get_state()))  # states survive JSON (checkpoint format)
   assert "W" in state["log"] or state["log"] == ""
   it2 = pipeline.make_train_iterator(cfg, **kw)
   it2.set_state(state)
-  _assert_batches_equal(full[4:], _take(it2, 5))
+  assert_batches_equal(full[4:], take(it2, 5))
 
 
 @pytest.mark.slow
 def test_resume_with_two_workers():
   cfg = _cfg(num_workers=2, max_waiting=4)
   kw = dict(seq_len=384, batch_size=2, seed=3)
-  full = _take(pipeline.make_train_iterator(cfg, **kw), 7)
+  full = take(pipeline.make_train_iterator(cfg, **kw), 7)
   it = pipeline.make_train_iterator(cfg, **kw)
-  _take(it, 3)
+  take(it, 3)
   state = it.get_state()
   it2 = pipeline.make_train_iterator(cfg, **kw)
   it2.set_state(state)
-  _assert_batches_equal(full[3:], _take(it2, 4))
-  _assert_batches_equal(full, _take(pipeline.make_train_iterator(_cfg(max_waiting=4), **kw), 7))
+  assert_batches_equal(full[3:], take(it2, 4))
+  assert_batches_equal(full, take(pipeline.make_train_iterator(_cfg(max_waiting=4), **kw), 7))
 
 
 def _write_png(path, h, w, seed=0):
@@ -140,10 +130,10 @@ def test_bad_inputs_are_counted_and_do_not_change_batches(tmp_path):
   kw = dict(seq_len=256, batch_size=2, seed=0)
   # Two batches of 2 x 256 tokens hold ~30 samples of ~30 tokens (+16 waiting): within one epoch.
   clean_it = pipeline.make_train_iterator(_json_cfg(tmp_path / "good.jsonl"), **kw)
-  clean = _take(clean_it, 2)
+  clean = take(clean_it, 2)
   it = pipeline.make_train_iterator(_json_cfg(tmp_path / "mixed.json"), **kw)
-  got = _take(it, 2)
-  _assert_batches_equal(clean, got)
+  got = take(it, 2)
+  assert_batches_equal(clean, got)
   for b in got:
     _check_packed(b)
   counts = pipeline.skip_counts(it)
@@ -162,7 +152,7 @@ def test_strict_mode_names_the_record(tmp_path, case):
   (tmp_path / "a.jsonl").write_text(json.dumps(_good(0)) + "\n" + json.dumps(rec) + "\n")
   it = pipeline.make_train_iterator(_json_cfg(tmp_path / "a.jsonl", strict=True), seq_len=256, batch_size=1, seed=0)
   with pytest.raises(processor_lib.BadRecordError, match=r"record mine:1.*" + case.replace("_few", "")):
-    _take(it, 3)
+    take(it, 3)
 
 
 def test_over_long_and_supervised_cap_dropped_not_cut():
@@ -228,9 +218,9 @@ def test_array_record_source_matches_json(tmp_path):
   (tmp_path / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
   sources.write_array_record(str(tmp_path / "a.array_record"), recs)
   kw = dict(seq_len=256, batch_size=2, seed=0)
-  a = _take(pipeline.make_train_iterator(_json_cfg(tmp_path / "a.jsonl"), **kw), 2)
+  a = take(pipeline.make_train_iterator(_json_cfg(tmp_path / "a.jsonl"), **kw), 2)
   c = _json_cfg(tmp_path / "a.jsonl")
   c.sources.mine.kind = "array_record"
   c.sources.mine.path = str(tmp_path / "a.array_record")
   c.sources.mine.data_root = str(tmp_path)
-  _assert_batches_equal(a, _take(pipeline.make_train_iterator(c, **kw), 2))
+  assert_batches_equal(a, take(pipeline.make_train_iterator(c, **kw), 2))

@@ -24,13 +24,14 @@ from typing import Any
 
 import ml_collections
 
+from neo_jax.core import tokens
 from neo_jax.model import config as config_lib
 
 # Last NEO special token of NEO_SPEC §3.1 (<|interpreter|>); the vocabulary
 # must hold ids up to it.
-NEO_LAST_SPECIAL_TOKEN_ID = 151681
-QWEN3_BOS_TOKEN_ID = 151643
-QWEN3_EOS_TOKEN_ID = 151645
+NEO_LAST_SPECIAL_TOKEN_ID = tokens.NEO_LAST_SPECIAL_TOKEN_ID
+QWEN3_BOS_TOKEN_ID = tokens.ENDOFTEXT_TOKEN_ID
+QWEN3_EOS_TOKEN_ID = tokens.IM_END_TOKEN_ID
 
 
 def read_json(path: str) -> dict:

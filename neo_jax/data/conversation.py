@@ -20,7 +20,7 @@ import numpy as np
 
 from neo_jax.data.errors import BadSample
 from neo_jax.data.tokenizer import Tokenizer
-from neo_jax.model.inputs import IGNORE_INDEX
+from neo_jax.core.tokens import IGNORE_INDEX
 
 IMAGE_TAG = "<image>"
 VIDEO_TAG = "<video>"

@@ -30,6 +30,7 @@ import shutil
 from typing import Callable
 
 import numpy as np
+import tqdm
 from PIL import Image
 
 VERSION = "v1"
@@ -333,14 +334,17 @@ def build(root: str) -> None:
   tmp = f"{root}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   os.makedirs(tmp)
-  for t_i, task in enumerate(TASKS):
-    for s_i, split in enumerate(SPLITS):
-      rng = np.random.default_rng([20251, t_i, s_i])
-      recs = _BUILDERS[task](tmp, split, rng)
-      with open(os.path.join(tmp, f"{task}_{split}.jsonl"), "w") as f:
-        for k, r in enumerate(recs):
-          r["id"] = f"{task}/{split}/{k}"
-          f.write(json.dumps(r) + "\n")
+  print(f"Building the embedded data set into {root} (once; about a minute).", flush=True)
+  parts = [(t_i, task, s_i, split) for t_i, task in enumerate(TASKS)
+           for s_i, split in enumerate(SPLITS)]
+  for t_i, task, s_i, split in tqdm.tqdm(parts, desc="embedded data", unit="split",
+                                         mininterval=1.0):
+    rng = np.random.default_rng([20251, t_i, s_i])
+    recs = _BUILDERS[task](tmp, split, rng)
+    with open(os.path.join(tmp, f"{task}_{split}.jsonl"), "w") as f:
+      for k, r in enumerate(recs):
+        r["id"] = f"{task}/{split}/{k}"
+        f.write(json.dumps(r) + "\n")
   with open(os.path.join(tmp, "DONE"), "w") as f:
     f.write(VERSION + "\n")
   try:

@@ -1,7 +1,7 @@
 """Images at native resolution: decode, ``smart_resize``, patchify (NEO_SPEC §1.1, §3.2).
 
 The host ships raw resized RGB bytes in the model's input layout
-(``neo_jax.model.inputs``); ImageNet normalisation happens on device
+(``neo_jax.core.batch``); ImageNet normalisation happens on device
 (``normalize_pixels`` is the same computation, for tests and tools).
 """
 
@@ -17,10 +17,10 @@ import numpy as np
 from PIL import Image
 
 from neo_jax.data.errors import BadSample
-from neo_jax.model import inputs
+from neo_jax.core import geometry
 
-FACTOR = 32  # pixels per visual-token side: patch 16 x downsample 2.
-PATCH = 16
+FACTOR = geometry.TOKEN_PIXELS  # pixels per visual-token side: patch 16 x downsample 2.
+PATCH = geometry.PATCH_SIZE
 MAX_ASPECT_RATIO = 200
 # Decoded-pixel limit above which a file is treated as a decompression bomb.
 DEFAULT_MAX_IMAGE_PIXELS = 256_000_000
@@ -139,7 +139,7 @@ def resize_rgb(img: Image.Image, height: int, width: int) -> np.ndarray:
 
 
 def patchify(rgb: np.ndarray) -> np.ndarray:
-  """Cuts a resized image into the model's visual-token layout (``model/inputs.py``).
+  """Cuts a resized image into the model's visual-token layout (``core/batch.py``).
 
   Args:
     rgb: ``[H, W, 3] uint8``, H and W multiples of 32.
@@ -163,8 +163,8 @@ def token_grid_hw(num_rows: int, num_cols: int) -> np.ndarray:
 def normalize_pixels(pixels: np.ndarray) -> np.ndarray:
   """ImageNet normalisation of uint8 patches ``[..., 4, 768]`` -> float32 (NEO_SPEC §1.1)."""
   x = pixels.astype(np.float32).reshape(*pixels.shape[:-1], 3, -1) / 255.0
-  mean = np.asarray(inputs.IMAGENET_MEAN, np.float32)[:, None]
-  std = np.asarray(inputs.IMAGENET_STD, np.float32)[:, None]
+  mean = np.asarray(geometry.IMAGENET_MEAN, np.float32)[:, None]
+  std = np.asarray(geometry.IMAGENET_STD, np.float32)[:, None]
   return ((x - mean) / std).reshape(pixels.shape)
 
 

@@ -2,7 +2,7 @@
 
 ``PackIterDataset`` consumes the per-sample dicts of ``processor.py`` (and
 their skip markers) and yields batches in the layout of
-``neo_jax.model.inputs``. Per batch it fills ``batch_size`` bins with first-fit
+``neo_jax.core.batch``. Per batch it fills ``batch_size`` bins with first-fit
 or best-fit under two capacities: ``seq_len`` tokens and, optionally,
 ``max_supervised_tokens`` supervised positions (positions i with
 ``labels[i + 1] != -100``; the model gathers that many before the LM head).
@@ -28,8 +28,8 @@ from typing import Any
 import grain
 import numpy as np
 
-from neo_jax.model import config as model_config
-from neo_jax.model.inputs import IGNORE_INDEX
+from neo_jax.core import batch as batch_lib
+from neo_jax.core import geometry, tokens
 
 log = logging.getLogger(__name__)
 
@@ -47,60 +47,22 @@ class PackOptions:
     batch is emitted (higher = denser packing, longer replay on restore).
   pad_id: input id of padding (``<|endoftext|>``).
   img_context_id: id whose positions receive the sample's visual tokens.
-  patch_dim: 3 * 16 * 16.
+  patch_size: [pixels] side of a patch (16).
   """
   seq_len: int
   batch_size: int
   max_supervised_tokens: int = 0
   algorithm: str = "first_fit"
   max_waiting: int = 16
-  pad_id: int = 151643
-  img_context_id: int = model_config.IMG_CONTEXT_TOKEN_ID
-  patch_dim: int = 768
+  pad_id: int = tokens.PAD_TOKEN_ID
+  img_context_id: int = tokens.IMG_CONTEXT_TOKEN_ID
+  patch_size: int = geometry.PATCH_SIZE
 
   def __post_init__(self):
     if self.algorithm not in ALGORITHMS:
       raise ValueError(f"packing algorithm {self.algorithm!r} is not one of {ALGORITHMS}.")
     if self.seq_len <= 0 or self.batch_size <= 0 or self.max_waiting <= 0:
       raise ValueError(f"bad PackOptions {self}.")
-
-
-def assemble_batch(bins: list[list[dict]], opts: PackOptions) -> dict[str, np.ndarray]:
-  """Concatenates each bin's samples into one padded row of the batch.
-
-  Args:
-    bins: ``batch_size`` lists of per-sample dicts (``processor.py``).
-  Returns:
-    the batch dict of ``neo_jax.model.inputs`` (segment ids 1.. per sample,
-    padding last with id ``pad_id``, label -100, segment 0).
-  Raises:
-    ValueError: a sample's ``<IMG_CONTEXT>`` count differs from its
-      ``pixel_values`` rows, or a bin overflows.
-  """
-  b, s = len(bins), opts.seq_len
-  ids = np.full((b, s), opts.pad_id, np.int32)
-  labels = np.full((b, s), IGNORE_INDEX, np.int32)
-  seg = np.zeros((b, s), np.int32)
-  hw = np.zeros((b, s, 2), np.int32)
-  pv = np.zeros((b, s, 4, opts.patch_dim), np.uint8)
-  for r, samples in enumerate(bins):
-    pos = 0
-    for k, el in enumerate(samples):
-      n = len(el["input_ids"])
-      if pos + n > s:
-        raise ValueError(f"bin {r} overflows seq_len {s}")
-      ids[r, pos:pos + n] = el["input_ids"]
-      labels[r, pos:pos + n] = el["labels"]
-      seg[r, pos:pos + n] = k + 1
-      hw[r, pos:pos + n] = el["token_hw"]
-      ctx = np.flatnonzero(el["input_ids"] == opts.img_context_id)
-      if len(ctx) != len(el["pixel_values"]):
-        raise ValueError(f"record {el.get('record_id')}: {len(ctx)} <IMG_CONTEXT> for "
-                         f"{len(el['pixel_values'])} visual tokens")
-      if len(ctx):
-        pv[r, pos + ctx] = el["pixel_values"]
-      pos += n
-  return {"input_ids": ids, "labels": labels, "segment_ids": seg, "token_hw": hw, "pixel_values": pv}
 
 
 class PackIterDataset(grain.IterDataset):
@@ -199,7 +161,9 @@ class PackDatasetIterator(grain.DatasetIterator):
         self._waiting.append((i, pre, el))
     if not any(bins):
       raise StopIteration
-    batch = assemble_batch(bins, opts)
+    batch = batch_lib.assemble_batch(bins, opts.seq_len, pad_id=opts.pad_id,
+                                     img_context_id=opts.img_context_id,
+                                     patch_size=opts.patch_size)
     self._counts["batches"] += 1
     self._counts["samples"] += sum(len(x) for x in bins)
     self._counts["tokens"] += int(sum(u for u, _ in used))

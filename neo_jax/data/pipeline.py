@@ -5,7 +5,7 @@ then ``MapDataset.mix`` with the mixture weights (default text : image :
 multi-image : video = 2 : 4 : 1 : 1, NEO_SPEC §4 NEO-ov stage 2) ->
 ``to_iter_dataset`` -> ``mp_prefetch`` (``num_workers`` processes) ->
 ``PackIterDataset`` (first-fit / best-fit into ``[batch, seq_len]``, in the
-main process). Batches follow ``neo_jax.model.inputs``.
+main process). Batches follow ``neo_jax.core.batch``.
 
 Entry points: ``default_data_config``, ``make_train_iterator``,
 ``skip_counts``, ``make_eval_examples``, ``get_tokenizer`` (re-exported).
@@ -133,7 +133,7 @@ def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, seq_len: int, ba
     seed: shuffle / mixture seed; process_index / process_count: host slicing
       (each host reads ``records[process_index::process_count]``).
   Returns:
-    a ``grain.DatasetIterator`` of batch dicts (``neo_jax.model.inputs``:
+    a ``grain.DatasetIterator`` of batch dicts (``neo_jax.core.batch``:
     input_ids / labels / segment_ids ``[B, S] int32``, token_hw
     ``[B, S, 2] int32``, pixel_values ``[B, S, 4, 768] uint8``), with
     ``get_state() / set_state()`` (resume yields exactly the next batch) and

@@ -35,7 +35,7 @@ from neo_jax.data import images as images_lib
 from neo_jax.data import video as video_lib
 from neo_jax.data.errors import BadSample
 from neo_jax.data.tokenizer import get_tokenizer
-from neo_jax.model.inputs import IGNORE_INDEX
+from neo_jax.core.tokens import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 

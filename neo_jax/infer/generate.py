@@ -16,17 +16,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from neo_jax.core import batch as batch_lib
+from neo_jax.core import geometry
 from neo_jax.model.neo import NEO
 
 
 def prompts_to_batch(prompts: Sequence[dict], length: int, img_context_id: int,
-                     patch_size: int = 16) -> tuple[dict, np.ndarray]:
+                     patch_size: int = geometry.PATCH_SIZE) -> tuple[dict, np.ndarray]:
   """Per-sample prompts -> a right-padded batch and the prompt lengths.
+
+  Each prompt is one row (``core.batch.assemble_batch``); the whole row is
+  segment 1, so the tokens appended after the prompt see it.
 
   Args:
     prompts: dicts with ``input_ids [n] int``, ``token_hw [n, 2] int`` and
       ``pixel_values [num_ctx, 4, 3 P P] uint8`` (the visual tokens in order).
     length: row length L (>= longest prompt + tokens to generate).
+    img_context_id: the ``<IMG_CONTEXT>`` id.
+    patch_size: [pixels] patch side.
 
   Returns:
     (batch dict with ``input_ids``, ``segment_ids``, ``token_hw``,
@@ -36,26 +43,16 @@ def prompts_to_batch(prompts: Sequence[dict], length: int, img_context_id: int,
     ValueError: a prompt longer than ``length``, or a pixel count that does not
       match its ``<IMG_CONTEXT>`` tokens.
   """
-  e = len(prompts)
-  pp = 3 * patch_size * patch_size
-  ids = np.zeros((e, length), np.int32)
-  hw = np.zeros((e, length, 2), np.int32)
-  px = np.zeros((e, length, 4, pp), np.uint8)
-  lengths = np.zeros((e,), np.int32)
   for i, p in enumerate(prompts):
-    n = len(p["input_ids"])
-    if n > length:
-      raise ValueError(f"Prompt {i} has {n} tokens, longer than the generation row {length}.")
-    ids[i, :n] = p["input_ids"]
-    hw[i, :n] = np.asarray(p["token_hw"]).reshape(n, 2)
-    ctx = np.flatnonzero(ids[i, :n] == img_context_id)
-    pix = np.asarray(p["pixel_values"]).reshape(-1, 4, pp)
-    if len(pix) != len(ctx):
-      raise ValueError(f"Prompt {i}: {len(ctx)} <IMG_CONTEXT> tokens but {len(pix)} pixel groups.")
-    px[i, ctx] = pix
-    lengths[i] = n
-  batch = {"input_ids": ids, "segment_ids": np.ones((e, length), np.int32),
-           "token_hw": hw, "pixel_values": px}
+    if len(p["input_ids"]) > length:
+      raise ValueError(f"Prompt {i} has {len(p['input_ids'])} tokens, longer than the "
+                       f"generation row {length}.")
+  full = batch_lib.assemble_batch([[dict(p, record_id=f"prompt {i}", labels=None)]
+                                   for i, p in enumerate(prompts)], length, pad_id=0,
+                                  img_context_id=img_context_id, patch_size=patch_size)
+  lengths = (full["segment_ids"] > 0).sum(axis=1).astype(np.int32)
+  batch = {"input_ids": full["input_ids"], "segment_ids": np.ones_like(full["segment_ids"]),
+           "token_hw": full["token_hw"], "pixel_values": full["pixel_values"]}
   return batch, lengths
 
 

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import ml_collections
 
-# Token ids of NEO_SPEC §3.1 (Qwen3 vocabulary plus NEO's special tokens).
-IMG_CONTEXT_TOKEN_ID = 151669
-IMG_START_TOKEN_ID = 151670
-IMG_END_TOKEN_ID = 151671
-QWEN3_VOCAB_SIZE = 151936
+from neo_jax.core import geometry
+from neo_jax.core.tokens import (IMG_CONTEXT_TOKEN_ID, IMG_END_TOKEN_ID, IMG_START_TOKEN_ID,
+                                 QWEN3_VOCAB_SIZE)
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -68,9 +66,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_position_embeddings_vision = 10000
   c.tie_word_embeddings = True
   c.vision_hidden = 1024
-  c.patch_size = 16
-  c.downsample = 2
-  c.num_channels = 3
+  c.patch_size = geometry.PATCH_SIZE
+  c.downsample = geometry.DOWNSAMPLE
+  c.num_channels = geometry.NUM_CHANNELS
   c.img_context_token_id = IMG_CONTEXT_TOKEN_ID
   c.img_start_token_id = IMG_START_TOKEN_ID
   c.img_end_token_id = IMG_END_TOKEN_ID

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from neo_jax.model import positions as pos_lib
-from neo_jax.model.inputs import IGNORE_INDEX
+from neo_jax.core.tokens import IGNORE_INDEX
 
 Array = jax.Array
 
@@ -154,7 +154,7 @@ def lm_loss(hidden: Array, head: Array, labels: Array, segment_ids: Array, *,
   Args:
     hidden: ``[B, S, D]`` final-normed hidden states.
     head: ``[V, D]`` LM head (``NEO.head_weights()``).
-    labels, segment_ids: ``[B, S] int32`` (see ``inputs.py``).
+    labels, segment_ids: ``[B, S] int32`` (see ``core/batch.py``).
     mode: loss weighting; chunk: vocabulary chunk; max_supervised_tokens: M.
 
   Returns:

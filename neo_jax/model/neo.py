@@ -46,7 +46,7 @@ class NEO(nn.Module):
 
   ``__call__(input_ids, segment_ids, token_hw, pixel_values, return_hidden=False)``:
     input_ids, segment_ids: ``[B, S] int32``; token_hw ``[B, S, 2] int32``;
-    pixel_values ``[B, S, 4, 3 P P] uint8`` (see ``inputs.py``).
+    pixel_values ``[B, S, 4, 3 P P] uint8`` (see ``core/batch.py``).
     Returns logits ``[B, S, vocab] float32``, or with ``return_hidden`` the
     final-normed hidden states ``[B, S, D]`` in the compute dtype (feed them to
     ``loss.chunked_lm_loss`` with ``head_weights``).

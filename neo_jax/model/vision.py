@@ -3,7 +3,7 @@
 Release (``modeling_neo_vit.py``): ``patch_embedding`` Conv 3 -> V, kernel =
 stride = 16, exact GELU, 2D RoPE (interleaved pairs; first half of the
 channels by patch column, second half by patch row), ``dense_embedding`` Conv
-V -> D, kernel = stride = 2. With the batch layout of ``inputs.py`` (each
+V -> D, kernel = stride = 2. With the batch layout of ``core/batch.py`` (each
 visual token carries its 2x2 group of patches), both convolutions are plain
 matmuls with no gather or scatter:
 
@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from neo_jax.model import inputs, layers, rope
+from neo_jax.core import geometry
+from neo_jax.model import layers, rope
 
 Array = jax.Array
 
@@ -42,8 +43,8 @@ class VisionEmbeddings(nn.Module):
     dt, pdt = layers.dtype_of(cfg.dtype), layers.dtype_of(cfg.param_dtype)
     p2 = cfg.patch_size * cfg.patch_size
     # ImageNet normalisation of raw bytes, channel-major (c, y, x) layout.
-    mean = np.repeat(np.asarray(inputs.IMAGENET_MEAN, np.float32), p2)
-    std = np.repeat(np.asarray(inputs.IMAGENET_STD, np.float32), p2)
+    mean = np.repeat(np.asarray(geometry.IMAGENET_MEAN, np.float32), p2)
+    std = np.repeat(np.asarray(geometry.IMAGENET_STD, np.float32), p2)
     x = (pixel_values.astype(jnp.float32) / 255.0 - mean) / std  # [B, S, 4, 3PP]
     x = x.astype(dt)
 

@@ -31,34 +31,36 @@ The patch at (dy, dx) of token (row, col) sits at patch column
 ``x = 2 * col + dx`` and patch row ``y = 2 * row + dy``: the coordinates of
 the patch embedder's 2D RoPE.
 
-Derived inside the model by pure functions (``positions.py``): the
+Derived inside the model by pure functions (``model/positions.py``): the
 Native-RoPE indices t / h / w and the visual-unit ids of the mixed mask.
 """
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
-IGNORE_INDEX = -100
+from neo_jax.core import geometry, tokens
+
+IGNORE_INDEX = tokens.IGNORE_INDEX
 BATCH_KEYS = ("input_ids", "labels", "segment_ids", "token_hw", "pixel_values")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def batch_shapes(batch_size: int, seq_len: int, patch_size: int = 16) -> dict:
+def batch_shapes(batch_size: int, seq_len: int,
+                 patch_size: int = geometry.PATCH_SIZE) -> dict:
   """Shapes and dtypes of a batch, as ``{key: (shape, numpy dtype)}``."""
   return {
       "input_ids": ((batch_size, seq_len), np.int32),
       "labels": ((batch_size, seq_len), np.int32),
       "segment_ids": ((batch_size, seq_len), np.int32),
       "token_hw": ((batch_size, seq_len, 2), np.int32),
-      "pixel_values": ((batch_size, seq_len, 4, 3 * patch_size * patch_size), np.uint8),
+      "pixel_values": ((batch_size, seq_len, geometry.PATCHES_PER_TOKEN,
+                        geometry.patch_bytes(patch_size)), np.uint8),
   }
 
 
-def check_batch(batch: Mapping[str, np.ndarray], patch_size: int = 16) -> None:
+def check_batch(batch: Mapping[str, np.ndarray], patch_size: int = geometry.PATCH_SIZE) -> None:
   """Checks keys, ranks and dtypes of a batch (host side, not under jit).
 
   Raises:
@@ -75,3 +77,62 @@ def check_batch(batch: Mapping[str, np.ndarray], patch_size: int = 16) -> None:
       raise ValueError(f"batch[{key!r}] has shape {np.shape(arr)}, expected {shape}.")
     if np.dtype(arr.dtype) != np.dtype(dtype):
       raise ValueError(f"batch[{key!r}] has dtype {arr.dtype}, expected {np.dtype(dtype).name}.")
+
+
+def assemble_batch(rows: Sequence[Sequence[Mapping]], seq_len: int, *,
+                   pad_id: int = tokens.PAD_TOKEN_ID,
+                   img_context_id: int = tokens.IMG_CONTEXT_TOKEN_ID,
+                   patch_size: int = geometry.PATCH_SIZE) -> dict[str, np.ndarray]:
+  """Concatenates each row's samples into one padded row of a batch.
+
+  The one place where ``[B, S]`` batches are built: the packer, the random
+  batches and generation all call it.
+
+  Args:
+    rows: ``B`` sequences of samples; a sample is a mapping with
+      ``input_ids [n] int``, ``token_hw [n, 2] int``, ``pixel_values
+      [num_ctx, 4, 3 P P] uint8`` (the sample's visual tokens in order; any
+      array of ``num_ctx * 4 * 3 P P`` values) and optionally ``labels [n] int``
+      (default: none supervised) and ``record_id`` (named in errors).
+    seq_len: ``S`` [tokens] of every row.
+    pad_id: ``input_ids`` of padding positions.
+    img_context_id: the id whose positions receive the sample's visual tokens.
+    patch_size: [pixels] patch side P.
+
+  Returns:
+    The batch of the module docstring, numpy arrays: segment ids ``1..k`` for
+    the ``k`` samples of a row, then padding (segment 0, label -100, id
+    ``pad_id``, zero pixels and positions).
+
+  Raises:
+    ValueError: a row's samples exceed ``seq_len``, or a sample's
+      ``<IMG_CONTEXT>`` count differs from its number of visual tokens.
+  """
+  pp = geometry.patch_bytes(patch_size)
+  out = {k: np.zeros(shape, dt) for k, (shape, dt) in
+         batch_shapes(len(rows), seq_len, patch_size).items()}
+  out["input_ids"][:] = pad_id
+  out["labels"][:] = IGNORE_INDEX
+  for r, samples in enumerate(rows):
+    pos = 0
+    for k, el in enumerate(samples):
+      ids = np.asarray(el["input_ids"])
+      n = len(ids)
+      if pos + n > seq_len:
+        raise ValueError(f"Row {r} overflows seq_len={seq_len}: sample {k} "
+                         f"(record {el.get('record_id')}) needs positions {pos}..{pos + n}.")
+      sl = slice(pos, pos + n)
+      out["input_ids"][r, sl] = ids
+      if el.get("labels") is not None:
+        out["labels"][r, sl] = el["labels"]
+      out["segment_ids"][r, sl] = k + 1
+      out["token_hw"][r, sl] = np.asarray(el["token_hw"]).reshape(n, 2)
+      ctx = np.flatnonzero(ids == img_context_id)
+      pix = np.asarray(el["pixel_values"]).reshape(-1, geometry.PATCHES_PER_TOKEN, pp)
+      if len(ctx) != len(pix):
+        raise ValueError(f"Record {el.get('record_id')}: {len(ctx)} <IMG_CONTEXT> tokens for "
+                         f"{len(pix)} visual tokens of pixels.")
+      if len(ctx):
+        out["pixel_values"][r, pos + ctx] = pix
+      pos += n
+  return out
