@@ -9,7 +9,7 @@ trailing padding) it reports:
 * the XLA ``cost_analysis()`` of forward + backward compiled for one TPU chip (AOT,
   ``jax.experimental.topologies``, needs libtpu) for the kernel and for the dense
   masked reference compiled the same way. The kernel's custom calls carry a static
-  causal-pattern hint (``flash_mixed._cost``), so the table also gives the
+  causal-pattern hint (``flash_mixed_tpu._cost``), so the table also gives the
   data-dependent figure: visited blocks x per-block flops.
 
 Usage:

@@ -1,6 +1,6 @@
 """Work balance of the context-parallel kernel across sequence shards.
 
-Under context parallelism (``flash_mixed.context_parallel_flash_mixed_attention``)
+Under context parallelism (``attention_lib.context_parallel_flash_mixed_attention``)
 shard ``c`` of ``C`` runs the kernel on query rows ``[c S/C, (c+1) S/C)`` against all
 keys and visits only the kv blocks its rows can see, so a causal layout gives the
 later shards more blocks. The step waits for the slowest shard; this script counts,

@@ -17,41 +17,7 @@ from neo_jax.ops import attention as attention_lib
 from neo_jax.ops import block_ranges as br
 from neo_jax.ops import flash_mixed
 from neo_jax.ops import mask as mask_lib
-
-
-def random_packed_ids(rng: np.random.Generator, batch: int, seq: int):
-  """Random packed batch: 1-4 samples, 0-3 images and maybe a video per sample, padding.
-
-  Returns:
-    ``(segment_ids, unit_ids)``, ``[batch, seq] int32`` numpy arrays.
-  """
-  seg = np.zeros((batch, seq), np.int32)
-  unit = np.zeros((batch, seq), np.int32)
-  next_unit = 1
-  for b in range(batch):
-    real = seq - int(rng.integers(0, seq // 4 + 1))        # trailing padding
-    n_samples = int(rng.integers(1, 5))
-    cuts = np.sort(rng.choice(np.arange(1, real), size=min(n_samples - 1, real - 1),
-                              replace=False)) if n_samples > 1 else np.array([], int)
-    bounds = [0, *cuts.tolist(), real]
-    for s_id, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]), start=1):
-      seg[b, lo:hi] = s_id
-      n = hi - lo
-      units = []                                 # (offset, size) inside the sample
-      for _ in range(int(rng.integers(0, 4))):   # images
-        units.append([int(rng.integers(1, max(2, n // 3) + 1))])
-      if rng.random() < 0.3:                     # a video: frames back to back
-        units.append([int(rng.integers(1, 9)) for _ in range(int(rng.integers(2, 5)))])
-      pos = lo + int(rng.integers(0, 4))
-      for frames in units:
-        pos += int(rng.integers(0, 6))           # text between images
-        for size in frames:
-          end = min(pos + size, hi)
-          if end > pos:
-            unit[b, pos:end] = next_unit
-            next_unit += 1
-          pos = end
-  return seg, unit
+from testlib.attention import random_packed_ids
 
 
 # Shape configurations (compiled once each); the data varies with the seed.
@@ -190,17 +156,15 @@ def test_separate_backward_blocks():
     np.testing.assert_allclose(a, b, atol=2e-5)
 
 
-def test_shard_map_over_batch_and_heads():
-  devices = np.array(jax.devices()[:8])
-  if devices.size < 8:
-    pytest.skip("needs 8 (fake) devices")
+def test_shard_map_over_batch_and_heads(devices8):
+  devices = devices8
   mesh = jax.sharding.Mesh(devices.reshape(2, 1, 4), ("data", "fsdp", "tensor"))
   rng = np.random.default_rng(3)
   seg, unit = random_packed_ids(rng, 2, 96)
   q = jnp.asarray(rng.normal(size=(2, 96, 8, 16)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(2, 96, 4, 16)), jnp.float32)
   v = jnp.asarray(rng.normal(size=(2, 96, 4, 8)), jnp.float32)
-  fn = jax.jit(lambda q, k, v: flash_mixed.sharded_flash_mixed_attention(
+  fn = jax.jit(lambda q, k, v: attention_lib.sharded_flash_mixed_attention(
       mesh, q, k, v, jnp.asarray(seg), jnp.asarray(unit), batch_axes=("data", "fsdp"),
       head_axis="tensor", scale=0.3, block_q=32, block_kv=32))
   out = fn(q, k, v)

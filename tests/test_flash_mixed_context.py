@@ -17,7 +17,7 @@ from neo_jax.ops import attention as attention_lib
 from neo_jax.ops import block_ranges as br
 from neo_jax.ops import flash_mixed
 from neo_jax.ops import flash_mixed_gpu
-from test_flash_mixed import random_packed_ids
+from testlib.attention import random_packed_ids
 
 SCALE = 0.3
 
@@ -99,19 +99,16 @@ def test_block_ranges_reject_lengths_off_the_blocks():
 
 
 @pytest.mark.parametrize("mesh_shape,seq", [((2, 1, 1, 4), 128), ((1, 2, 2, 2), 100)])
-def test_context_parallel_matches_reference_on_8_devices(mesh_shape, seq):
+def test_context_parallel_matches_reference_on_8_devices(mesh_shape, seq, devices8):
   """data x fsdp x tensor x context meshes on 8 fake devices: the shard_map'ed kernel
   (query rows per context shard, all-gathered k / v) == the dense reference, forward
   and gradients. seq 100 over 2 shards gives 50-row shards, padded inside to the
   block size."""
-  devices = np.array(jax.devices()[:8])
-  if devices.size < 8:
-    pytest.skip("needs 8 (fake) devices")
-  mesh = jax.sharding.Mesh(devices.reshape(mesh_shape), ("data", "fsdp", "tensor", "context"))
+  mesh = jax.sharding.Mesh(devices8.reshape(mesh_shape), ("data", "fsdp", "tensor", "context"))
   rng = np.random.default_rng(seq)
   seg, unit = map(jnp.asarray, random_packed_ids(rng, 2, seq))
   q, k, v, ct = _qkv(rng, 2, seq, 4, 2, 16)
-  kern = lambda q, k, v: flash_mixed.context_parallel_flash_mixed_attention(
+  kern = lambda q, k, v: attention_lib.context_parallel_flash_mixed_attention(
       mesh, q, k, v, seg, unit, batch_axes=("data", "fsdp"), head_axis="tensor",
       context_axes="context", scale=SCALE, block_q=16, block_kv=16)
   ref = lambda q, k, v: attention_lib.reference_attention(q, k, v, seg, unit, scale=SCALE)
@@ -132,7 +129,7 @@ def test_context_parallel_rejects_a_sequence_off_the_axis():
   x = jnp.zeros((1, 10, 2, 8))
   ids = jnp.ones((1, 10), jnp.int32)
   with pytest.raises(ValueError, match="not divisible by the context"):
-    flash_mixed.context_parallel_flash_mixed_attention(
+    attention_lib.context_parallel_flash_mixed_attention(
         mesh, x, x, x[..., :4], ids, ids, scale=1.0, head_axis=None)
 
 

@@ -1,7 +1,6 @@
 """Multi-host training on one machine: 2 processes x 2 fake CPU devices (gloo over
 loopback) against a single-process 4-device run, then resume on 1 process."""
 
-import json
 import os
 import subprocess
 import sys
@@ -13,8 +12,8 @@ from flax import traverse_util
 
 from configs import smoke
 from neo_jax.data import random_batches
-import train_testlib
-from neo_jax.ops import flash_mixed
+from testlib import train as train_testlib
+from neo_jax.ops import attention as attention_lib
 from neo_jax.train import checkpointing, sharding, trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,7 +95,7 @@ def test_context_axis_shards_the_sequence_and_keeps_the_loss(impl, monkeypatch):
 
   ``xla``: XLA's partitioner gathers k / v. ``pallas``: the kernel runs per shard
   on its 16 query rows against the gathered 64 keys (blocks of 16, interpret mode),
-  ``flash_mixed.context_parallel_flash_mixed_attention``.
+  ``attention_lib.context_parallel_flash_mixed_attention``.
   """
   c1 = smoke.get_config()
   c1.mesh.data = 1
@@ -107,8 +106,8 @@ def test_context_axis_shards_the_sequence_and_keeps_the_loss(impl, monkeypatch):
   c8.model.attention_impl = impl
   c8.model.attention_block_q = c8.model.attention_block_kv = 16
   traced = []   # the context-parallel kernel is what the pallas step traces
-  cp = flash_mixed.context_parallel_flash_mixed_attention
-  monkeypatch.setattr(flash_mixed, "context_parallel_flash_mixed_attention",
+  cp = attention_lib.context_parallel_flash_mixed_attention
+  monkeypatch.setattr(attention_lib, "context_parallel_flash_mixed_attention",
                       lambda *a, **k: traced.append(k["context_axes"]) or cp(*a, **k))
   s8 = trainer.Setup(c8)
   assert s8.batch_shardings["input_ids"].spec == jax.sharding.PartitionSpec(("data", "fsdp"), "context")

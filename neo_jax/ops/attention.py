@@ -1,9 +1,12 @@
-"""Attention with NEO's mixed mask: one entry point, reference XLA path.
+"""Attention with NEO's mixed mask: the entry point the model calls, and its sharding.
 
-``attention`` is what the model calls. ``impl="xla"`` runs
-``reference_attention`` (dense mask, float32 softmax); ``"pallas"`` runs the
-block-sparse kernel (``ops/flash_mixed.py``) and ``"auto"`` picks the kernel
-on TPU / GPU and the reference elsewhere.
+``attention`` runs ``reference_attention`` (``impl="xla"``: dense mask, float32
+softmax) or the block-sparse kernel (``impl="pallas"``, ``ops/flash_mixed.py``);
+``"auto"`` is resolved by ``ops/backend.py`` for the target platform. Inside a step
+traced under a mesh the kernel runs under ``shard_map`` (a Pallas call cannot be
+partitioned by XLA's SPMD partitioner): over batch and heads
+(``sharded_flash_mixed_attention``), and with the sequence sharded over a context
+axis in the all-gather form (``context_parallel_flash_mixed_attention``).
 
 Shapes: queries and keys are ``2 * head_dim`` wide (the [T | H | W] branches of
 NEO_SPEC §1.2), values ``head_dim`` wide; GQA with ``num_heads`` a multiple of
@@ -13,46 +16,20 @@ the ``repeat_kv`` order of Qwen3).
 
 from __future__ import annotations
 
+import functools
+import math
+
+import flax.linen as nn
 import jax
+from jax import lax
 import jax.numpy as jnp
 
-from neo_jax.ops import mask as mask_lib
+from neo_jax.ops import backend, flash_mixed
+from neo_jax.ops import block_ranges as br
+from neo_jax.ops.reference import reference_attention
 
-
-def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array,
-                        segment_ids: jax.Array, unit_ids: jax.Array,
-                        *, scale: float) -> jax.Array:
-  """Dense mixed-mask attention (the oracle for the kernel).
-
-  Args:
-    q: ``[B, S, Hq, Dqk]`` queries (any float dtype).
-    k: ``[B, S, Hkv, Dqk]`` keys.
-    v: ``[B, S, Hkv, Dv]`` values.
-    segment_ids: ``[B, S] int32`` packed-sample ids (0 = padding).
-    unit_ids: ``[B, S] int32`` visual-unit ids (0 = non-visual).
-    scale: multiplier of the scores (NEO: ``head_dim ** -0.5`` with the
-      original head_dim, not ``2 * head_dim``; NEO_SPEC §1.2).
-
-  Returns:
-    ``[B, S, Hq, Dv]`` in ``q.dtype``. Scores and softmax in float32.
-
-  Raises:
-    ValueError: ``Hq`` not a multiple of ``Hkv`` or mismatched widths.
-  """
-  b, s, hq, dqk = q.shape
-  hkv = k.shape[2]
-  if hq % hkv or k.shape[-1] != dqk or v.shape[2] != hkv:
-    raise ValueError(f"Incompatible shapes q{q.shape} k{k.shape} v{v.shape}.")
-  g = hq // hkv
-  qg = q.reshape(b, s, hkv, g, dqk)
-  scores = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k,
-                      preferred_element_type=jnp.float32) * scale
-  m = mask_lib.mixed_mask(segment_ids, unit_ids)[:, None, None]
-  scores = jnp.where(m, scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1)
-  out = jnp.einsum("bhgqk,bkhd->bqhgd", probs.astype(v.dtype), v,
-                   preferred_element_type=jnp.float32)
-  return out.reshape(b, s, hq, v.shape[-1]).astype(q.dtype)
+__all__ = ["attention", "reference_attention", "sharded_flash_mixed_attention",
+           "context_parallel_flash_mixed_attention"]
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array,
@@ -67,46 +44,37 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array,
     ``[B, S, Hq, Dv]`` in ``q.dtype``.
 
   Raises:
-    ValueError: unknown ``impl``.
+    ValueError: unknown ``impl``; heads or sequence not divisible by their mesh axes.
   """
-  if impl == "auto":
-    impl = "pallas" if jax.default_backend() in ("tpu", "gpu") else "xla"
+  impl = backend.resolve_attention_impl(impl)
   if impl == "xla":
     return reference_attention(q, k, v, segment_ids, unit_ids, scale=scale)
-  if impl == "pallas":
-    from neo_jax.ops import flash_mixed  # pylint: disable=g-import-not-at-top
-    mesh = jax.sharding.get_abstract_mesh()
-    if not mesh.empty and mesh.size > 1:
-      return _sharded_kernel(mesh, q, k, v, segment_ids, unit_ids, scale=scale,
-                             block_q=block_q, block_kv=block_kv)
-    return flash_mixed.flash_mixed_attention(
-        q, k, v, segment_ids, unit_ids, scale=scale, block_q=block_q, block_kv=block_kv)
-  raise ValueError(f"Unknown attention impl {impl!r}; use 'xla', 'pallas' or 'auto'.")
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty and mesh.size > 1:
+    return _sharded_kernel(mesh, q, k, v, segment_ids, unit_ids, scale=scale,
+                           block_q=block_q, block_kv=block_kv)
+  return flash_mixed.flash_mixed_attention(
+      q, k, v, segment_ids, unit_ids, scale=scale, block_q=block_q, block_kv=block_kv)
 
 
 def _mesh_axes(logical: str):
   """Mesh axes of a logical axis under the Flax rules in context (None if unsharded)."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  axes = nn.logical_to_mesh_axes((logical,))[0]
-  return axes
+  return nn.logical_to_mesh_axes((logical,))[0]
 
 
 def _sharded_kernel(mesh, q, k, v, segment_ids, unit_ids, *, scale, block_q, block_kv):
   """The Pallas kernel on each shard of a jitted, mesh-sharded step.
 
-  A Pallas call cannot be partitioned by XLA's SPMD partitioner, so inside a
-  train step traced under a mesh (``trainer.Setup``) the kernel runs under
-  ``shard_map`` over the mesh axes named by the logical rules in context
-  (``batch``, ``heads``, and ``length``). With the sequence sharded (a ``context``
-  axis of size > 1) each shard runs its query rows against the all-gathered keys
-  and values (``flash_mixed.context_parallel_flash_mixed_attention``). The target
-  platform comes from the mesh's devices (so AOT compiles for TPU from a CPU host
-  compile Mosaic, not the interpreter).
+  The kernel runs under ``shard_map`` over the mesh axes named by the logical
+  rules in context (``batch``, ``heads``, and ``length``). With the sequence
+  sharded (a ``context`` axis of size > 1) each shard runs its query rows against
+  the all-gathered keys and values. The kernel backend follows the mesh's
+  platform (so AOT compiles for TPU from a CPU host compile Mosaic, not the
+  interpreter).
 
   Raises:
     ValueError: heads or sequence not divisible by their mesh axes.
   """
-  from neo_jax.ops import flash_mixed  # pylint: disable=g-import-not-at-top
   length = _mesh_axes("length")
   length = (length,) if isinstance(length, str) else tuple(length or ())
   length = tuple(a for a in length if mesh.shape[a] > 1)
@@ -114,13 +82,125 @@ def _sharded_kernel(mesh, q, k, v, segment_ids, unit_ids, *, scale, block_q, blo
   head_axis = _mesh_axes("heads")
   if isinstance(head_axis, tuple):
     head_axis = head_axis[0] if len(head_axis) == 1 else None
-  platform = mesh.abstract_device.platform if mesh.abstract_device else jax.default_backend()
-  interpret = {"tpu": False, "cpu": True}.get(platform)  # None: GPU (Triton path)
   kwargs = dict(batch_axes=batch_axes, head_axis=head_axis, scale=scale,
-                block_q=block_q, block_kv=block_kv, interpret=interpret)
+                block_q=block_q, block_kv=block_kv,
+                platform=backend.target_platform(mesh))
   if length:
-    return flash_mixed.context_parallel_flash_mixed_attention(
+    return context_parallel_flash_mixed_attention(
         mesh, q, k, v, segment_ids, unit_ids,
         context_axes=length[0] if len(length) == 1 else length, **kwargs)
-  return flash_mixed.sharded_flash_mixed_attention(
-      mesh, q, k, v, segment_ids, unit_ids, **kwargs)
+  return sharded_flash_mixed_attention(mesh, q, k, v, segment_ids, unit_ids, **kwargs)
+
+
+def _axes_size(mesh, axes) -> int:
+  """Product of the sizes of mesh ``axes`` (a name, a tuple of names or None)."""
+  if axes is None:
+    return 1
+  axes = (axes,) if isinstance(axes, str) else tuple(axes)
+  return math.prod(mesh.shape[a] for a in axes)
+
+
+def _check_heads(mesh, k, head_axis):
+  if head_axis is not None and k.shape[2] % mesh.shape[head_axis]:
+    raise ValueError(f"kv heads {k.shape[2]} not divisible by mesh axis "
+                     f"{head_axis!r} of size {mesh.shape[head_axis]}.")
+
+
+def sharded_flash_mixed_attention(mesh: jax.sharding.Mesh, q: jax.Array, k: jax.Array,
+                                  v: jax.Array, segment_ids: jax.Array,
+                                  unit_ids: jax.Array, *,
+                                  batch_axes: tuple[str, ...] | str | None = ("data",
+                                                                              "fsdp"),
+                                  head_axis: str | None = "tensor",
+                                  **kwargs) -> jax.Array:
+  """``flash_mixed.flash_mixed_attention`` under ``shard_map`` over batch and heads.
+
+  Each device runs the kernel on its batch shard and its heads (query and kv heads
+  split the same way, so a GQA group stays on one device). The sequence is not
+  sharded (see ``context_parallel_flash_mixed_attention`` for that).
+
+  Args:
+    mesh: the device mesh.
+    q, k, v, segment_ids, unit_ids: as ``flash_mixed_attention``; ``B`` divisible by
+      the product of the batch axes, ``Hkv`` by the head axis size.
+    batch_axes: mesh axes of the batch dimension (the ``activation_batch`` rule).
+    head_axis: mesh axis of the head dimension (the ``heads`` rule), or None.
+    **kwargs: forwarded to ``flash_mixed_attention`` (``scale`` required).
+
+  Returns:
+    ``[B, S, Hq, Dv]``, sharded like ``q``.
+
+  Raises:
+    ValueError: heads not divisible by the head axis size.
+  """
+  p = jax.sharding.PartitionSpec
+  _check_heads(mesh, k, head_axis)
+  qkv_spec = p(batch_axes, None, head_axis, None)
+  ids_spec = p(batch_axes, None)
+  fn = functools.partial(flash_mixed.flash_mixed_attention, **kwargs)
+  return jax.shard_map(fn, mesh=mesh,
+                       in_specs=(qkv_spec, qkv_spec, qkv_spec, ids_spec, ids_spec),
+                       out_specs=qkv_spec, check_vma=False)(
+                           q, k, v, segment_ids, unit_ids)
+
+
+def context_parallel_flash_mixed_attention(
+    mesh: jax.sharding.Mesh, q: jax.Array, k: jax.Array, v: jax.Array,
+    segment_ids: jax.Array, unit_ids: jax.Array, *,
+    batch_axes: tuple[str, ...] | str | None = ("data", "fsdp"),
+    head_axis: str | None = "tensor",
+    context_axes: tuple[str, ...] | str = "context", **kwargs) -> jax.Array:
+  """The kernel with the sequence sharded over ``context_axes`` (context parallelism).
+
+  The all-gather form of context parallelism (as MaxText's default): device ``c``
+  of ``C`` along the context axes holds query rows ``[c * S/C, (c + 1) * S/C)``; it
+  all-gathers the keys, values and ids of the whole sequence, derives every row's
+  visible key interval from the gathered ids (``block_ranges.token_bounds``), keeps
+  its own rows' intervals and runs ``flash_mixed_attention_bounds`` on its rows
+  against all keys. The kernel visits only the kv blocks its rows can see (for a
+  causal layout, none after the shard). In the backward, the transpose of the
+  all-gather reduce-scatters dK / dV back to the owning shards.
+
+  Per device memory: the gathered keys / values ``B/D x S x Hkv/T x (Dqk + Dv)``
+  (one layer at a time), the rest ``1/C`` of the unsharded kernel's.
+
+  Args:
+    mesh: the device mesh.
+    q, k, v, segment_ids, unit_ids: as ``flash_mixed_attention``; ``B`` divisible by
+      the batch axes' size, ``S`` by the context axes' size, ``Hkv`` by the head
+      axis size.
+    batch_axes: mesh axes of the batch dimension (``batch`` rule).
+    head_axis: mesh axis of the heads (``heads`` rule), or None.
+    context_axes: mesh axes of the sequence (``length`` rule).
+    **kwargs: forwarded to ``flash_mixed_attention_bounds`` (``scale`` required).
+
+  Returns:
+    ``[B, S, Hq, Dv]``, sharded like ``q``.
+
+  Raises:
+    ValueError: heads or sequence not divisible by their mesh axes.
+  """
+  p = jax.sharding.PartitionSpec
+  _check_heads(mesh, k, head_axis)
+  n_ctx = _axes_size(mesh, context_axes)
+  if q.shape[1] % n_ctx:
+    raise ValueError(f"Sequence length {q.shape[1]} not divisible by the context "
+                     f"axes {context_axes!r} of total size {n_ctx}.")
+  qkv_spec = p(batch_axes, context_axes, head_axis, None)
+  ids_spec = p(batch_axes, context_axes)
+
+  def local(q, k, v, seg, unit):
+    gather = functools.partial(lax.all_gather, axis_name=context_axes, axis=1,
+                               tiled=True)
+    k, v, seg, unit = gather(k), gather(v), gather(seg), gather(unit)
+    tb = br.token_bounds(seg.astype(jnp.int32), unit.astype(jnp.int32))
+    rows = q.shape[1]
+    offset = lax.axis_index(context_axes) * rows
+    mine = lambda x: lax.dynamic_slice_in_dim(x, offset, rows, axis=1)
+    return flash_mixed.flash_mixed_attention_bounds(
+        q, k, v, br.TokenBounds(mine(tb.start), mine(tb.limit)), **kwargs)
+
+  return jax.shard_map(local, mesh=mesh,
+                       in_specs=(qkv_spec, qkv_spec, qkv_spec, ids_spec, ids_spec),
+                       out_specs=qkv_spec, check_vma=False)(
+                           q, k, v, segment_ids, unit_ids)

@@ -1,6 +1,6 @@
 """The mixed-mask flash attention on GPU: Pallas Triton kernels, fwd + bwd, block-sparse.
 
-Same contract and block ranges as ``flash_mixed`` (the TPU kernels); the GPU has no
+Same contract and block ranges as ``flash_mixed_tpu`` (the Mosaic kernels); the GPU has no
 scalar prefetch and no pipelined grid, so each program loads its range bounds from
 the ``BlockRanges`` arrays and loops (``lax.fori_loop`` with data-dependent bounds)
 over exactly the blocks in range: an empty block is never loaded nor computed.
@@ -22,9 +22,9 @@ from jax.experimental import pallas as pl
 import jax.numpy as jnp
 
 from neo_jax.ops import block_ranges as br
-from neo_jax.ops import flash_mixed as tpu
+from neo_jax.ops import flash_common
 
-MASK_VALUE = tpu.MASK_VALUE
+MASK_VALUE = flash_common.MASK_VALUE
 _NT = (((1,), (1,)), ((), ()))
 _TN = (((0,), (0,)), ((), ()))
 
@@ -126,7 +126,7 @@ def _full(shape):
 
 def _fwd(cfg, q, k, v, start, limit, r):
   b, hq, s, dqk = q.shape
-  hkv, sk, dv = k.shape[1], k.shape[2], v.shape[-1]
+  sk, dv = k.shape[2], v.shape[-1]
   bq, bk, g = cfg.block_q, cfg.block_kv, cfg.group
   nq = s // bq
   qmap = lambda i, bh: (bh // hq, bh % hq, i, 0)
@@ -200,13 +200,12 @@ def _bwd(cfg, q, k, v, do, lse, di, start, limit, r):
   return dq, dk, dv_
 
 
-_flash = tpu.differentiable(_fwd, _bwd)
+_flash = flash_common.differentiable(_fwd, _bwd)
 
 
 def flash_mixed_attention_gpu(q, k, v, segment_ids, unit_ids, *, scale: float,
                               block_q: int = 64, block_kv: int = 64,
-                              residual_names: tuple[str, str] = ("flash_mixed_out",
-                                                                 "flash_mixed_lse"),
+                              residual_names: tuple[str, str] = flash_common.DEFAULT_RESIDUAL_NAMES,
                               interpret: bool = False) -> jax.Array:
   """Mixed-mask attention with Pallas Triton kernels (differentiable).
 
@@ -226,23 +225,19 @@ def flash_mixed_attention_gpu(q, k, v, segment_ids, unit_ids, *, scale: float,
 def flash_mixed_attention_gpu_bounds(q, k, v, bounds: br.TokenBounds, *, scale: float,
                                      block_q: int = 64, block_kv: int = 64,
                                      residual_names: tuple[str, str] = (
-                                         "flash_mixed_out", "flash_mixed_lse"),
+                                         flash_common.DEFAULT_RESIDUAL_NAMES),
                                      interpret: bool = False) -> jax.Array:
   """The Triton kernels on query rows given by their visible key intervals.
 
   Args / returns / raises: as ``flash_mixed.flash_mixed_attention_bounds`` (``q``
   ``[B, Sq, ...]`` against ``k`` / ``v`` ``[B, Sk, ...]``); block sizes powers of two.
   """
-  b, sq, hq, _ = q.shape
-  sk, hkv = k.shape[1], k.shape[2]
-  if (hq % hkv or k.shape[0] != b or v.shape[:3] != (b, sk, hkv)
-      or bounds.start.shape != (b, sq) or bounds.limit.shape != (b, sq)):
-    raise ValueError(f"Incompatible shapes q{q.shape} k{k.shape} v{v.shape} "
-                     f"bounds{bounds.start.shape}.")
+  flash_common.check_shapes(q, k, v, bounds)
+  hq, hkv = q.shape[2], k.shape[2]
   for blk in (block_q, block_kv):
     if blk <= 0 or blk & (blk - 1):
       raise ValueError(f"GPU block sizes must be powers of two, got {blk}.")
-  cfg = tpu.Config(float(scale), block_q, block_kv, block_q, block_kv, hq // hkv,
-                   bool(interpret), tuple(residual_names))
-  return tpu.run_padded(_flash, cfg, q, k, v, bounds, q_multiple=block_q,
-                        kv_multiple=block_kv)
+  cfg = flash_common.Config(float(scale), block_q, block_kv, block_q, block_kv, hq // hkv,
+                            bool(interpret), tuple(residual_names))
+  return flash_common.run_padded(_flash, cfg, q, k, v, bounds, q_multiple=block_q,
+                                 kv_multiple=block_kv)
