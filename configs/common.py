@@ -126,20 +126,16 @@ def recipe_config(preset: str, arg: str | None, *, ov: bool) -> ml_collections.C
   c.train.lr = st["lr"]
   c.train.warmup_steps = 1000
   c.train.num_steps = 100_000
-  c.data = data_mixture_config(ov=ov, stage=a.stage)
+  c.data = embedded_data_config()
   c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1, "context": 1})
   c.checkpoint.every_steps = 1000
   c.log_every = 10
   return c
 
 
-def data_mixture_config(*, ov: bool, stage: str) -> ml_collections.ConfigDict:
-  """The data part of a released-size config: the pipeline's defaults with the
-  stage's pixel budget (NEO_SPEC §3.2) and mixture (§2 of NEO-ov: 2:4:1:1)."""
-  try:
-    from neo_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-    d = pipeline.default_data_config()
-  except ImportError:  # data package not present: keep the schema minimal
-    d = ml_collections.ConfigDict()
+def embedded_data_config() -> ml_collections.ConfigDict:
+  """The data part of a config: the pipeline's defaults (the embedded data set)."""
+  from neo_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  d = pipeline.default_data_config()
   d.kind = "pipeline"
   return d

@@ -186,28 +186,6 @@ class Report:
     return "\n".join(lines)
 
 
-def resolve_attention_impl(model_cfg) -> str:
-  """``auto`` for a TPU target: the Pallas kernel when ``ops/flash_mixed.py``
-  exists, else the XLA reference (the kernel is the long-context path; without
-  it the figures are those of the dense path, an upper bound on memory)."""
-  if model_cfg.attention_impl != "auto":
-    return model_cfg.attention_impl
-  try:
-    from neo_jax.ops import flash_mixed  # pylint: disable=g-import-not-at-top,unused-import
-    return "pallas"
-  except ImportError:
-    return "xla"
-
-
-def abstract_batch(setup) -> dict:
-  """``ShapeDtypeStruct``s of one global batch with the step's shardings."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from neo_jax.model.inputs import batch_shapes  # pylint: disable=g-import-not-at-top
-  c = setup.config
-  return {k: jax.ShapeDtypeStruct(s, d, sharding=setup.batch_shardings[k])
-          for k, (s, d) in batch_shapes(c.batch_size, c.seq_len, c.model.patch_size).items()}
-
-
 def compile_train_step(config, topology: str, num_slices: int = 1,
                        hbm_gib: float | None = None) -> tuple[Report, Any]:
   """Compiles ``Setup(config).train_step`` for ``topology``; nothing is allocated.
@@ -226,15 +204,18 @@ def compile_train_step(config, topology: str, num_slices: int = 1,
   Raises:
     ValueError: unknown topology or a mesh that does not match it.
   """
+  from neo_jax.ops import backend  # pylint: disable=g-import-not-at-top
   from neo_jax.train import flops, sharding, trainer  # pylint: disable=g-import-not-at-top
   topo = parse_topology(topology, num_slices)
   config = config.copy_and_resolve_references()
-  config.model.attention_impl = resolve_attention_impl(config.model)
+  # The topology (TPU) decides ``auto``, not this CPU host.
+  config.model.attention_impl = backend.resolve_attention_impl(config.model.attention_impl,
+                                                               "tpu")
   devices = topology_devices(topo)
   mesh = sharding.make_mesh(dict(config.mesh), devices=devices,
                             dcn_shape=dict(config.get("dcn_mesh", {})) or None)
   setup = trainer.Setup(config, mesh=mesh)
-  compiled = setup.train_step.lower(setup.abstract_state, abstract_batch(setup)).compile()
+  compiled = setup.train_step.lower(setup.abstract_state, setup.abstract_batch()).compile()
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -5,7 +5,7 @@ process in tests). After ``initialize``:
 
 * ``jax.devices()`` lists every device of the job; ``jax.local_devices()``
   the host's own. The mesh (``sharding.make_mesh``) spans all of them.
-* Each process reads its own slice of the data (``trainer.make_data_iterator``
+* Each process reads its own slice of the data (``input_pipeline.make_data_iterator``
   uses ``jax.process_index()`` / ``jax.process_count()``) and
   ``Setup.global_batch`` builds global arrays with
   ``jax.make_array_from_process_local_data``.
@@ -72,10 +72,3 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
 def is_main_process() -> bool:
   """Process 0: the one that writes logs, metrics and config files."""
   return jax.process_index() == 0
-
-
-def sync(name: str) -> None:
-  """Barrier across processes (no-op for one process)."""
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    multihost_utils.sync_global_devices(name)

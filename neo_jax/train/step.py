@@ -61,7 +61,7 @@ def train_step(state: TrainState, batch: dict, *, model: NEO, tx: optax.Gradient
 
   Args:
     state: current ``TrainState``.
-    batch: global batch (``neo_jax.model.inputs``), batch axis divisible by
+    batch: global batch (``neo_jax.core.batch``), batch axis divisible by
       ``grad_accum_steps``.
     model: the ``NEO`` module; tx: the optimizer; trainable: pytree of bools
       (the grad norm is reported over trainable parameters); lr_schedule:

@@ -1,0 +1,53 @@
+"""The trainer's process-local input: which iterator ``config.data.kind`` names.
+
+Each process reads its own slice of the data (``jax.process_index()`` of
+``jax.process_count()``) and yields numpy batches of ``batch_size / processes``
+rows; ``Setup.global_batch`` makes global arrays of them.
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+
+def make_data_iterator(config: ml_collections.ConfigDict):
+  """The process-local, checkpointable training iterator named by ``config.data.kind``.
+
+  Returns:
+    A Grain ``DatasetIterator`` of batch dicts (``neo_jax.core.batch``).
+
+  Raises:
+    ValueError: global batch not divisible by the process count, or unknown kind.
+  """
+  pc, pi = jax.process_count(), jax.process_index()
+  if config.batch_size % pc:
+    raise ValueError(f"batch_size={config.batch_size} is not divisible by {pc} processes.")
+  local_bs = config.batch_size // pc
+  m = config.model
+  if config.data.kind == "random":
+    from neo_jax.data import random_batches  # pylint: disable=g-import-not-at-top
+    return random_batches.make_random_iterator(
+        batch_size=local_bs, seq_len=config.seq_len, vocab_size=m.vocab_size,
+        img_start_id=m.img_start_token_id, img_context_id=m.img_context_token_id,
+        img_end_id=m.img_end_token_id, seed=config.train.seed, process_index=pi)
+  if config.data.kind == "pipeline":
+    from neo_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+    return pipeline.make_train_iterator(
+        config.data, seq_len=config.seq_len, batch_size=local_bs,
+        max_supervised_tokens=m.max_supervised_tokens, seed=config.train.seed,
+        process_index=pi, process_count=pc)
+  raise ValueError(f"Unknown data.kind {config.data.kind!r}; use 'pipeline' or 'random'.")
+
+
+def pipeline_metrics(data_iter) -> dict:
+  """The pipeline's counters for the logs: ``skipped/<reason>`` (records skipped so
+  far) and ``packing_efficiency`` (non-padding tokens / positions of the batches
+  yielded so far); {} for random data."""
+  try:
+    from neo_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+    out = {f"skipped/{k}": v for k, v in pipeline.skip_counts(data_iter).items()}
+    out["packing_efficiency"] = pipeline.packing_efficiency(data_iter)
+    return out
+  except (ImportError, AttributeError, TypeError, ValueError):
+    return {}

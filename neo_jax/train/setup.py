@@ -1,0 +1,152 @@
+"""Everything a training run builds once: model, mesh, shardings, optimizer, jitted step.
+
+``Setup(config)`` is shared by the trainer, the AOT planner (``neo_jax.aot``, which
+passes a mesh of compile-only TPU devices) and the tests. Each piece is built by
+a named function of this module, in this order: model (``build_model``), mesh
+and logical rules, parameter shardings (``abstract_params``), optimizer and its
+state shardings (``_optimizer_pieces``), batch shardings, the jitted step
+(``_jit_train_step``).
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from neo_jax.core.batch import batch_shapes
+from neo_jax.model import config as model_config_lib
+from neo_jax.model.neo import NEO
+from neo_jax.train import optimizer, sharding
+from neo_jax.train.step import TrainState, train_step
+
+
+def build_model(config: ml_collections.ConfigDict) -> NEO:
+  """The model of ``config.model`` (validated).
+
+  Raises:
+    ValueError: an inconsistent model config (``model/config.validate``).
+  """
+  model_config_lib.validate(config.model)
+  return NEO(config.model)
+
+
+def _dummy_inputs(model_cfg, seq_len: int = 8):
+  shapes = batch_shapes(1, seq_len, model_cfg.patch_size)
+  return [jnp.zeros(*shapes[k]) for k in ("input_ids", "segment_ids", "token_hw", "pixel_values")]
+
+
+def abstract_params(model: NEO) -> Any:
+  """Boxed (``nn.Partitioned``) abstract parameters: shapes + logical axes, no memory."""
+  return jax.eval_shape(
+      lambda: model.init(jax.random.PRNGKey(0), *_dummy_inputs(model.config)))["params"]
+
+
+def _optimizer_pieces(config, abs_params, param_shardings, mesh):
+  """(trainable patterns, trainable mask, tx, lr schedule, opt-state shardings)."""
+  patterns = optimizer.trainable_patterns(config.train, config.model.tie_word_embeddings)
+  trainable = optimizer.trainable_mask(abs_params, patterns)
+  tx = optimizer.make_optimizer(config.train, abs_params, patterns)
+  abs_opt = jax.eval_shape(tx.init, abs_params)
+  opt_shardings = sharding.state_shardings_like_params(abs_opt, abs_params, param_shardings, mesh)
+  return patterns, trainable, tx, optimizer.learning_rate_schedule(config.train), abs_opt, \
+      opt_shardings
+
+
+class Setup:
+  """Everything the loop needs, built once: model, mesh, shardings, jitted step.
+
+  Attributes:
+    config, model, mesh, rules: the run's config, ``NEO`` module, device mesh and
+      logical-axis rules.
+    param_shardings, state_shardings, batch_shardings: ``NamedSharding`` pytrees.
+    abstract_state: ``TrainState`` of ``ShapeDtypeStruct`` with shardings.
+    patterns, trainable, tx, lr_schedule: trainable set and optimizer.
+    train_step: jitted ``(state, batch) -> (state, metrics)``, state donated.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None):
+    self.config = config
+    self.model = build_model(config)
+    self.mesh = mesh or sharding.make_mesh(
+        dict(config.mesh), dcn_shape=dict(config.get("dcn_mesh", {})) or None)
+    self.rules = sharding.rules_from_config(config.sharding_rules)
+    boxed = abstract_params(self.model)
+    self.param_shardings = sharding.logical_shardings(boxed, self.mesh, self.rules)
+    abs_params = nn.meta.unbox(boxed)
+    (self.patterns, self.trainable, self.tx, self.lr_schedule, abs_opt,
+     opt_shardings) = _optimizer_pieces(config, abs_params, self.param_shardings, self.mesh)
+    self.state_shardings = TrainState(step=sharding.replicated(self.mesh),
+                                      params=self.param_shardings, opt_state=opt_shardings)
+    abs_state = TrainState(jax.ShapeDtypeStruct((), jnp.int32), abs_params, abs_opt)
+    self.abstract_state = jax.tree_util.tree_map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abs_state,
+        self.state_shardings)
+    shapes = batch_shapes(config.batch_size, config.seq_len, config.model.patch_size)
+    self.batch_shardings = {k: sharding.batch_sharding(self.mesh, self.rules, len(s))
+                            for k, (s, _) in shapes.items()}
+    self.train_step = self._jit_train_step()
+
+  def _jit_train_step(self):
+    step_fn = functools.partial(train_step, model=self.model, tx=self.tx,
+                                grad_accum_steps=self.config.train.grad_accum_steps,
+                                trainable=self.trainable, lr_schedule=self.lr_schedule)
+
+    def step_with_rules(state, batch):
+      # The abstract mesh in context is what makes Flax's logical activation
+      # constraints (``nn.with_logical_constraint``) real: without one they are
+      # silently dropped and XLA alone decides the activation layout (no
+      # ``length -> context`` sharding, whole-batch temporaries on a pod).
+      with nn.logical_axis_rules(self.rules), \
+          jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh):
+        return step_fn(state, batch)
+
+    return jax.jit(step_with_rules,
+                   in_shardings=(self.state_shardings, self.batch_shardings),
+                   out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
+                   donate_argnums=(0,))
+
+  def abstract_batch(self) -> dict:
+    """``ShapeDtypeStruct``s of one global batch with the step's shardings."""
+    c = self.config
+    return {k: jax.ShapeDtypeStruct(s, d, sharding=self.batch_shardings[k])
+            for k, (s, d) in batch_shapes(c.batch_size, c.seq_len, c.model.patch_size).items()}
+
+  def compile_train_step(self, log=print):
+    """Compiles the step ahead of the first batch, saying so and how long it took.
+
+    Returns:
+      The ``jax.stages.Compiled`` step (same signature as ``train_step``).
+    """
+    log("Compiling the train step ...")
+    t0 = time.perf_counter()
+    compiled = self.train_step.lower(self.abstract_state, self.abstract_batch()).compile()
+    log(f"Compiling the train step ... done in {time.perf_counter() - t0:.1f} s")
+    return compiled
+
+  def init_state(self, seed: int) -> TrainState:
+    """Fresh sharded state (parameters created directly in their shards)."""
+    def init():
+      with nn.logical_axis_rules(self.rules):
+        params = nn.meta.unbox(self.model.init(jax.random.PRNGKey(seed),
+                                               *_dummy_inputs(self.model.config))["params"])
+      return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params))
+    return jax.jit(init, out_shardings=self.state_shardings)()
+
+  def state_from_params(self, params: Any) -> TrainState:
+    """State with given parameters (e.g. imported weights) and fresh optimizer."""
+    params = jax.device_put(params, self.param_shardings)
+    opt = jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(params)
+    return TrainState(jax.device_put(jnp.zeros((), jnp.int32), self.state_shardings.step),
+                      params, opt)
+
+  def global_batch(self, local: dict) -> dict:
+    """Process-local numpy batch -> global sharded arrays."""
+    return {k: jax.make_array_from_process_local_data(self.batch_shardings[k], np.asarray(v))
+            for k, v in local.items()}
