@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The test command of README.md. Extra arguments go to pytest, e.g.
+# The test command of README.md: sets up .venv from the lock file if needed, then
+# runs the default suite (everything not marked slow). Extra arguments go to pytest:
 #   bash scripts/test.sh -m slow        # the slow tests
 #   bash scripts/test.sh tests/test_model_reference.py
 set -euo pipefail
-cd "$(dirname "$0")/.."
+. "$(dirname "$0")/env.sh"
 export JAX_PLATFORMS=cpu
 exec python -m pytest -q -n 2 --durations=15 "$@"

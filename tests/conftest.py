@@ -9,3 +9,18 @@ if "xla_force_host_platform_device_count" not in flags:
 # Two pytest-xdist workers may both AOT-compile for TPU through libtpu; its
 # single-user lockfile is for processes that own TPU chips (none here).
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+
+import jax  # noqa: E402  (after the environment above is set)
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def devices8() -> np.ndarray:
+  """The 8 (fake) CPU devices of the environment above, as a numpy array.
+
+  Fails instead of skipping: the suite is meant to run with 8 devices."""
+  devices = np.array(jax.devices()[:8])
+  assert devices.size == 8, (f"expected 8 devices (XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}), "
+                             f"got {devices.size}")
+  return devices

@@ -3,7 +3,6 @@
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -12,7 +11,7 @@ from neo_jax.convert import convert as cv
 from neo_jax.model import config as config_lib
 from neo_jax.model.neo import NEO
 
-import neo_batch_util
+from testlib import batch as neo_batch_util
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -98,7 +97,7 @@ def _torch_sequence(rel_seq):
 def torch_reference_logits(export_dir, release, seq_len, vocab):
   """Our torch reference on every packed sequence; ``[B, S, vocab]`` (padding 0)."""
   from safetensors.torch import load_file
-  import torch_ref_neo
+  from testlib import torch_reference as torch_ref_neo
   sd = {}
   for f in sorted(os.listdir(export_dir)):
     if f.endswith(".safetensors"):

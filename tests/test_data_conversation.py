@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import data_testlib as ref
+from testlib import data as ref
 from neo_jax.data import conversation
 from neo_jax.data import processor as processor_lib
 from neo_jax.data.errors import BadSample

@@ -9,7 +9,7 @@ import skimage
 import sklearn.datasets
 from PIL import Image
 
-import data_testlib as ref
+from testlib import data as ref
 from neo_jax.data import images
 from neo_jax.data import processor as processor_lib
 from neo_jax.data.errors import BadSample

@@ -23,6 +23,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
 
 from neo_jax.data import pipeline  # pylint: disable=g-import-not-at-top
 from neo_jax.data import sources  # pylint: disable=g-import-not-at-top
+from testlib.data import assert_batches_equal, take  # pylint: disable=g-import-not-at-top
 
 NAME = "neo_jax_tiny_vqa"
 N = 12
@@ -111,18 +112,6 @@ def _json_cfg(root, recs, name="a.json"):
   return {"kind": "json", "path": str(root / name)}
 
 
-def _take(it, n):
-  return [next(it) for _ in range(n)]
-
-
-def _assert_batches_equal(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    assert sorted(x) == sorted(y)
-    for k in x:
-      np.testing.assert_array_equal(x[k], y[k], err_msg=k)
-
-
 def _assert_records_match(tf_rec, js_rec, root):
   assert tf_rec["_id"] == js_rec["_id"]
   assert tf_rec["conversations"] == js_rec["conversations"]
@@ -161,8 +150,8 @@ def test_tfds_batches_match_json(tfds_dir, shuffle):
   c_tf = _cfg(_tfds_cfg(tfds_dir), shuffle=shuffle)
   c_js = _cfg(_json_cfg(tfds_dir, [_json_record(i) for i in range(N)]), shuffle=shuffle)
   it_tf, it_js = pipeline.make_train_iterator(c_tf, **kw), pipeline.make_train_iterator(c_js, **kw)
-  a, b = _take(it_tf, 4), _take(it_js, 4)
-  _assert_batches_equal(a, b)
+  a, b = take(it_tf, 4), take(it_js, 4)
+  assert_batches_equal(a, b)
   st_tf, st_js = it_tf.stats(), it_js.stats()
   assert st_tf["samples"] == st_js["samples"]
   assert not pipeline.skip_counts(it_tf)
@@ -189,14 +178,14 @@ def test_tfds_custom_keys_grayscale_and_text_only(tfds_dir):
   for i in range(N):
     _assert_records_match(tf_ds[i], js_ds[i], tfds_dir)
   it = pipeline.make_train_iterator(c_tf, **kw)
-  _assert_batches_equal(_take(it, 3), _take(pipeline.make_train_iterator(c_js, **kw), 3))
+  assert_batches_equal(take(it, 3), take(pipeline.make_train_iterator(c_js, **kw), 3))
   assert not pipeline.skip_counts(it)
   # Text only: image_key "".
   c_tf = _cfg(_tfds_cfg(tfds_dir, image_key=""))
   c_js = _cfg(_json_cfg(tfds_dir, [_json_record(i, "") for i in range(N)], "text.json"))
   it = pipeline.make_train_iterator(c_tf, **kw)
-  a = _take(it, 2)
-  _assert_batches_equal(a, _take(pipeline.make_train_iterator(c_js, **kw), 2))
+  a = take(it, 2)
+  assert_batches_equal(a, take(pipeline.make_train_iterator(c_js, **kw), 2))
   assert all((bt["pixel_values"] == 0).all() for bt in a)
   assert not pipeline.skip_counts(it)
 
@@ -211,8 +200,8 @@ def test_tfds_image_sequence_is_multi_image(tfds_dir):
   for i in range(N):
     _assert_records_match(tf_ds[i], js_ds[i], tfds_dir)
   it = pipeline.make_train_iterator(c_tf, **kw)
-  a = _take(it, 2)
-  _assert_batches_equal(a, _take(pipeline.make_train_iterator(c_js, **kw), 2))
+  a = take(it, 2)
+  assert_batches_equal(a, take(pipeline.make_train_iterator(c_js, **kw), 2))
   tok = pipeline.get_tokenizer("embedded")
   n_seg = sum(int(s.max()) for bt in a for s in bt["segment_ids"])
   assert n_seg >= 2

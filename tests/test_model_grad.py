@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-import model_fixtures as mf
+from testlib import model as mf
 
 STEP = 1e-2
 RTOL = 1e-2

@@ -4,8 +4,8 @@ against the float64 NumPy reference and against the XLA path, forward and grads.
 import jax
 import numpy as np
 
-import model_fixtures as mf
-import np_reference as ref
+from testlib import model as mf
+from testlib import np_reference as ref
 
 
 def test_pallas_path_logits_match_float64_reference():

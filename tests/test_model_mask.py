@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import model_fixtures as mf
+from testlib import model as mf
 from neo_jax.model import neo
 from neo_jax.model import positions
 from neo_jax.ops import mask as mask_lib

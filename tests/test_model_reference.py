@@ -12,8 +12,8 @@ import functools
 import numpy as np
 import pytest
 
-import model_fixtures as mf
-import np_reference as ref
+from testlib import model as mf
+from testlib import np_reference as ref
 from neo_jax.model import positions
 from neo_jax.ops import mask
 

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-import model_fixtures as mf
+from testlib import model as mf
 
 POLICIES = ["none", "full", "minimal", "save_qkv_attn", "dots"]
 

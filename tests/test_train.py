@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
@@ -13,7 +12,7 @@ import pytest
 from flax import traverse_util
 
 from configs import smoke
-import train_testlib
+from testlib import train as train_testlib
 from neo_jax.train import trainer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -14,31 +14,26 @@ through the release's own pieces as its ``generate`` does for the prefill:
 ``language_model(inputs_embeds=..., indexes=...)`` (block-causal mask from
 the t indexes). Our logits come from one packed JAX forward.
 
-Usage (the release's ``to_hf`` folder from a throw-away extraction, never
-inside this repository):
+Run by ``tests/test_convert_release.py``, which skips unless ``NEO_RELEASE_DIR``
+names the release's ``to_hf`` folder (from a throw-away extraction, never inside
+this repository)::
+
   git -C /work/.mirror/EvolvingLMMs-Lab+NEO/repo archive HEAD \\
       VLMEvalKit/vlmeval/vlm/neo/to_hf | tar -x -C /tmp/neo_release
-  JAX_PLATFORMS=cpu python tests/release_check.py \\
-      --release_dir /tmp/neo_release/VLMEvalKit/vlmeval/vlm/neo/to_hf
-Exits 0 when every check passes.
+  NEO_RELEASE_DIR=/tmp/neo_release/VLMEvalKit/vlmeval/vlm/neo/to_hf \\
+      bash scripts/test.sh tests/test_convert_release.py -s
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
-import tempfile
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import neo_batch_util  # noqa: E402
-from neo_jax.convert import convert as cv  # noqa: E402
-from neo_jax.model import config as config_lib  # noqa: E402
-from neo_jax.model.neo import NEO  # noqa: E402
+from neo_jax.convert import convert as cv
+from neo_jax.model import config as config_lib
+from neo_jax.model.neo import NEO
+from testlib import batch as neo_batch_util
 
 # Two packed samples, three images (different sizes).
 SEQUENCES = [[
@@ -110,22 +105,3 @@ def check(release_dir: str, tie: bool, workdir: str, tol: float) -> bool:
   ok = keys_ok and worst <= tol
   print(f"[tie={tie}] {'PASS' if ok else 'FAIL'} (keys ok: {keys_ok}, max err {worst:.3e} <= {tol})")
   return ok
-
-
-def main():
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--release_dir", required=True,
-                  help="the release's VLMEvalKit/vlmeval/vlm/neo/to_hf folder (extracted)")
-  ap.add_argument("--workdir", default=None, help="where exports go (default: a temp dir)")
-  ap.add_argument("--tol", type=float, default=1e-4)
-  args = ap.parse_args()
-  if not os.path.isfile(os.path.join(args.release_dir, "modeling_neo_chat.py")):
-    sys.exit(f"{args.release_dir} has no modeling_neo_chat.py (pass the to_hf folder).")
-  workdir = args.workdir or tempfile.mkdtemp(prefix="neo_release_check_")
-  results = [check(args.release_dir, tie, workdir, args.tol) for tie in (True, False)]
-  print("ALL PASS" if all(results) else "SOME CHECKS FAILED")
-  sys.exit(0 if all(results) else 1)
-
-
-if __name__ == "__main__":
-  main()
