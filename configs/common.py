@@ -43,7 +43,8 @@ def base_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.train.grad_clip = 1.0
   c.train.grad_accum_steps = 1
   c.train.trainable = "all"
-  c.train.release_stage1_lm_head = False
+  c.train.weight_decay_mask = "norms_and_biases"
+  c.train.loss_normalization = "global"
   c.train.seed = 0
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "context": 1})

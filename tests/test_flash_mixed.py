@@ -5,6 +5,7 @@ wrapper, checkpoint residual names, and AOT compilation for a TPU topology (libt
 """
 
 import functools
+import re
 import importlib.util
 import time
 
@@ -182,7 +183,7 @@ _HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 
 
 def compile_for_tpu(topology: str, *, batch=1, seq=16384, heads=16, kv_heads=16,
-                    head_dim=128, block=512):
+                    head_dim=128, block=512, block_kv=None):
   """AOT-compiles forward + backward of the kernel for one chip of ``topology``.
 
   Returns:
@@ -199,7 +200,8 @@ def compile_for_tpu(topology: str, *, batch=1, seq=16384, heads=16, kv_heads=16,
 
   def loss(q, k, v, seg, unit):
     o = flash_mixed.flash_mixed_attention(q, k, v, seg, unit, scale=head_dim ** -0.5,
-                                          block_q=block, block_kv=block, interpret=False)
+                                          block_q=block, block_kv=block_kv or block,
+                                          interpret=False)
     return jnp.sum(o.astype(jnp.float32))
 
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(
@@ -237,3 +239,59 @@ def test_gpu_triton_kernels_interpret():
   np.testing.assert_allclose(lk, lr, atol=2e-4)
   for a, b in zip(gk, gr):
     np.testing.assert_allclose(a, b, atol=2e-5)
+
+
+@pytest.mark.skipif(not _HAS_LIBTPU, reason="libtpu is not installed: no TPU compiler "
+                    "for AOT (install the 'tpu' extra)")
+def test_aot_compile_tpu_non_default_valid_blocks():
+  """block_q 256 (a multiple of 128) with block_kv 136 (a multiple of 8, not of 128)."""
+  compiled = compile_for_tpu("v5p:1x1x1", seq=2176, heads=4, kv_heads=2, block=256,
+                             block_kv=136)
+  text = compiled.as_text()
+  for name in ("flash_mixed_fwd", "flash_mixed_dq", "flash_mixed_dkv"):
+    assert name in text, name
+
+
+@pytest.mark.parametrize("blocks,field", [((64, 128), "block_q=64 (model.attention_block_q)"),
+                                          ((256, 12), "block_kv=12 (model.attention_block_kv)")])
+def test_mosaic_block_sizes_are_checked_naming_the_field(blocks, field):
+  x = jax.ShapeDtypeStruct((1, 256, 2, 32), jnp.float32)
+  ids = jax.ShapeDtypeStruct((1, 256), jnp.int32)
+  fn = lambda q, k, v, s, u: flash_mixed.flash_mixed_attention(
+      q, k, v, s, u, scale=0.2, block_q=blocks[0], block_kv=blocks[1], interpret=False)
+  with pytest.raises(ValueError, match=re.escape(field)):
+    jax.eval_shape(fn, x, x, x, ids, ids)
+  # The interpreter (CPU tests) takes any block size.
+  jax.eval_shape(lambda *a: flash_mixed.flash_mixed_attention(
+      *a, scale=0.2, block_q=blocks[0], block_kv=blocks[1], interpret=True), x, x, x, ids, ids)
+
+
+def test_auto_on_gpu_runs_xla_and_says_so(caplog):
+  from neo_jax.ops import backend  # pylint: disable=g-import-not-at-top
+  backend._warn_gpu_auto.cache_clear()
+  with caplog.at_level("WARNING"):
+    assert backend.resolve_attention_impl("auto", "gpu") == "xla"
+  assert "Triton kernel has not been run on a GPU" in caplog.text
+  assert backend.resolve_attention_impl("auto", "tpu") == "pallas"
+  assert backend.resolve_attention_impl("pallas", "gpu") == "pallas"
+  assert backend.kernel_backend("gpu") == "triton"
+
+
+def test_triton_constraints_and_backward_blocks_reach_the_gpu_kernels(monkeypatch):
+  from neo_jax.ops import flash_mixed_gpu  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="block_kv=48"):
+    flash_mixed_gpu.check_triton_config(64, 48, 64, 64, 32, 16)
+  with pytest.raises(ValueError, match="value width=8"):
+    flash_mixed_gpu.check_triton_config(64, 64, 64, 64, 32, 8)
+  flash_mixed_gpu.check_triton_config(16, 64, 32, 16, 256, 128)
+  seen = {}
+  def spy(q, k, v, bounds, **kw):
+    seen.update(kw)
+    return jnp.zeros(q.shape[:3] + v.shape[-1:], q.dtype)
+  monkeypatch.setattr(flash_mixed_gpu, "flash_mixed_attention_gpu_bounds", spy)
+  x = jnp.zeros((1, 64, 2, 32))
+  ids = jnp.ones((1, 64), jnp.int32)
+  flash_mixed.flash_mixed_attention(x, x, x, ids, ids, scale=0.2, block_q=512, block_kv=128,
+                                    block_q_bwd=32, block_kv_bwd=16, platform="gpu")
+  assert (seen["block_q"], seen["block_kv"], seen["block_q_bwd"], seen["block_kv_bwd"]) == (
+      64, 64, 32, 16)

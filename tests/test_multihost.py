@@ -1,6 +1,7 @@
 """Multi-host training on one machine: 2 processes x 2 fake CPU devices (gloo over
 loopback) against a single-process 4-device run, then resume on 1 process."""
 
+import json
 import os
 import subprocess
 import sys
@@ -52,9 +53,10 @@ def test_two_processes_match_one_process_and_resume_on_one(tmp_path):
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
   mh = _losses(workdir)
   assert sorted(mh) == list(range(1, STEPS + 1))
-  # Only process 0 writes metrics: one line per step.
+  # Only process 0 writes metrics: one train record per step (and one run record).
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    assert sum(1 for _ in f) == STEPS
+    kinds = [json.loads(line)["kind"] for line in f]
+  assert kinds.count("train") == STEPS and kinds.count("run") == 1
 
   # Single process, 4 devices, same mesh shape (data=4), same global batches.
   c = smoke.get_config(f"steps={STEPS}")

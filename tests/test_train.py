@@ -92,17 +92,6 @@ def test_stage1_trains_only_intended_parameters():
   assert n_state == 2 * n_train
 
 
-def test_stage1_release_quirk_trains_tied_head():
-  c = smoke.get_config()
-  c.train.trainable = "stage1"
-  c.train.release_stage1_lm_head = True
-  s = trainer.Setup(c)
-  st = s.init_state(0)
-  before = jax.device_get(st.params["embed_tokens"]["embedding"])
-  st, _ = _run_steps(s, st, _batches(c, 1))
-  assert not np.array_equal(before, jax.device_get(st.params["embed_tokens"]["embedding"]))
-
-
 def _train_cmd(workdir, steps):
   return train_testlib.train_cmd(workdir, steps, every=4)
 

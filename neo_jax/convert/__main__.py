@@ -9,6 +9,12 @@ Commands:
   random        random weights of a preset -> Orbax, generated leaf by leaf
                 (for the 9B memory check; no float32 ``model.init``).
 
+Compute dtype: an imported checkpoint's ``model_config.json`` carries
+``dtype=bfloat16`` (the released sizes' compute dtype; parameters stay in the
+stored dtype and are cast to ``param_dtype``, float32, when training starts from
+them). For float32 parity with the release run in float32, train or evaluate with
+``--config.model.dtype=float32``.
+
 Examples:
   python -m neo_jax.convert import-qwen3 --src Qwen3-1.7B --dst ckpt/neo2b_init \\
       --num_prebuffer_layers=12

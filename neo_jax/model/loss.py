@@ -56,8 +56,11 @@ def sample_weights(n: Array, mode: str) -> Array:
   raise ValueError(f"Unknown loss weighting {mode!r}; use token, sample or square.")
 
 
+NORMALIZATIONS = ("global", "per_sequence")
+
+
 def make_targets(labels: Array, segment_ids: Array, *, mode: str,
-                 max_supervised_tokens: int = 0) -> Targets:
+                 max_supervised_tokens: int = 0, normalization: str = "global") -> Targets:
   """Shifts labels, weights each prediction and optionally gathers them.
 
   Args:
@@ -66,11 +69,20 @@ def make_targets(labels: Array, segment_ids: Array, *, mode: str,
     mode: "token" | "sample" | "square".
     max_supervised_tokens: M > 0 gathers the first M supervised predictions of
       each sequence (static shape); 0 keeps all S positions.
+    normalization: "global" keeps ``w(n)``; "per_sequence" divides each row's
+      weights by their row sum (clamped at 1e-5, as the release's
+      ``loss_function`` in ``modeling_neo_qwen3.py``), so ``sum(w * ce)`` of a row
+      is that row's own normalised loss.
 
   Returns:
     ``Targets``; ``dropped`` counts predictions beyond M (the trainer treats a
     non-zero count as an error: the packer must respect M).
+
+  Raises:
+    ValueError: unknown ``mode`` or ``normalization``.
   """
+  if normalization not in NORMALIZATIONS:
+    raise ValueError(f"Unknown loss normalization {normalization!r}; use one of {NORMALIZATIONS}.")
   b, s = labels.shape
   nxt = jnp.pad(labels[:, 1:], ((0, 0), (0, 1)), constant_values=IGNORE_INDEX)
   nxt_seg = jnp.pad(segment_ids[:, 1:], ((0, 0), (0, 1)))
@@ -79,8 +91,10 @@ def make_targets(labels: Array, segment_ids: Array, *, mode: str,
   weight = jnp.where(sup, sample_weights(n, mode), 0.0)
   target = jnp.where(sup, nxt, 0)
   index = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
+  per_row = lambda w: (w / jnp.maximum(jnp.sum(w, axis=1, keepdims=True), 1e-5)
+                       if normalization == "per_sequence" else w)
   if not max_supervised_tokens:
-    return Targets(index, target, weight, jnp.zeros((), jnp.int32))
+    return Targets(index, target, per_row(weight), jnp.zeros((), jnp.int32))
   m = max_supervised_tokens
   count = jnp.sum(sup, axis=1)
   # Stable order: supervised positions first, in sequence order.
@@ -88,7 +102,7 @@ def make_targets(labels: Array, segment_ids: Array, *, mode: str,
   keep = jnp.arange(m)[None, :] < count[:, None]
   gather = lambda a: jnp.take_along_axis(a, order, axis=1)
   return Targets(order, jnp.where(keep, gather(target), 0),
-                 jnp.where(keep, gather(weight), 0.0),
+                 per_row(jnp.where(keep, gather(weight), 0.0)),
                  jnp.sum(jnp.maximum(count - m, 0)).astype(jnp.int32))
 
 
@@ -148,19 +162,22 @@ class LossOutput(NamedTuple):
 
 
 def lm_loss(hidden: Array, head: Array, labels: Array, segment_ids: Array, *,
-            mode: str, chunk: int, max_supervised_tokens: int = 0) -> LossOutput:
+            mode: str, chunk: int, max_supervised_tokens: int = 0,
+            normalization: str = "global") -> LossOutput:
   """The NEO training loss from final hidden states.
 
   Args:
     hidden: ``[B, S, D]`` final-normed hidden states.
     head: ``[V, D]`` LM head (``NEO.head_weights()``).
     labels, segment_ids: ``[B, S] int32`` (see ``core/batch.py``).
-    mode: loss weighting; chunk: vocabulary chunk; max_supervised_tokens: M.
+    mode: loss weighting; chunk: vocabulary chunk; max_supervised_tokens: M;
+    normalization: "global" | "per_sequence" (``make_targets``).
 
   Returns:
     ``LossOutput`` of float32 / int32 scalars.
   """
-  t = make_targets(labels, segment_ids, mode=mode, max_supervised_tokens=max_supervised_tokens)
+  t = make_targets(labels, segment_ids, mode=mode, max_supervised_tokens=max_supervised_tokens,
+                   normalization=normalization)
   h = jnp.take_along_axis(hidden, t.hidden_index[..., None], axis=1)  # [B, N', D]
   b, n, d = h.shape
   ce = chunked_cross_entropy(h.reshape(b * n, d), head, t.target.reshape(-1), chunk=chunk)

@@ -6,7 +6,10 @@ AOT compile for a TPU topology on a CPU host chooses as a TPU would), else
 ``jax.default_backend()``:
 
 * ``resolve_attention_impl``: what ``model.attention_impl = "auto"`` means:
-  the Pallas kernel on TPU and GPU, the XLA reference elsewhere.
+  the Pallas kernel on TPU, the XLA reference elsewhere. On GPU too, for now: the
+  Triton kernels have only run in interpret mode (no GPU was lent to this
+  project's sessions), so ``auto`` does not send a GPU run to them, and says so
+  in the log; ``attention_impl="pallas"`` still selects them.
 * ``kernel_backend``: which kernels ``ops/flash_mixed.py`` runs: ``"mosaic"``
   (``flash_mixed_tpu``) on TPU, ``"triton"`` (``flash_mixed_gpu``) on GPU and
   ``"interpret"`` (the Mosaic kernels in Pallas' interpreter) elsewhere.
@@ -14,6 +17,9 @@ AOT compile for a TPU topology on a CPU host chooses as a TPU would), else
 
 from __future__ import annotations
 
+import functools
+
+from absl import logging
 import jax
 
 ATTENTION_IMPLS = ("xla", "pallas", "auto")
@@ -40,7 +46,15 @@ def resolve_attention_impl(impl: str, platform: str | None = None) -> str:
   if impl != "auto":
     return impl
   platform = platform or target_platform()
-  return "pallas" if platform in ("tpu", "gpu") else "xla"
+  if platform == "gpu":
+    _warn_gpu_auto()
+  return "pallas" if platform == "tpu" else "xla"
+
+
+@functools.cache
+def _warn_gpu_auto() -> None:
+  logging.warning("attention_impl='auto' on GPU runs the XLA attention: the Triton kernel has "
+                  "not been run on a GPU yet. Set model.attention_impl='pallas' to use it.")
 
 
 def kernel_backend(platform: str | None = None, interpret: bool | None = None) -> str:

@@ -104,7 +104,9 @@ def flash_mixed_attention_bounds(q: jax.Array, k: jax.Array, v: jax.Array,
     ``[B, Sq, Hq, Dv]`` in ``q.dtype``.
 
   Raises:
-    ValueError: incompatible shapes or non-positive block sizes.
+    ValueError: incompatible shapes, non-positive block sizes, block sizes the
+      chosen backend cannot tile (``flash_mixed_tpu.check_blocks``,
+      ``flash_mixed_gpu.check_triton_config``), each naming the field.
   """
   flash_common.check_shapes(q, k, v, bounds)
   block_q_bwd = block_q_bwd or block_q
@@ -114,10 +116,13 @@ def flash_mixed_attention_bounds(q: jax.Array, k: jax.Array, v: jax.Array,
     raise ValueError(f"Block sizes must be positive, got {blocks}.")
   kernels = backend.kernel_backend(platform, interpret)
   if kernels == "triton":
-    # Triton blocks live in shared memory: the TPU-sized defaults are capped.
+    # Triton blocks live in shared memory: the TPU-sized defaults are capped at 64.
     return flash_mixed_gpu.flash_mixed_attention_gpu_bounds(
-        q, k, v, bounds, scale=scale, block_q=min(block_q, 64),
-        block_kv=min(block_kv, 64), residual_names=residual_names)
+        q, k, v, bounds, scale=scale, block_q=min(block_q, 64), block_kv=min(block_kv, 64),
+        block_q_bwd=min(block_q_bwd, 64), block_kv_bwd=min(block_kv_bwd, 64),
+        residual_names=residual_names)
+  if kernels == "mosaic":
+    flash_mixed_tpu.check_blocks(block_q, block_kv, block_q_bwd, block_kv_bwd)
   cfg = flash_common.Config(float(scale), block_q, block_kv, block_q_bwd, block_kv_bwd,
                             q.shape[2] // k.shape[2], kernels == "interpret",
                             tuple(residual_names))

@@ -222,22 +222,48 @@ def flash_mixed_attention_gpu(q, k, v, segment_ids, unit_ids, *, scale: float,
       residual_names=residual_names, interpret=interpret)
 
 
+def check_triton_config(block_q: int, block_kv: int, block_q_bwd: int, block_kv_bwd: int,
+                        dqk: int, dv: int) -> None:
+  """Triton's constraints for these kernels (checked before a GPU run).
+
+  Block sizes and head widths are ``tl.arange`` extents: powers of two; ``tl.dot``
+  needs every operand dimension >= 16.
+
+  Raises:
+    ValueError: naming the offending value.
+  """
+  for name, value in (("block_q", block_q), ("block_kv", block_kv),
+                      ("block_q_bwd", block_q_bwd), ("block_kv_bwd", block_kv_bwd),
+                      ("query/key width", dqk), ("value width", dv)):
+    if value < 16 or value & (value - 1):
+      raise ValueError(f"GPU (Triton) kernel: {name}={value} must be a power of two >= 16.")
+
+
 def flash_mixed_attention_gpu_bounds(q, k, v, bounds: br.TokenBounds, *, scale: float,
                                      block_q: int = 64, block_kv: int = 64,
+                                     block_q_bwd: int | None = None,
+                                     block_kv_bwd: int | None = None,
                                      residual_names: tuple[str, str] = (
                                          flash_common.DEFAULT_RESIDUAL_NAMES),
                                      interpret: bool = False) -> jax.Array:
   """The Triton kernels on query rows given by their visible key intervals.
 
   Args / returns / raises: as ``flash_mixed.flash_mixed_attention_bounds`` (``q``
-  ``[B, Sq, ...]`` against ``k`` / ``v`` ``[B, Sk, ...]``); block sizes powers of two.
+  ``[B, Sq, ...]`` against ``k`` / ``v`` ``[B, Sk, ...]``); block sizes powers of
+  two (backward ones default to the forward's). Outside interpret mode the Triton
+  constraints are checked (``check_triton_config``).
   """
   flash_common.check_shapes(q, k, v, bounds)
   hq, hkv = q.shape[2], k.shape[2]
-  for blk in (block_q, block_kv):
+  block_q_bwd = block_q_bwd or block_q
+  block_kv_bwd = block_kv_bwd or block_kv
+  for blk in (block_q, block_kv, block_q_bwd, block_kv_bwd):
     if blk <= 0 or blk & (blk - 1):
       raise ValueError(f"GPU block sizes must be powers of two, got {blk}.")
-  cfg = flash_common.Config(float(scale), block_q, block_kv, block_q, block_kv, hq // hkv,
-                            bool(interpret), tuple(residual_names))
-  return flash_common.run_padded(_flash, cfg, q, k, v, bounds, q_multiple=block_q,
-                                 kv_multiple=block_kv)
+  if not interpret:
+    check_triton_config(block_q, block_kv, block_q_bwd, block_kv_bwd, q.shape[-1], v.shape[-1])
+  cfg = flash_common.Config(float(scale), block_q, block_kv, block_q_bwd, block_kv_bwd,
+                            hq // hkv, bool(interpret), tuple(residual_names))
+  return flash_common.run_padded(_flash, cfg, q, k, v, bounds,
+                                 q_multiple=max(block_q, block_q_bwd),
+                                 kv_multiple=max(block_kv, block_kv_bwd))

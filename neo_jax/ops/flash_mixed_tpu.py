@@ -16,9 +16,8 @@ Design (after jax.experimental.pallas.ops.tpu.flash_attention and splash_attenti
 * GQA: query head ``h`` reads kv head ``h // group`` through the index map (no repeated
   k / v in HBM); dK / dV accumulate over the group's query heads inside the kernel.
 * Queries / keys are ``Dqk`` wide, values ``Dv`` wide (NEO: ``Dqk = 2 * Dv``).
-* Layout inside ``[B, H, S, D]``; the query rows may be a slice of the sequence
-  (``Sq`` rows against ``Sk`` keys: a context-parallel shard).
-The public entry point, with the backend choice, is ``ops/flash_mixed.py``.
+* Layout ``[B, H, S, D]``; ``Sq`` query rows may face ``Sk`` keys (a context shard).
+  The public entry point, with the backend choice, is ``ops/flash_mixed.py``.
 """
 
 from __future__ import annotations
@@ -365,6 +364,27 @@ def _bwd_calls(cfg: Config, q, k, v, do, lse, di, start, limit, r: br.BlockRange
 
 
 _flash = flash_common.differentiable(_fwd, _bwd_calls)
+
+
+def check_blocks(block_q: int, block_kv: int, block_q_bwd: int, block_kv_bwd: int) -> None:
+  """Mosaic's tiling rules for these kernels.
+
+  The q blocks are the lane dimension of the logsumexp / row-vector blocks
+  (``[SUBLANES, block_q]``), so they must be multiples of 128; the kv blocks are
+  the sublane dimension of the k / v blocks (``[block_kv, D]``): multiples of 8.
+
+  Raises:
+    ValueError: naming the offending field and the config field it comes from.
+  """
+  fields = (("block_q", block_q, LANES, "model.attention_block_q"),
+            ("block_q_bwd", block_q_bwd, LANES, "the backward's, default model.attention_block_q"),
+            ("block_kv", block_kv, SUBLANES, "model.attention_block_kv"),
+            ("block_kv_bwd", block_kv_bwd, SUBLANES,
+             "the backward's, default model.attention_block_kv"))
+  for name, value, multiple, source in fields:
+    if value <= 0 or value % multiple:
+      raise ValueError(f"TPU kernel: {name}={value} ({source}) must be a positive multiple of "
+                       f"{multiple}.")
 
 
 def flash_mixed_attention_tpu_bounds(q: jax.Array, k: jax.Array, v: jax.Array,

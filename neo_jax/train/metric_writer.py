@@ -48,6 +48,15 @@ class MetricWriter:
           self.tb.add_scalar(f"{prefix}/{k}", v, step)
       self.tb.flush()
 
+  def write_run_info(self, step: int, info: dict) -> None:
+    """One ``{"step": step, "kind": "run", ...}`` record at the start of a run (e.g.
+    the MFU peak and where it came from), also printed."""
+    if not self.active:
+      return
+    print(f"[run] step {step} " + " ".join(f"{k}={v}" for k, v in info.items()), flush=True)
+    self.jsonl.write(json.dumps({"step": step, "kind": "run", **info}) + "\n")
+    self.jsonl.flush()
+
   def close(self):
     if self.jsonl:
       self.jsonl.close()

@@ -15,16 +15,32 @@ import ml_collections
 import optax
 from flax import traverse_util
 
-# NEO_SPEC §4, stage 1: the patch embedder, the pre-Buffer and the H/W QK
-# parameters of the post-LLM layers.
+# NEO_SPEC §4, stage 1 (the paper's set, ``trainable="stage1"``): the patch embedder,
+# the whole pre-Buffer and the H/W QK parameters of the post-LLM layers.
 STAGE1_TRAINABLE = (
     r"^vision_model/",
     r"^prebuffer/",
     r"^llm/layers/self_attn/(q_proj_hw|k_proj_hw|q_norm_h|q_norm_w|k_norm_h|k_norm_w)/",
 )
-# The release's stage-1 name filter also matches "lm_head" (it contains "_h").
-# With tied embeddings the head is ``embed_tokens``.
-RELEASE_LM_HEAD = (r"^lm_head/", r"^embed_tokens/")
+# What the release's stage 1 really trains (``trainable="release_stage1"``). Its
+# ``set_model`` (VLMTrainKit/neo/train/train.py) keeps a parameter iff its name has
+# "_h", "_w" or "_hw", or "vision_model", or ``parts[2]`` is a layer index below
+# ``extra_num_layers``. Its names are ``language_model.model.layers.N...``, so
+# ``parts[2]`` is "layers" and the index test never fires: the pre-Buffer trains only
+# its H/W parameters, like the post-LLM. "lm_head" contains "_h", so an untied head
+# trains; a tied head appears in ``named_parameters()`` only as
+# ``embed_tokens.weight`` and stays frozen.
+RELEASE_STAGE1_TRAINABLE = (
+    r"^vision_model/",
+    r"^(prebuffer|llm)/layers/self_attn/(q_proj_hw|k_proj_hw|q_norm_h|q_norm_w|k_norm_h|k_norm_w)/",
+    r"^lm_head/",
+)
+NAMED_SETS = {"stage1": STAGE1_TRAINABLE, "release_stage1": RELEASE_STAGE1_TRAINABLE}
+DECAY_MASKS = ("norms_and_biases", "release")
+# transformers 4.57.1 ``Trainer.get_decay_parameter_names``: names (lower-cased) that
+# get no weight decay. They miss the H/W norm gains (``q_norm_h.weight``), so the
+# release decays those.
+RELEASE_NO_DECAY = (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")
 
 
 def path_str(path: tuple) -> str:
@@ -32,21 +48,28 @@ def path_str(path: tuple) -> str:
   return "/".join(str(p) for p in path)
 
 
-def trainable_patterns(train_cfg: ml_collections.ConfigDict, tied: bool) -> tuple[str, ...] | None:
+def trainable_patterns(train_cfg: ml_collections.ConfigDict,
+                       tied: bool | None = None) -> tuple[str, ...] | None:
   """Regexes of trainable parameter paths; None = everything trains.
 
-  ``train_cfg.trainable``: "all", "stage1", or a comma-separated list of
-  regexes. ``train_cfg.release_stage1_lm_head`` adds the release's lm_head.
+  ``train_cfg.trainable``: "all"; "stage1" (the paper's stage-1 set,
+  ``STAGE1_TRAINABLE``); "release_stage1" (what the release's filter trains,
+  ``RELEASE_STAGE1_TRAINABLE``); or a comma-separated list of regexes over paths
+  such as ``llm/layers/mlp/up_proj/kernel``. ``tied`` is unused (kept for callers:
+  the release set needs no special case, a tied model has no ``lm_head``).
 
   Raises:
-    ValueError: an invalid regex (names the pattern).
+    ValueError: an invalid regex (names the pattern), or the removed
+      ``train.release_stage1_lm_head`` option set.
   """
+  del tied
+  if train_cfg.get("release_stage1_lm_head", False):
+    raise ValueError("train.release_stage1_lm_head was removed: use "
+                     "train.trainable='release_stage1' (the release's stage-1 set).")
   spec = train_cfg.get("trainable", "all")
   if spec == "all":
     return None
-  pats = list(STAGE1_TRAINABLE) if spec == "stage1" else [p for p in spec.split(",") if p]
-  if spec == "stage1" and train_cfg.get("release_stage1_lm_head", False):
-    pats.append(RELEASE_LM_HEAD[1] if tied else RELEASE_LM_HEAD[0])
+  pats = list(NAMED_SETS[spec]) if spec in NAMED_SETS else [p for p in spec.split(",") if p]
   for p in pats:
     try:
       re.compile(p)
@@ -77,6 +100,42 @@ def decay_mask(params: Any) -> Any:
       {k: k[-1] not in ("scale", "bias") for k in flat})
 
 
+def release_decay_mask(params: Any, model_cfg: ml_collections.ConfigDict) -> Any:
+  """The release's decay set: transformers' no-decay name patterns
+  (``RELEASE_NO_DECAY``) applied to each parameter's release name
+  (``convert.param_mapping``). Norm scales with a plain name (``q_norm``,
+  ``input_layernorm``, ``model.norm``) and biases get none; the H/W norm gains
+  (``q_norm_h`` ...) and everything else decay.
+
+  Raises:
+    KeyError: a parameter without a release name (a model variant the release
+      lacks).
+  """
+  from neo_jax.convert import param_mapping  # pylint: disable=g-import-not-at-top
+  names = {leaf.path: leaf.keys[0] for leaf in param_mapping.leaves(model_cfg)}
+  flat = traverse_util.flatten_dict(params)
+  return traverse_util.unflatten_dict(
+      {k: not any(re.search(p, names[k].lower()) for p in RELEASE_NO_DECAY) for k in flat})
+
+
+def weight_decay_mask(train_cfg: ml_collections.ConfigDict, params: Any,
+                      model_cfg: ml_collections.ConfigDict | None = None) -> Any:
+  """The decay mask ``train_cfg.weight_decay_mask`` names.
+
+  "norms_and_biases" (default; ``decay_mask``): no decay for any norm scale or
+  bias. "release": ``release_decay_mask`` (needs ``model_cfg``).
+
+  Raises:
+    ValueError: an unknown mask name.
+  """
+  kind = train_cfg.get("weight_decay_mask", "norms_and_biases")
+  if kind == "norms_and_biases":
+    return decay_mask(params)
+  if kind == "release":
+    return release_decay_mask(params, model_cfg)
+  raise ValueError(f"train.weight_decay_mask={kind!r} is not one of {DECAY_MASKS}.")
+
+
 def learning_rate_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
   """Linear warm-up from ``lr / warmup`` (so step 0 already updates), cosine decay to ``lr * min_lr_ratio`` at ``num_steps``.
 
@@ -91,14 +150,18 @@ def learning_rate_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedu
 
 
 def make_optimizer(train_cfg: ml_collections.ConfigDict, params: Any,
-                   patterns: tuple[str, ...] | None) -> optax.GradientTransformation:
-  """AdamW (b1, b2, eps, weight decay from the config) + global-norm clip on the
-  trainable parameters; ``set_to_zero`` on the frozen ones."""
+                   patterns: tuple[str, ...] | None,
+                   model_cfg: ml_collections.ConfigDict | None = None
+                   ) -> optax.GradientTransformation:
+  """AdamW (b1, b2, eps, weight decay from the config; decay mask from
+  ``weight_decay_mask``) + global-norm clip on the trainable parameters;
+  ``set_to_zero`` on the frozen ones."""
   sched = learning_rate_schedule(train_cfg)
   adamw = optax.chain(
       optax.clip_by_global_norm(train_cfg.grad_clip) if train_cfg.grad_clip else optax.identity(),
       optax.adamw(sched, b1=train_cfg.b1, b2=train_cfg.b2, eps=train_cfg.eps,
-                  weight_decay=train_cfg.weight_decay, mask=decay_mask),
+                  weight_decay=train_cfg.weight_decay,
+                  mask=lambda p: weight_decay_mask(train_cfg, p, model_cfg)),
   )
   mask = trainable_mask(params, patterns)
   labels = jax.tree_util.tree_map(lambda m: "train" if m else "freeze", mask)

@@ -52,7 +52,7 @@ def _optimizer_pieces(config, abs_params, param_shardings, mesh):
   """(trainable patterns, trainable mask, tx, lr schedule, opt-state shardings)."""
   patterns = optimizer.trainable_patterns(config.train, config.model.tie_word_embeddings)
   trainable = optimizer.trainable_mask(abs_params, patterns)
-  tx = optimizer.make_optimizer(config.train, abs_params, patterns)
+  tx = optimizer.make_optimizer(config.train, abs_params, patterns, config.model)
   abs_opt = jax.eval_shape(tx.init, abs_params)
   opt_shardings = sharding.state_shardings_like_params(abs_opt, abs_params, param_shardings, mesh)
   return patterns, trainable, tx, optimizer.learning_rate_schedule(config.train), abs_opt, \
@@ -96,7 +96,9 @@ class Setup:
   def _jit_train_step(self):
     step_fn = functools.partial(train_step, model=self.model, tx=self.tx,
                                 grad_accum_steps=self.config.train.grad_accum_steps,
-                                trainable=self.trainable, lr_schedule=self.lr_schedule)
+                                trainable=self.trainable, lr_schedule=self.lr_schedule,
+                                loss_normalization=self.config.train.get("loss_normalization",
+                                                                         "global"))
 
     def step_with_rules(state, batch):
       # The abstract mesh in context is what makes Flax's logical activation
@@ -140,7 +142,28 @@ class Setup:
     return jax.jit(init, out_shardings=self.state_shardings)()
 
   def state_from_params(self, params: Any) -> TrainState:
-    """State with given parameters (e.g. imported weights) and fresh optimizer."""
+    """State with given parameters (e.g. imported weights) and fresh optimizer.
+
+    Each leaf is cast to this run's parameter dtype (``model.param_dtype``): a
+    checkpoint stored in bfloat16 (``neo_jax.convert import-* --dtype=bfloat16``)
+    still gets float32 master weights and Adam moments.
+
+    Raises:
+      ValueError: the tree's structure or a leaf's shape differs from the model's,
+        naming the leaf.
+    """
+    want = self.abstract_state.params
+    if jax.tree_util.tree_structure(params) != jax.tree_util.tree_structure(want):
+      raise ValueError("The given parameters do not have this model's tree (check "
+                       "checkpoint.init_from against the config's model sizes).")
+
+    def cast(path, x, a):
+      if tuple(np.shape(x)) != tuple(a.shape):
+        raise ValueError(f"Parameter {jax.tree_util.keystr(path)} has shape {np.shape(x)}, "
+                         f"the config expects {a.shape}.")
+      return np.asarray(x).astype(a.dtype) if np.dtype(x.dtype) != a.dtype else x
+
+    params = jax.tree_util.tree_map_with_path(cast, params, want)
     params = jax.device_put(params, self.param_shardings)
     opt = jax.jit(self.tx.init, out_shardings=self.state_shardings.opt_state)(params)
     return TrainState(jax.device_put(jnp.zeros((), jnp.int32), self.state_shardings.step),

@@ -1,10 +1,14 @@
 """The jitted train step: gradient accumulation, weighted loss, AdamW update.
 
-Pure functions of (state, batch). The loss of a step is
-``sum(w * ce) / sum(w)`` over the whole global batch, exactly, whatever the
-number of micro-batches or devices (NEO_SPEC §3.5): every micro-batch returns
-sums, the gradient of ``sum(w * ce)`` is accumulated and divided by the
-global ``sum(w)`` once.
+Pure functions of (state, batch). With ``loss_normalization="global"`` (the
+default) the loss of a step is ``sum(w * ce) / sum(w)`` over the whole global
+batch, exactly, whatever the number of micro-batches or devices (NEO_SPEC §3.5):
+every micro-batch returns sums, the gradient of ``sum(w * ce)`` is accumulated
+and divided by the global ``sum(w)`` once. With ``"per_sequence"`` (the
+release's: its ``loss_function`` normalises each device's packed sequence, then
+DDP and gradient accumulation average) each row's weights are divided by their
+row sum and the step divides by the number of rows: the loss is the mean over
+sequences of each sequence's own normalised loss.
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ import ml_collections
 import optax
 
 from neo_jax.model import loss as loss_lib
+from neo_jax.model import positions as pos_lib
 from neo_jax.model.neo import NEO
+from neo_jax.train import flops
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -36,14 +42,16 @@ def head_weights(params: Any, model_cfg: ml_collections.ConfigDict) -> jax.Array
   return params["lm_head"]["kernel"].T
 
 
-def loss_sums(params: Any, batch: dict, model: NEO) -> loss_lib.LossOutput:
+def loss_sums(params: Any, batch: dict, model: NEO,
+              normalization: str = "global") -> loss_lib.LossOutput:
   """Forward + chunked loss of one (micro-)batch; returns summable terms."""
   cfg = model.config
   hidden = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
                        batch["token_hw"], batch["pixel_values"], return_hidden=True)
   return loss_lib.lm_loss(hidden, head_weights(params, cfg), batch["labels"], batch["segment_ids"],
                           mode=cfg.loss_weighting, chunk=cfg.loss_vocab_chunk,
-                          max_supervised_tokens=cfg.max_supervised_tokens)
+                          max_supervised_tokens=cfg.max_supervised_tokens,
+                          normalization=normalization)
 
 
 def _split_micro(batch: dict, k: int) -> dict:
@@ -56,7 +64,8 @@ def _split_micro(batch: dict, k: int) -> dict:
 
 
 def train_step(state: TrainState, batch: dict, *, model: NEO, tx: optax.GradientTransformation,
-               grad_accum_steps: int, trainable: Any, lr_schedule) -> tuple[TrainState, dict]:
+               grad_accum_steps: int, trainable: Any, lr_schedule,
+               loss_normalization: str = "global") -> tuple[TrainState, dict]:
   """One optimizer step.
 
   Args:
@@ -65,20 +74,26 @@ def train_step(state: TrainState, batch: dict, *, model: NEO, tx: optax.Gradient
       ``grad_accum_steps``.
     model: the ``NEO`` module; tx: the optimizer; trainable: pytree of bools
       (the grad norm is reported over trainable parameters); lr_schedule:
-      for logging.
+      for logging; loss_normalization: "global" | "per_sequence" (module docstring).
 
   Returns:
     (new state, metrics dict of scalars: loss, grad_norm, lr,
-    supervised_tokens, tokens, dropped_supervised, params_finite).
+    supervised_tokens, tokens, visual_tokens, attention_pairs,
+    dropped_supervised, params_finite).
   """
   cfg = model.config
   k = grad_accum_steps
   # Global sum of weights: needs no forward.
-  t = loss_lib.make_targets(batch["labels"], batch["segment_ids"], mode=cfg.loss_weighting,
-                            max_supervised_tokens=cfg.max_supervised_tokens)
-  total_w = jnp.maximum(jnp.sum(t.weight), 1e-9)
+  if loss_normalization == "per_sequence":
+    total_w = jnp.asarray(batch["labels"].shape[0], jnp.float32)
+  else:
+    t = loss_lib.make_targets(batch["labels"], batch["segment_ids"], mode=cfg.loss_weighting,
+                              max_supervised_tokens=cfg.max_supervised_tokens,
+                              normalization=loss_normalization)
+    total_w = jnp.maximum(jnp.sum(t.weight), 1e-9)
+
   def objective(params, mb):
-    out = loss_sums(params, mb, model)
+    out = loss_sums(params, mb, model, loss_normalization)
     return out.weighted_ce, out
 
   grad_fn = jax.value_and_grad(objective, has_aux=True)
@@ -111,6 +126,13 @@ def train_step(state: TrainState, batch: dict, *, model: NEO, tx: optax.Gradient
       "lr": lr_schedule(state.step),
       "supervised_tokens": out.tokens,
       "tokens": jnp.sum(batch["segment_ids"] > 0),
+      # Counts behind the model FLOPs (``flops.StepFlops``).
+      "visual_tokens": jnp.sum((batch["input_ids"] == cfg.img_context_token_id)
+                               & (batch["segment_ids"] > 0)),
+      "attention_pairs": flops.attention_pairs(
+          batch["segment_ids"], pos_lib.unit_ids(batch["input_ids"],
+                                                 img_start_id=cfg.img_start_token_id,
+                                                 img_context_id=cfg.img_context_token_id)),
       "dropped_supervised": out.dropped,
       # The loss above is of the old parameters; this guards the new ones, so a
       # step that produced inf / NaN parameters is never checkpointed.

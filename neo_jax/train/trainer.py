@@ -72,11 +72,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = resume.restore_or_init(setup, manager, workdir, data_iter)
   train_step = setup.compile_train_step(
       log=(lambda s: print(s, flush=True)) if distributed.is_main_process() else (lambda s: None))
-  meter = Throughput(config)
+  meter = Throughput(config, setup.abstract_state.params, setup.trainable)
   writer = MetricWriter(workdir, enabled=config.get("tensorboard", True))
   evaluator = _make_evaluator(config, setup)
 
   step = int(jax.device_get(state.step))
+  writer.write_run_info(step, {"peak_flops_per_device": meter.peak,
+                               "peak_source": meter.peak_source,
+                               "devices": jax.device_count(),
+                               "processes": jax.process_count()})
   last, last_eval = {}, {}
   meter.restart()
   try:
@@ -84,7 +88,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       while step < tc.num_steps:
         state, metrics = train_step(state, setup.global_batch(next(data_iter)))
         step += 1
-        meter.step()
+        meter.step(metrics)
         save_now = (step % config.checkpoint.every_steps == 0 or step == tc.num_steps
                     or sigterm.requested)
         log_now = step % config.log_every == 0 or step == tc.num_steps
@@ -94,7 +98,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
           health.check_finite(m, step, manager.latest_step())
         if log_now:
           health.check_supervised_fit(m, config.model.max_supervised_tokens)
-          m.update(meter.measure(m))
+          m.update(meter.measure())
           m.update(pipeline_metrics(data_iter))
           writer.write(step, m)
           last = m
