@@ -25,6 +25,9 @@ from jax.ad_checkpoint import checkpoint_name
 
 from neo_jax.model import rope
 from neo_jax.ops import attention as attention_ops
+from neo_jax.ops import reference as reference_ops
+
+CACHE_MODES = ("none", "prefill", "decode")
 
 Array = jax.Array
 
@@ -76,6 +79,11 @@ def _dense(features, axes, cfg, name, in_axes=-1):
                          kernel_init=normal_init(cfg.init_std, axes), name=name)
 
 
+def _constrain_cache(x: Array) -> Array:
+  """The cache laid out like the keys: batch, positions, kv heads, width."""
+  return nn.with_logical_constraint(x, ("batch", "length", "kv_heads", "head_dim"))
+
+
 class NativeAttention(nn.Module):
   """Three-branch (T/H/W) attention with Native-RoPE and the mixed mask.
 
@@ -85,11 +93,26 @@ class NativeAttention(nn.Module):
   ``k_proj`` / ``k_proj_hw`` / ``v_proj [D, Hkv, d]``, ``o_proj [Hq, d, D]``,
   ``q_norm`` / ``k_norm [d]``, ``q_norm_h`` / ``q_norm_w`` / ``k_norm_h`` /
   ``k_norm_w [d / 2]``.
+
+  KV cache (``cache_mode``; the ``"cache"`` collection, made by
+  ``infer/kv_cache.init_cache``): ``key [B, L, Hkv, 2d]`` (after the norms and
+  Native-RoPE) and ``value [B, L, Hkv, d]``. ``"prefill"`` attends as in training and
+  writes the ``S`` keys / values at cache positions ``[0, S)``; ``"decode"`` takes
+  one token per row (``S = 1``), writes it at ``cache_index [B]`` and attends to the
+  row's cache positions ``<= cache_index``.
   """
   config: ml_collections.ConfigDict
+  cache_mode: str = "none"
+
+  def _cache(self):
+    def missing():
+      raise ValueError("No KV cache given: apply with the 'cache' collection from "
+                       "neo_jax.infer.kv_cache.init_cache and mutable=['cache'].")
+    return self.variable("cache", "key", missing), self.variable("cache", "value", missing)
 
   @nn.compact
-  def __call__(self, x: Array, positions: Array, segment_ids: Array, unit_ids: Array) -> Array:
+  def __call__(self, x: Array, positions: Array, segment_ids: Array, unit_ids: Array,
+               cache_index: Array | None = None) -> Array:
     cfg = self.config
     hq, hkv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     pdt = dtype_of(cfg.param_dtype)
@@ -118,9 +141,24 @@ class NativeAttention(nn.Module):
     q, k, v = (checkpoint_name(q, "query_proj"), checkpoint_name(k, "key_proj"),
                checkpoint_name(v, "value_proj"))
 
-    out = attention_ops.attention(
-        q, k, v, segment_ids, unit_ids, scale=d ** -0.5, impl=cfg.attention_impl,
-        block_q=cfg.attention_block_q, block_kv=cfg.attention_block_kv)
+    if self.cache_mode == "decode":
+      ck, cv = self._cache()
+      write = jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice_in_dim(c, u, i, axis=0))
+      ck.value = _constrain_cache(write(ck.value, k.astype(ck.value.dtype), cache_index))
+      cv.value = _constrain_cache(write(cv.value, v.astype(cv.value.dtype), cache_index))
+      visible = jnp.arange(ck.value.shape[1])[None, None, :] <= cache_index[:, None, None]
+      out = reference_ops.masked_attention(q, ck.value.astype(q.dtype), cv.value.astype(v.dtype),
+                                           visible, scale=d ** -0.5)
+    else:
+      out = attention_ops.attention(
+          q, k, v, segment_ids, unit_ids, scale=d ** -0.5, impl=cfg.attention_impl,
+          block_q=cfg.attention_block_q, block_kv=cfg.attention_block_kv)
+      if self.cache_mode == "prefill":
+        ck, cv = self._cache()
+        ck.value = _constrain_cache(
+            jax.lax.dynamic_update_slice_in_dim(ck.value, k.astype(ck.value.dtype), 0, 1))
+        cv.value = _constrain_cache(
+            jax.lax.dynamic_update_slice_in_dim(cv.value, v.astype(cv.value.dtype), 0, 1))
     out = checkpoint_name(out, "attention_out")
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
     y = _dense(cfg.hidden_size, ("heads", "head_dim", "embed"), cfg, "o_proj", in_axes=(-2, -1))(out)
@@ -145,18 +183,21 @@ class MLP(nn.Module):
 class DecoderLayer(nn.Module):
   """One native primitive (pre-norm residual block), written for ``nn.scan``.
 
-  ``__call__(x, positions, segment_ids, unit_ids) -> (x, None)`` with
-  ``x [B, S, D]`` in the compute dtype.
+  ``__call__(x, positions, segment_ids, unit_ids, cache_index) -> (x, None)`` with
+  ``x [B, S, D]`` in the compute dtype (``cache_index``: see ``NativeAttention``).
   """
   config: ml_collections.ConfigDict
+  cache_mode: str = "none"
 
   @nn.compact
-  def __call__(self, x: Array, positions: Array, segment_ids: Array, unit_ids: Array):
+  def __call__(self, x: Array, positions: Array, segment_ids: Array, unit_ids: Array,
+               cache_index: Array):
     cfg = self.config
     pdt = dtype_of(cfg.param_dtype)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     h = RMSNorm(cfg.rms_norm_eps, "embed", pdt, name="input_layernorm")(x)
-    x = x + NativeAttention(cfg, name="self_attn")(h, positions, segment_ids, unit_ids)
+    x = x + NativeAttention(cfg, self.cache_mode, name="self_attn")(
+        h, positions, segment_ids, unit_ids, cache_index)
     h = RMSNorm(cfg.rms_norm_eps, "embed", pdt, name="post_attention_layernorm")(x)
     x = x + MLP(cfg, name="mlp")(h)
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
@@ -176,20 +217,26 @@ REMAT_POLICIES = {
 class DecoderStack(nn.Module):
   """``num_layers`` DecoderLayers under ``nn.scan`` (parameters stacked on axis 0,
   logical axis ``layers``), each wrapped in ``nn.remat`` with the config's
-  policy (``none`` = no remat). ``[B, S, D] -> [B, S, D]``."""
+  policy (``none`` = no remat). ``[B, S, D] -> [B, S, D]``. With a ``cache_mode``
+  the ``"cache"`` collection is scanned too (leading axis = layer)."""
   config: ml_collections.ConfigDict
   num_layers: int
+  cache_mode: str = "none"
 
   @nn.compact
-  def __call__(self, x: Array, positions: Array, segment_ids: Array, unit_ids: Array) -> Array:
+  def __call__(self, x: Array, positions: Array, segment_ids: Array, unit_ids: Array,
+               cache_index: Array | None = None) -> Array:
     cfg = self.config
+    if cache_index is None:
+      cache_index = jnp.zeros(x.shape[:1], jnp.int32)
     layer_cls = DecoderLayer
-    if cfg.remat_policy != "none":
+    if cfg.remat_policy != "none" and self.cache_mode == "none":
       layer_cls = nn.remat(DecoderLayer, policy=REMAT_POLICIES[cfg.remat_policy],
                            prevent_cse=False)
     scanned = nn.scan(
-        layer_cls, variable_axes={"params": 0}, split_rngs={"params": True},
-        in_axes=(nn.broadcast, nn.broadcast, nn.broadcast), length=self.num_layers,
+        layer_cls, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
+        in_axes=(nn.broadcast,) * 4, length=self.num_layers,
         metadata_params={nn.PARTITION_NAME: "layers"})
-    x, _ = scanned(cfg, name="layers")(x, positions, segment_ids, unit_ids)
+    x, _ = scanned(cfg, self.cache_mode, name="layers")(x, positions, segment_ids, unit_ids,
+                                                      cache_index)
     return x

@@ -50,8 +50,13 @@ class NEO(nn.Module):
     Returns logits ``[B, S, vocab] float32``, or with ``return_hidden`` the
     final-normed hidden states ``[B, S, D]`` in the compute dtype (feed them to
     ``loss.chunked_lm_loss`` with ``head_weights``).
+
+  ``cache_mode`` (``layers.CACHE_MODES``): ``"prefill"`` runs ``__call__`` and fills
+  the KV cache; ``"decode"`` is for ``decode_step``. Both apply with the
+  ``"cache"`` collection (``infer/kv_cache.py``) mutable; the parameters are the same.
   """
   config: ml_collections.ConfigDict
+  cache_mode: str = "none"
 
   def setup(self):
     cfg = self.config
@@ -61,8 +66,8 @@ class NEO(nn.Module):
         embedding_init=layers.normal_init(cfg.init_std, ("vocab", "embed")))
     self.vision_model = VisionEmbeddings(cfg)
     if cfg.num_prebuffer_layers:
-      self.prebuffer = layers.DecoderStack(cfg, cfg.num_prebuffer_layers)
-    self.llm = layers.DecoderStack(cfg, cfg.num_llm_layers)
+      self.prebuffer = layers.DecoderStack(cfg, cfg.num_prebuffer_layers, self.cache_mode)
+    self.llm = layers.DecoderStack(cfg, cfg.num_llm_layers, self.cache_mode)
     self.norm = layers.RMSNorm(cfg.rms_norm_eps, "embed", pdt)
     if not cfg.tie_word_embeddings:
       self.lm_head = LMHead(cfg.hidden_size, cfg.vocab_size, cfg.init_std, pdt)
@@ -98,6 +103,32 @@ class NEO(nn.Module):
         self.head_weights()  # create lm_head/kernel when initialising without logits
       return x
     return self.logits(x)
+
+  def decode_step(self, tokens: Array, t: Array, cache_index: Array) -> Array:
+    """One generated text token per row through the cached layers (``cache_mode="decode"``).
+
+    Args:
+      tokens: ``[B] int32`` the tokens just chosen.
+      t: ``[B] int32`` their temporal index (the release's inference rule,
+        NEO_SPEC §1.4: previous max t + 1; h = w = 0).
+      cache_index: ``[B] int32`` cache position to write them at (the row's length
+        so far).
+
+    Returns:
+      ``[B, vocab] float32`` logits of the next token.
+    """
+    cfg = self.config
+    b = tokens.shape[0]
+    ids = tokens[:, None]
+    pixels = jnp.zeros((b, 1, 4, 3 * cfg.patch_size ** 2), jnp.uint8)
+    x = self.embed(ids, jnp.zeros((b, 1, 2), jnp.int32), pixels)
+    positions = jnp.concatenate([t[:, None, None], jnp.zeros((b, 1, 2), jnp.int32)], axis=-1)
+    ones = jnp.ones((b, 1), jnp.int32)
+    zeros = jnp.zeros((b, 1), jnp.int32)
+    if cfg.num_prebuffer_layers:
+      x = self.prebuffer(x, positions, ones, zeros, cache_index)
+    x = self.llm(x, positions, ones, zeros, cache_index)
+    return self.logits(self.norm(x))[:, 0]
 
   def logits(self, hidden: Array) -> Array:
     """``[..., D] -> [..., vocab] float32`` through the (tied or untied) LM head."""

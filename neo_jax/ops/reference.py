@@ -35,6 +35,26 @@ def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   Raises:
     ValueError: ``Hq`` not a multiple of ``Hkv`` or mismatched widths.
   """
+  m = mask_lib.mixed_mask(segment_ids, unit_ids)
+  return masked_attention(q, k, v, m, scale=scale)
+
+
+def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                     *, scale: float) -> jax.Array:
+  """Dense GQA attention under an explicit mask (the reference and a decode step).
+
+  Args:
+    q: ``[B, Sq, Hq, Dqk]``; k: ``[B, Sk, Hkv, Dqk]``; v: ``[B, Sk, Hkv, Dv]``.
+    mask: ``[B, Sq, Sk] bool``, True where the query sees the key (every query row
+      must see at least one key).
+    scale: multiplier of the scores.
+
+  Returns:
+    ``[B, Sq, Hq, Dv]`` in ``q.dtype``. Scores and softmax in float32.
+
+  Raises:
+    ValueError: ``Hq`` not a multiple of ``Hkv`` or mismatched widths.
+  """
   b, s, hq, dqk = q.shape
   hkv = k.shape[2]
   if hq % hkv or k.shape[-1] != dqk or v.shape[2] != hkv:
@@ -43,8 +63,7 @@ def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   qg = q.reshape(b, s, hkv, g, dqk)
   scores = jnp.einsum("bqhgd,bkhd->bhgqk", qg, k,
                       preferred_element_type=jnp.float32) * scale
-  m = mask_lib.mixed_mask(segment_ids, unit_ids)[:, None, None]
-  scores = jnp.where(m, scores, jnp.finfo(jnp.float32).min)
+  scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1)
   out = jnp.einsum("bhgqk,bkhd->bqhgd", probs.astype(v.dtype), v,
                    preferred_element_type=jnp.float32)

@@ -1,8 +1,10 @@
 """Periodic held-out evaluation: greedy answers, exact-match accuracy per task.
 
 Examples come from ``data.pipeline.make_eval_examples`` (the embedded data's
-held-out split); the answer is generated greedily until ``<|im_end|>`` and
-compared, stripped, with the reference string.
+held-out split); the answer is generated greedily with the KV-cache decoder
+(``infer/decode.py``, under the training mesh: the parameters stay sharded) until
+``<|im_end|>`` and compared with the reference string by ``scoring.exact_match``
+(after normalisation).
 """
 
 from __future__ import annotations
@@ -11,10 +13,9 @@ import collections
 import time
 from typing import Any
 
-import jax
 import ml_collections
 
-from neo_jax.infer import generate
+from neo_jax.infer import decode, scoring
 
 
 class Evaluator:
@@ -28,18 +29,17 @@ class Evaluator:
     self.examples = pipeline.make_eval_examples(config.data, split="heldout",
                                                 limit=ec.limit_per_task or None)
     self.tokenizer = pipeline.get_tokenizer(config.data.tokenizer)
-    self.step_fn = generate.make_greedy_step(self.model)
+    self.generator = decode.Generator(config.model, mesh=setup.mesh, rules=setup.rules)
 
   def predictions(self, params: Any) -> list[tuple[dict, str]]:
     """(example, predicted answer string) for every example."""
     ec = self.config.eval
-    params = jax.device_get(params) if jax.process_count() > 1 else params
     out = []
     bs = ec.batch_size
     for i in range(0, len(self.examples), bs):
       chunk = self.examples[i:i + bs]
-      gen = generate.greedy_generate(self.model, params, chunk, max_new_tokens=ec.max_new_tokens,
-                                     stop_ids=(self.tokenizer.im_end_id,), step_fn=self.step_fn)
+      gen = self.generator.generate(params, chunk, max_new_tokens=ec.max_new_tokens,
+                                    stop_ids=(self.tokenizer.im_end_id,))
       out += [(ex, self.tokenizer.decode(g)) for ex, g in zip(chunk, gen)]
     return out
 
@@ -49,7 +49,7 @@ class Evaluator:
     hits, counts = collections.Counter(), collections.Counter()
     for ex, pred in self.predictions(params):
       counts[ex["task"]] += 1
-      hits[ex["task"]] += int(pred.strip() == ex["answer"].strip())
+      hits[ex["task"]] += int(scoring.exact_match(pred, ex["answer"]))
     m = {f"acc/{t}": hits[t] / counts[t] for t in sorted(counts)}
     m["acc"] = sum(hits.values()) / max(sum(counts.values()), 1)
     m["eval_time_s"] = time.perf_counter() - t0

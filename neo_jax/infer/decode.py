@@ -1,0 +1,191 @@
+"""Cached decoding: one prefill over the prompts, then a jitted loop of one-token steps.
+
+``Generator(model_cfg)`` compiles two programs per shape bucket:
+
+* prefill: the prompts, right-padded to a bucket of ``S`` positions (segment 1 on the
+  prompt, 0 on padding), through the model with the mixed mask (the Pallas kernel
+  where ``attention_impl`` selects it), filling cache positions ``[0, S)``; the
+  first token comes from each row's last prompt position.
+* decode: a ``lax.while_loop`` over at most ``max_new_tokens`` steps; each step
+  feeds every row's last token at its own cache index (the row's length so far)
+  with ``t = previous max t + 1`` and ``h = w = 0`` (the release's inference rule,
+  NEO_SPEC §1.4, independent of the cache length), chooses the next token
+  (``sampling.choose``: greedy or temperature / top-k / top-p with an explicit key;
+  image-token ids banned) and stops when every row has produced a stop id.
+
+Rows of different prompt lengths share one cache of ``L = S + max_new_tokens``
+positions. Under a mesh (``mesh`` and ``rules``) the parameters keep the training
+layout and the cache follows the activations' logical axes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from neo_jax.core import batch as batch_lib
+from neo_jax.infer import kv_cache, sampling
+from neo_jax.model import positions as pos_lib
+from neo_jax.model.neo import NEO
+
+NO_TOKEN = -1
+
+
+def _bucket(n: int, bucket: int) -> int:
+  return -(-n // bucket) * bucket
+
+
+class Generator:
+  """Cached generation for one model config.
+
+  Args:
+    model_cfg: the model config (``remat_policy`` is ignored: nothing is
+      differentiated).
+    mesh, rules: optional device mesh and logical-axis rules (the training
+      ``Setup``'s); the programs are traced under them.
+    bucket: prompt lengths are rounded up to a multiple of this (fewer compiles).
+  """
+
+  def __init__(self, model_cfg: ml_collections.ConfigDict, *, mesh=None, rules=None,
+               bucket: int = 64):
+    cfg = model_cfg.copy_and_resolve_references()
+    cfg.remat_policy = "none"
+    self.cfg = cfg
+    self.prefill_model = NEO(cfg, cache_mode="prefill")
+    self.decode_model = NEO(cfg, cache_mode="decode")
+    self.mesh, self.rules, self.bucket = mesh, rules, bucket
+    self.image_ids = (cfg.img_start_token_id, cfg.img_context_token_id, cfg.img_end_token_id)
+    self._programs = {}
+
+  def _context(self):
+    stack = contextlib.ExitStack()
+    if self.mesh is not None:
+      stack.enter_context(nn.logical_axis_rules(self.rules or ()))
+      stack.enter_context(jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh))
+    return stack
+
+  def prompts_batch(self, prompts: Sequence[dict]) -> tuple[dict, np.ndarray]:
+    """Right-padded prefill batch (segment 1 on each prompt) and prompt lengths ``[B]``."""
+    longest = max(len(p["input_ids"]) for p in prompts)
+    batch = batch_lib.assemble_batch(
+        [[dict(p, labels=None, record_id=f"prompt {i}")] for i, p in enumerate(prompts)],
+        _bucket(longest, self.bucket), pad_id=0, img_context_id=self.cfg.img_context_token_id,
+        patch_size=self.cfg.patch_size)
+    batch.pop("labels")
+    return batch, (batch["segment_ids"] > 0).sum(axis=1).astype(np.int32)
+
+  def _program(self, max_new_tokens: int, stop_ids: tuple[int, ...],
+               scfg: sampling.SamplingConfig, return_logits: bool):
+    key = (max_new_tokens, stop_ids, scfg, return_logits)
+    if key not in self._programs:
+      scfg = dataclasses.replace(scfg, banned_ids=tuple(scfg.banned_ids) + self.image_ids)
+      # Under a mesh the results come back replicated: every process (multi-host)
+      # can read them.
+      out_shardings = (None if self.mesh is None else
+                       jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
+      self._programs[key] = jax.jit(functools.partial(
+          self._run, max_new_tokens=max_new_tokens, stop_ids=stop_ids, scfg=scfg,
+          return_logits=return_logits), out_shardings=out_shardings)
+    return self._programs[key]
+
+  def _prefill(self, params, batch, lengths, length):
+    """Fills the cache; returns (cache, logits of each row's last prompt position,
+    each row's next t)."""
+    cfg = self.cfg
+    b = batch["input_ids"].shape[0]
+    cache = kv_cache.init_cache(cfg, b, length)
+    hidden, mut = self.prefill_model.apply(
+        {"params": params, "cache": cache}, batch["input_ids"], batch["segment_ids"],
+        batch["token_hw"], batch["pixel_values"], return_hidden=True, mutable=["cache"])
+    last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0]
+    logits = self.prefill_model.apply({"params": params}, last, method=NEO.logits)
+    t = pos_lib.native_rope_positions(
+        batch["input_ids"], batch["segment_ids"], batch["token_hw"],
+        img_start_id=cfg.img_start_token_id, img_context_id=cfg.img_context_token_id)[..., 0]
+    next_t = jnp.max(jnp.where(batch["segment_ids"] > 0, t, -1), axis=1) + 1
+    return mut["cache"], logits, next_t.astype(jnp.int32)
+
+  def _run(self, params, batch, lengths, rng, *, max_new_tokens, stop_ids, scfg, return_logits):
+    b, s = batch["input_ids"].shape
+    n = max_new_tokens
+    with self._context():
+      cache, logits0, next_t = self._prefill(params, batch, lengths, s + n)
+      rng, sub = jax.random.split(rng)
+      stop = jnp.asarray(stop_ids or (NO_TOKEN,), jnp.int32)
+      all_logits = (jnp.zeros((b, n + 1, logits0.shape[-1]), jnp.float32).at[:, 0].set(logits0)
+                    if return_logits else jnp.zeros((), jnp.float32))
+      init = dict(cache=cache, i=jnp.zeros((), jnp.int32),
+                  tok=sampling.choose(logits0, sub, scfg), t=next_t,
+                  idx=lengths.astype(jnp.int32), rng=rng, done=jnp.zeros((b,), bool),
+                  out=jnp.full((b, n), NO_TOKEN, jnp.int32), logits=all_logits)
+
+      def cond(c):
+        return (c["i"] < n) & ~jnp.all(c["done"])
+
+      def body(c):
+        # Token i is final: record it (unless the row stopped), then feed it.
+        done = c["done"] | jnp.isin(c["tok"], stop)
+        out = c["out"].at[:, c["i"]].set(jnp.where(done, NO_TOKEN, c["tok"]))
+        logits, mut = self.decode_model.apply(
+            {"params": params, "cache": c["cache"]}, c["tok"], c["t"], c["idx"],
+            method=NEO.decode_step, mutable=["cache"])
+        rng, sub = jax.random.split(c["rng"])
+        all_logits = c["logits"]
+        if return_logits:
+          all_logits = jax.lax.dynamic_update_slice_in_dim(all_logits, logits[:, None],
+                                                           c["i"] + 1, 1)
+        return dict(cache=mut["cache"], i=c["i"] + 1, tok=sampling.choose(logits, sub, scfg),
+                    t=c["t"] + 1, idx=c["idx"] + 1, rng=rng, done=done, out=out,
+                    logits=all_logits)
+
+      final = jax.lax.while_loop(cond, body, init)
+    logits = final["logits"][:, :n] if return_logits else final["logits"]
+    return final["out"], logits
+
+  def generate(self, params: Any, prompts: Sequence[dict], *, max_new_tokens: int,
+               stop_ids: Sequence[int] = (),
+               sampling_cfg: sampling.SamplingConfig | None = None,
+               rng: jax.Array | None = None, return_logits: bool = False):
+    """Continues each prompt.
+
+    Args:
+      params: the model's (unboxed) parameters.
+      prompts: dicts with ``input_ids [n]``, ``token_hw [n, 2]``, ``pixel_values
+        [num_ctx, 4, 3 P P] uint8`` (``data.processor`` with ``prompt_only``).
+      max_new_tokens: tokens to generate at most per row.
+      stop_ids: a row stops after one of these (it is not returned).
+      sampling_cfg: how tokens are chosen (default greedy). The image-token ids
+        are always banned.
+      rng: PRNG key for sampling (default ``PRNGKey(0)``).
+      return_logits: also return each step's logits ``[B, max_new_tokens, V]``
+        float32 (step ``i``: the logits that chose token ``i``, before banning).
+
+    Returns:
+      Generated token ids per prompt (and the logits array when asked).
+
+    Raises:
+      ValueError: no prompts, ``max_new_tokens < 1``, or a prompt whose pixels do
+        not match its ``<IMG_CONTEXT>`` tokens.
+    """
+    if not prompts:
+      raise ValueError("No prompts to generate from.")
+    if max_new_tokens < 1:
+      raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1.")
+    batch, lengths = self.prompts_batch(prompts)
+    program = self._program(max_new_tokens, tuple(int(x) for x in stop_ids),
+                            sampling_cfg or sampling.SamplingConfig(), return_logits)
+    out, logits = program(params, batch, lengths,
+                          rng if rng is not None else jax.random.PRNGKey(0))
+    tokens = []
+    for row in np.asarray(out):
+      stop = np.flatnonzero(row == NO_TOKEN)
+      tokens.append([int(x) for x in (row[:stop[0]] if len(stop) else row)])
+    return (tokens, np.asarray(logits)) if return_logits else tokens

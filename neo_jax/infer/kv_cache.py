@@ -1,0 +1,46 @@
+"""The KV cache of cached decoding: a ``"cache"`` collection of static shape.
+
+Per decoder stack (``prebuffer``, ``llm``) and layer (stacked on axis 0, as the
+parameters under ``nn.scan``): ``key [layers, B, L, Hkv, 2 * head_dim]`` (after the
+norms and Native-RoPE, the [T | H | W] layout the attention consumes) and
+``value [layers, B, L, Hkv, head_dim]``. ``L`` is static (prompt bucket + tokens
+to generate), so one compiled decode step serves every step; each row keeps its own
+length (``cache_index``), so prompts of different lengths share the cache.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+
+def cache_shapes(cfg: ml_collections.ConfigDict, batch: int, length: int,
+                 dtype=None) -> dict:
+  """``{stack: {"layers": {"self_attn": {"key": ShapeDtypeStruct, "value": ...}}}}``.
+
+  Args:
+    cfg: model config; batch: rows B; length: cache positions L;
+    dtype: storage dtype (default: the compute dtype ``cfg.dtype``).
+  """
+  dtype = jnp.dtype(dtype or cfg.dtype)
+  hkv, d = cfg.num_kv_heads, cfg.head_dim
+  out = {}
+  for name, n in (("prebuffer", cfg.num_prebuffer_layers), ("llm", cfg.num_llm_layers)):
+    if n:
+      out[name] = {"layers": {"self_attn": {
+          "key": jax.ShapeDtypeStruct((n, batch, length, hkv, 2 * d), dtype),
+          "value": jax.ShapeDtypeStruct((n, batch, length, hkv, d), dtype)}}}
+  return out
+
+
+def init_cache(cfg: ml_collections.ConfigDict, batch: int, length: int, dtype=None) -> dict:
+  """A zero cache of ``cache_shapes`` (the ``"cache"`` collection to apply with)."""
+  return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                cache_shapes(cfg, batch, length, dtype))
+
+
+def cache_bytes(cfg: ml_collections.ConfigDict, batch: int, length: int, dtype=None) -> int:
+  """Bytes of the cache (memory planning)."""
+  return sum(s.size * s.dtype.itemsize
+             for s in jax.tree_util.tree_leaves(cache_shapes(cfg, batch, length, dtype)))

@@ -1,0 +1,73 @@
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p.
+
+Pure functions with explicit PRNG keys; the parameters are static (Python
+numbers), so each setting compiles once. Banned ids (the image tokens
+``<img>``, ``<IMG_CONTEXT>``, ``</img>``, which a text decoder must never emit)
+get ``-inf`` before any choice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """How the next token is chosen.
+
+  temperature: 0 = greedy (argmax); > 0 divides the logits.
+  top_k: keep the k most likely tokens (0 = all).
+  top_p: keep the smallest set of tokens whose probability reaches p (1 = all);
+    the most likely token is always kept.
+  banned_ids: ids that are never chosen.
+  """
+  temperature: float = 0.0
+  top_k: int = 0
+  top_p: float = 1.0
+  banned_ids: tuple[int, ...] = ()
+
+  def __post_init__(self):
+    if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+      raise ValueError(f"Bad sampling config {self}: temperature >= 0, top_k >= 0, "
+                       "0 < top_p <= 1.")
+
+
+def ban(logits: jax.Array, banned_ids: Sequence[int]) -> jax.Array:
+  """``logits [..., V]`` with the banned ids set to -inf."""
+  if not banned_ids:
+    return jnp.asarray(logits)
+  return jnp.asarray(logits).at[..., jnp.asarray(banned_ids, jnp.int32)].set(-jnp.inf)
+
+
+def choose(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> jax.Array:
+  """The next token of each row.
+
+  Args:
+    logits: ``[B, V] float32``.
+    key: a PRNG key (unused when greedy).
+    cfg: the sampling config.
+
+  Returns:
+    ``[B] int32``.
+  """
+  logits = ban(jnp.asarray(logits, jnp.float32), cfg.banned_ids)
+  if cfg.temperature == 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits / cfg.temperature
+  if cfg.top_k:
+    kth = jax.lax.top_k(logits, cfg.top_k)[0][..., -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  if cfg.top_p < 1:
+    order = jnp.argsort(-logits, axis=-1)
+    sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
+    probs = jax.nn.softmax(sorted_logits, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs        # mass of the more likely tokens
+    drop_sorted = before >= cfg.top_p
+    drop = jnp.zeros_like(drop_sorted).at[
+        jnp.arange(logits.shape[0])[:, None], order].set(drop_sorted)
+    logits = jnp.where(drop, -jnp.inf, logits)
+  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)

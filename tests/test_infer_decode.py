@@ -1,0 +1,130 @@
+"""The KV-cache decoder against the uncached one (which re-runs each whole row per token):
+same greedy tokens and per-step logits on prompts of text, one image, two images and a
+4-frame video of different lengths; sampling and stopping behave."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from neo_jax.infer import decode, generate, kv_cache, sampling
+from neo_jax.model.neo import NEO
+from testlib import model as mf
+
+
+def _prompt(rng, cfg, parts):
+  """A prompt dict from parts: ``("text", n)`` or ``("image", h, w)`` pixels."""
+  ids, hw, pix = [], [], []
+  for part in parts:
+    if part[0] == "text":
+      ids += [int(x) for x in rng.integers(0, 500, part[1])]
+      hw += [(0, 0)] * part[1]
+    else:
+      img = rng.integers(0, 256, size=(part[1], part[2], 3), dtype=np.uint8)
+      i, h, p = mf._image_block(img, cfg)  # pylint: disable=protected-access
+      ids += i
+      hw += h
+      pix += [x for x, t in zip(p, i) if t == cfg.img_context_token_id]
+  return {"input_ids": np.asarray(ids, np.int32), "token_hw": np.asarray(hw, np.int32),
+          "pixel_values": np.asarray(pix, np.uint8).reshape(-1, 4, 768)}
+
+
+def _prompts(cfg, seed=0):
+  rng = np.random.default_rng(seed)
+  video = [("text", 3)] + [p for _ in range(4) for p in (("text", 2), ("image", 32, 64))]
+  return [
+      _prompt(rng, cfg, [("text", 9)]),
+      _prompt(rng, cfg, [("text", 3), ("image", 64, 96), ("text", 4)]),
+      _prompt(rng, cfg, [("text", 2), ("image", 64, 64), ("text", 2), ("image", 32, 64),
+                         ("text", 3)]),
+      _prompt(rng, cfg, video + [("text", 2)]),
+  ]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  cfg = mf.tiny_config()
+  return cfg, mf.init_params(cfg, seed=4), _prompts(cfg)
+
+
+def test_cached_greedy_equals_uncached_token_for_token(tiny):
+  cfg, params, prompts = tiny
+  assert len({len(p["input_ids"]) for p in prompts}) == 4
+  banned = (cfg.img_start_token_id, cfg.img_context_token_id, cfg.img_end_token_id)
+  steps = 8
+  want, want_logits = generate.greedy_generate(NEO(cfg), params, prompts, max_new_tokens=steps,
+                                               banned_ids=banned, return_logits=True)
+  got, got_logits = decode.Generator(cfg, bucket=16).generate(
+      params, prompts, max_new_tokens=steps, return_logits=True)
+  assert got == want
+  assert all(len(g) == steps for g in got)
+  np.testing.assert_allclose(got_logits, want_logits, atol=1e-4, rtol=0)
+  # The logits are not trivially equal (the rows differ, the steps differ).
+  assert np.abs(np.diff(got_logits, axis=1)).max() > 1e-2
+
+
+def test_stop_ids_end_rows_and_are_not_returned(tiny):
+  cfg, params, prompts = tiny
+  gen = decode.Generator(cfg, bucket=16)
+  free = gen.generate(params, prompts, max_new_tokens=6)
+  stop = free[1][2]       # row 1 stops before its third token
+  got = gen.generate(params, prompts, max_new_tokens=6, stop_ids=[stop])
+  assert got[1] == free[1][:free[1].index(stop)]
+  for g, f in zip(got, free):
+    assert g == (f[:f.index(stop)] if stop in f else f)
+
+
+def test_image_tokens_are_never_generated(tiny):
+  cfg, params, prompts = tiny
+  # Make <IMG_CONTEXT> the most likely token everywhere: a large bias on its head row.
+  p = jax.tree_util.tree_map(np.array, params)
+  p["embed_tokens"]["embedding"][cfg.img_context_token_id] *= 50.0
+  out = decode.Generator(cfg, bucket=16).generate(p, prompts[:1], max_new_tokens=4)
+  banned = {cfg.img_start_token_id, cfg.img_context_token_id, cfg.img_end_token_id}
+  assert not banned & set(out[0])
+
+
+def test_sampling_is_reproducible_and_respects_top_k():
+  logits = np.log(np.asarray([[0.5, 0.3, 0.15, 0.05]] * 2000, np.float32))
+  key = jax.random.PRNGKey(3)
+  cfg = sampling.SamplingConfig(temperature=1.0, top_k=2)
+  a = np.asarray(sampling.choose(logits, key, cfg))
+  b = np.asarray(sampling.choose(logits, key, cfg))
+  np.testing.assert_array_equal(a, b)
+  assert set(a) <= {0, 1}
+  # The kept two keep their odds: 0.5 / 0.8 of the draws are token 0.
+  assert abs((a == 0).mean() - 0.625) < 0.05
+  top_p = np.asarray(sampling.choose(logits, key, sampling.SamplingConfig(1.0, top_p=0.6)))
+  assert set(top_p) <= {0, 1}    # 0.5 < 0.6 needs token 1 too; 0.8 >= 0.6 stops there
+  greedy = sampling.choose(logits[:3], key, sampling.SamplingConfig(banned_ids=(0,)))
+  assert list(np.asarray(greedy)) == [1, 1, 1]
+  with pytest.raises(ValueError, match="top_p"):
+    sampling.SamplingConfig(top_p=0.0)
+
+
+def test_cache_size_is_what_the_shapes_say():
+  cfg = mf.tiny_config()
+  layers = cfg.num_prebuffer_layers + cfg.num_llm_layers
+  want = layers * 2 * 100 * cfg.num_kv_heads * 3 * cfg.head_dim * 4   # float32 k (2d) + v (d)
+  assert kv_cache.cache_bytes(cfg, 2, 100) == want
+
+
+def test_decoding_under_the_training_mesh_keeps_params_sharded(devices8):
+  """data 2 x fsdp 2 x tensor 2: parameters stay in their training shards, the cache
+  follows the activations' axes, and the tokens equal the one-device decode."""
+  from configs import smoke  # pylint: disable=import-outside-toplevel
+  from neo_jax.train import sharding, trainer  # pylint: disable=import-outside-toplevel
+  c = smoke.get_config()
+  c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2
+  s8 = trainer.Setup(c, mesh=sharding.make_mesh(dict(c.mesh), devices=list(devices8.flat)))
+  state = s8.init_state(0)
+  sharded = [x for x in jax.tree_util.tree_leaves(state.params)
+             if not x.sharding.is_fully_replicated]
+  assert sharded, "the smoke mesh should shard some parameters"
+  prompts = _prompts(c.model, seed=2)
+  got = decode.Generator(c.model, mesh=s8.mesh, rules=s8.rules, bucket=16).generate(
+      state.params, prompts, max_new_tokens=5)
+  want = decode.Generator(c.model, bucket=16).generate(jax.device_get(state.params), prompts,
+                                                       max_new_tokens=5)
+  assert got == want
