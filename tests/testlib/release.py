@@ -60,7 +60,14 @@ def release_logits(model, smp, torch):
   return out.logits[0].float().numpy()
 
 
-def check(release_dir: str, tie: bool, workdir: str, tol: float) -> bool:
+def export_and_load(release_dir: str, tie: bool, workdir: str):
+  """A random tiny NEO exported with ``neo_jax.convert`` and loaded by the release's code.
+
+  Returns:
+    ``(cfg, params, model, keys_ok)``: our config and parameters, the release's
+    ``NEOChatModel`` (float32, eval mode) and whether loading reported no missing /
+    unexpected / mismatched keys (and, tied, a shared head).
+  """
   import torch  # pylint: disable=import-outside-toplevel
   from transformers import AutoModel  # pylint: disable=import-outside-toplevel
   cfg = config_lib.get_model_config("tiny", tie_word_embeddings=tie, num_prebuffer_layers=2,
@@ -90,6 +97,13 @@ def check(release_dir: str, tie: bool, workdir: str, tol: float) -> bool:
     keys_ok &= same
   model.img_context_token_id = cfg.img_context_token_id
   model.img_start_token_id = cfg.img_start_token_id
+  return cfg, params, model, keys_ok
+
+
+def check(release_dir: str, tie: bool, workdir: str, tol: float) -> bool:
+  """The release's logits on our export equal ours (packed batch of two samples)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  cfg, params, model, keys_ok = export_and_load(release_dir, tie, workdir)
 
   seq_len = 64
   ours, release = neo_batch_util.build(SEQUENCES, cfg, seq_len, seed=1)
@@ -104,4 +118,41 @@ def check(release_dir: str, tie: bool, workdir: str, tol: float) -> bool:
     worst = max(worst, err)
   ok = keys_ok and worst <= tol
   print(f"[tie={tie}] {'PASS' if ok else 'FAIL'} (keys ok: {keys_ok}, max err {worst:.3e} <= {tol})")
+  return ok
+
+
+# Generation prompts: one image; two images of different sizes.
+GENERATE_PROMPTS = [[("text", 6), ("image", 64, 96), ("text", 5)],
+                    [("text", 3), ("image", 64, 64), ("text", 2), ("image", 32, 96), ("text", 4)]]
+
+
+def check_generate(release_dir: str, tie: bool, workdir: str, new_tokens: int = 12) -> bool:
+  """The release's ``NEOChatModel.generate`` (greedy, HF cache) and our KV-cache decoder
+  produce the same tokens on a single-image and a two-image prompt. Both exclude the
+  image-token ids (ours always; the release via ``suppress_tokens``)."""
+  import torch  # pylint: disable=import-outside-toplevel
+  from neo_jax.infer import decode  # pylint: disable=import-outside-toplevel
+  cfg, params, model, keys_ok = export_and_load(release_dir, tie, workdir)
+  image_ids = [cfg.img_start_token_id, cfg.img_context_token_id, cfg.img_end_token_id]
+  ok = keys_ok
+  for k, segments in enumerate(GENERATE_PROMPTS):
+    ours, release = neo_batch_util.build([[segments]], cfg, 128, seed=20 + k)
+    smp = release[0][0]
+    a, b = smp["span"]
+    prompt = {"input_ids": ours["input_ids"][0, a:b], "token_hw": ours["token_hw"][0, a:b],
+              "pixel_values": ours["pixel_values"][0, a:b][
+                  ours["input_ids"][0, a:b] == cfg.img_context_token_id]}
+    got = decode.Generator(cfg).generate(params, [prompt], max_new_tokens=new_tokens)[0]
+    ids = torch.from_numpy(smp["input_ids"])[None]
+    with torch.no_grad():
+      out = model.generate(pixel_values=torch.from_numpy(smp["pixel_values"]), input_ids=ids,
+                           grid_hw=torch.from_numpy(smp["grid_hw"]),
+                           attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                           min_new_tokens=new_tokens, do_sample=False,
+                           suppress_tokens=image_ids, eos_token_id=None, pad_token_id=0)
+    want = [int(x) for x in out[0][-new_tokens:]]
+    same = got == want
+    print(f"[tie={tie}] prompt {k} ({len(smp['grid_hw'])} image(s), {b - a} tokens): "
+          f"release {want} ours {got} -> {'same' if same else 'DIFFERENT'}")
+    ok &= same
   return ok
