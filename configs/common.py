@@ -63,6 +63,8 @@ def base_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.peak_flops_per_device = 0.0
   c.avg_visible_keys = 0
   c.tensorboard = True
+  # jax.profiler trace of steps start_step .. start_step + num_steps - 1 (0 = off).
+  c.profile = ml_collections.ConfigDict({"start_step": 0, "num_steps": 3})
   return c
 
 

@@ -21,6 +21,7 @@ split the records; each decodes its share on its local devices, process 0 merges
 from neo_jax import platform as _platform
 
 _platform.select_default_platform()
+_platform.guard_network()
 
 import collections  # noqa: E402
 import json  # noqa: E402

@@ -29,3 +29,47 @@ def select_default_platform() -> str | None:
     return None
   os.environ["JAX_PLATFORMS"] = "cpu"
   return "cpu"
+
+
+def guard_network() -> bool:
+  """With ``NEO_JAX_LOOPBACK_ONLY=1``, makes every Python socket connection to a
+  non-loopback address raise ``ConnectionRefusedError`` (naming the address).
+
+  The test suite sets it for the CLIs it starts, so a client that looks for cloud
+  credentials (the GCE metadata server at 169.254.169.254) or a real endpoint fails
+  the test instead of sending traffic. Connections made by native libraries
+  (tensorstore) bypass Python's sockets: their endpoints are pointed at loopback by
+  environment variables instead. Returns whether the guard was installed.
+  """
+  if os.environ.get("NEO_JAX_LOOPBACK_ONLY") != "1":
+    return False
+  import ipaddress  # pylint: disable=import-outside-toplevel
+  import socket  # pylint: disable=import-outside-toplevel
+  if getattr(socket.socket.connect, "_neo_jax_guard", False):
+    return True
+  original = socket.socket.connect
+  original_ex = socket.socket.connect_ex
+
+  def check(address):
+    if not isinstance(address, tuple):   # a Unix socket path
+      return
+    host = address[0]
+    try:
+      loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+      loopback = host == "localhost"
+    if not loopback:
+      raise ConnectionRefusedError(f"NEO_JAX_LOOPBACK_ONLY: refused a connection to {address}.")
+
+  def connect(self, address):
+    check(address)
+    return original(self, address)
+
+  def connect_ex(self, address):
+    check(address)
+    return original_ex(self, address)
+
+  connect._neo_jax_guard = True  # pylint: disable=protected-access
+  socket.socket.connect = connect
+  socket.socket.connect_ex = connect_ex
+  return True

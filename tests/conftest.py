@@ -9,6 +9,13 @@ if "xla_force_host_platform_device_count" not in flags:
 # Two pytest-xdist workers may both AOT-compile for TPU through libtpu; its
 # single-user lockfile is for processes that own TPU chips (none here).
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+# Cloud clients stay on loopback (testlib/gcs.py): no credential probe leaves the
+# machine, and any Python connection to another address fails the test.
+from testlib import gcs as _gcs  # noqa: E402
+for _k, _v in _gcs.STATIC_ENV.items():
+  os.environ.setdefault(_k, _v)
+from neo_jax import platform as _platform  # noqa: E402
+_platform.guard_network()
 
 import jax  # noqa: E402  (after the environment above is set)
 import numpy as np  # noqa: E402
@@ -24,3 +31,19 @@ def devices8() -> np.ndarray:
   assert devices.size == 8, (f"expected 8 devices (XLA_FLAGS={os.environ.get('XLA_FLAGS')!r}), "
                              f"got {devices.size}")
   return devices
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+  """A fake-gcs-server on loopback for this test process; its environment is set in
+  ``os.environ`` (inherited by the CLIs the tests start) until the session ends."""
+  emu = _gcs.Emulator()
+  saved = {k: os.environ.get(k) for k in emu.env}
+  os.environ.update(emu.env)
+  yield emu
+  emu.stop()
+  for k, v in saved.items():
+    if v is None:
+      os.environ.pop(k, None)
+    else:
+      os.environ[k] = v

@@ -9,6 +9,10 @@ Commands:
   random        random weights of a preset -> Orbax, generated leaf by leaf
                 (for the 9B memory check; no float32 ``model.init``).
 
+Paths: ``--src`` / ``--dst`` may be URLs (``gs://bucket/...``): Orbax checkpoints are
+read and written in place; Hugging Face folders are downloaded to / uploaded from a
+temporary local folder (safetensors and tokenizers need files).
+
 Compute dtype: an imported checkpoint's ``model_config.json`` carries
 ``dtype=bfloat16`` (the released sizes' compute dtype; parameters stay in the
 stored dtype and are cast to ``param_dtype``, float32, when training starts from
@@ -30,10 +34,12 @@ import sys
 from neo_jax import platform as _platform
 
 _platform.select_default_platform()
+_platform.guard_network()
 
 from absl import app, flags, logging
 
 from neo_jax.convert import convert as cv, orbax_io, param_mapping as pm
+from neo_jax.core import paths
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("src", None, "Source directory (HF dir for import-*, Orbax checkpoint for export).")
@@ -94,40 +100,57 @@ def main(argv):
              total=_count(cfg), desc="random", progress=FLAGS.progress)
   elif cmd == "import-qwen3":
     _require("src", "dst")
-    overrides = {}
-    if FLAGS.tie_word_embeddings is not None:
-      overrides["tie_word_embeddings"] = FLAGS.tie_word_embeddings.lower() in ("1", "true", "yes")
-    dtype = FLAGS.dtype or "float32"
-    cfg = cv.qwen3_config(FLAGS.src, num_prebuffer_layers=FLAGS.num_prebuffer_layers,
-                          vocab_size=FLAGS.vocab_size, base=FLAGS.base_preset,
-                          param_dtype=dtype, **overrides)
-    w = orbax_io.ParamWriter(FLAGS.dst, cfg, overwrite=FLAGS.overwrite, compress=FLAGS.compress)
-    cv.write(cv.qwen3_leaves(FLAGS.src, cfg, dtype=dtype, new_rows=FLAGS.new_rows,
-                             seed=FLAGS.seed), w, total=_count(cfg), desc="import-qwen3",
-             progress=FLAGS.progress)
+    with paths.local_input(FLAGS.src) as src:
+      _import_qwen3(src)
   elif cmd == "import-neo":
     _require("src", "dst")
-    dtype = FLAGS.dtype or "float32"
-    overrides = {"vocab_size": FLAGS.vocab_size} if FLAGS.vocab_size else {}
-    cfg = cv.release_config(FLAGS.src, base=FLAGS.base_preset, param_dtype=dtype, **overrides)
-    w = orbax_io.ParamWriter(FLAGS.dst, cfg, overwrite=FLAGS.overwrite, compress=FLAGS.compress)
-    cv.write(cv.release_leaves(FLAGS.src, cfg, dtype=dtype, new_rows=FLAGS.new_rows,
-                               seed=FLAGS.seed), w, total=_count(cfg), desc="import-neo",
-             progress=FLAGS.progress)
+    with paths.local_input(FLAGS.src) as src:
+      _import_neo(src)
   else:
     _require("src", "dst")
-    cfg = orbax_io.load_config(FLAGS.src)
-    info = cv.export_release(
-        orbax_io.ParamReader(FLAGS.src), cfg, FLAGS.dst, dtype=FLAGS.dtype or "bfloat16",
-        max_shard_bytes=int(FLAGS.max_shard_gb * 1024 ** 3), vocab_size=FLAGS.vocab_size,
-        tokenizer_dir=FLAGS.tokenizer_dir, write_tokenizer=FLAGS.write_tokenizer,
-        modeling_dir=FLAGS.modeling_dir,
-        torch_file=FLAGS.torch_file, min_pixels=FLAGS.min_pixels, max_pixels=FLAGS.max_pixels,
-        progress=FLAGS.progress)
-    logging.info("Exported %.2f GB in %d shard(s) to %s; tokenizer files: %s.",
-                 info["total_bytes"] / 1e9, len(info["shards"]), FLAGS.dst,
-                 ", ".join(info["tokenizer_files"]) or "none")
+    with paths.local_output(FLAGS.dst) as dst:
+      _export(dst)
   logging.info("%s done: %s", cmd, FLAGS.dst)
+
+
+def _import_qwen3(src: str) -> None:
+  """``src``: a local Hugging Face Qwen3 folder (downloaded first for a URL)."""
+  overrides = {}
+  if FLAGS.tie_word_embeddings is not None:
+    overrides["tie_word_embeddings"] = FLAGS.tie_word_embeddings.lower() in ("1", "true", "yes")
+  dtype = FLAGS.dtype or "float32"
+  cfg = cv.qwen3_config(src, num_prebuffer_layers=FLAGS.num_prebuffer_layers,
+                        vocab_size=FLAGS.vocab_size, base=FLAGS.base_preset,
+                        param_dtype=dtype, **overrides)
+  w = orbax_io.ParamWriter(FLAGS.dst, cfg, overwrite=FLAGS.overwrite, compress=FLAGS.compress)
+  cv.write(cv.qwen3_leaves(src, cfg, dtype=dtype, new_rows=FLAGS.new_rows, seed=FLAGS.seed), w,
+           total=_count(cfg), desc="import-qwen3", progress=FLAGS.progress)
+
+
+def _import_neo(src: str) -> None:
+  """``src``: a local released NEO folder (downloaded first for a URL)."""
+  dtype = FLAGS.dtype or "float32"
+  overrides = {"vocab_size": FLAGS.vocab_size} if FLAGS.vocab_size else {}
+  cfg = cv.release_config(src, base=FLAGS.base_preset, param_dtype=dtype, **overrides)
+  w = orbax_io.ParamWriter(FLAGS.dst, cfg, overwrite=FLAGS.overwrite, compress=FLAGS.compress)
+  cv.write(cv.release_leaves(src, cfg, dtype=dtype, new_rows=FLAGS.new_rows, seed=FLAGS.seed), w,
+           total=_count(cfg), desc="import-neo", progress=FLAGS.progress)
+
+
+def _export(dst: str) -> None:
+  """Reads the Orbax checkpoint ``--src`` (local or URL, through tensorstore) and writes
+  the release's folder into ``dst`` (a local folder; uploaded after for a URL)."""
+  cfg = orbax_io.load_config(FLAGS.src)
+  info = cv.export_release(
+      orbax_io.ParamReader(FLAGS.src), cfg, dst, dtype=FLAGS.dtype or "bfloat16",
+      max_shard_bytes=int(FLAGS.max_shard_gb * 1024 ** 3), vocab_size=FLAGS.vocab_size,
+      tokenizer_dir=FLAGS.tokenizer_dir, write_tokenizer=FLAGS.write_tokenizer,
+      modeling_dir=FLAGS.modeling_dir,
+      torch_file=FLAGS.torch_file, min_pixels=FLAGS.min_pixels, max_pixels=FLAGS.max_pixels,
+      progress=FLAGS.progress)
+  logging.info("Exported %.2f GB in %d shard(s) to %s; tokenizer files: %s.",
+               info["total_bytes"] / 1e9, len(info["shards"]), FLAGS.dst,
+               ", ".join(info["tokenizer_files"]) or "none")
 
 
 def run():

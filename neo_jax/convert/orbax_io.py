@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from typing import Any, Iterator
 
 import flax.linen as nn
@@ -27,6 +28,7 @@ import ml_collections
 import numpy as np
 from orbax.checkpoint import v1 as ocp
 
+from neo_jax.core import paths
 from neo_jax.model import config as config_lib
 
 CONFIG_FILE = "model_config.json"
@@ -35,9 +37,8 @@ Path = tuple[str, ...]
 
 def save_config(path: str, cfg: ml_collections.ConfigDict) -> None:
   """Writes ``cfg`` as ``path/model_config.json``."""
-  os.makedirs(path, exist_ok=True)
-  with open(os.path.join(path, CONFIG_FILE), "w") as f:
-    json.dump(cfg.to_dict(), f, indent=2, sort_keys=True)
+  paths.write_text(paths.join(path, CONFIG_FILE),
+                   json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
@@ -49,11 +50,10 @@ def load_config(path: str) -> ml_collections.ConfigDict:
   Raises:
     FileNotFoundError: the file is missing.
   """
-  p = os.path.join(path, CONFIG_FILE)
-  if not os.path.isfile(p):
+  p = paths.join(path, CONFIG_FILE)
+  if not paths.exists(p):
     raise FileNotFoundError(f"{p} is missing: {path} is not a neo_jax parameter checkpoint.")
-  with open(p) as f:
-    fields = json.load(f)
+  fields = json.loads(paths.read_text(p))
   return config_lib.get_model_config("neo_2b", **fields)
 
 
@@ -94,18 +94,28 @@ class ParamWriter:
       float weights it saves ~20% of the disk at twice the write and read time
       (measured: a 512 MB bfloat16 leaf, 10.8 s vs 5.2 s to write).
 
+  A URL destination (``gs://...``) is written into a local temporary folder and
+  uploaded on ``close``: Orbax's partial saves (one leaf at a time, the point of this
+  writer) need a snapshot of the checkpoint that its object-store path does not
+  support (orbax-checkpoint 0.12.8: "Snapshot is not supported for
+  CommitFileTemporaryPath"). The temporary folder needs the checkpoint's size of
+  local disk, outside the current directory.
+
   Raises:
     FileExistsError: ``path`` exists and ``overwrite`` is False.
   """
 
   def __init__(self, path: str, config: ml_collections.ConfigDict | None = None,
                overwrite: bool = False, compress: bool = False):
-    path = os.path.abspath(path)
-    if os.path.exists(path):
+    final = paths.resolve(path)
+    if final.exists():
       if not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it.")
-      shutil.rmtree(path)
-    self.path, self.config, self.compress = path, config, compress
+        raise FileExistsError(f"{final} exists; pass overwrite=True (--overwrite) to replace it.")
+      final.rmtree()
+    self.final = final
+    self._staging = tempfile.mkdtemp(prefix="neo_jax_params_") if paths.is_url(path) else None
+    self.path = paths.resolve(os.path.join(self._staging, "ckpt")) if self._staging else final
+    self.config, self.compress = config, compress
     self._written: set[Path] = set()
 
   def _save(self, tree: dict) -> None:
@@ -137,6 +147,9 @@ class ParamWriter:
     ocp.partial.finalize(self.path)
     if self.config is not None:
       save_config(self.path, self.config)
+    if self._staging:
+      paths.copy_tree(self.path, self.final)
+      shutil.rmtree(self._staging, ignore_errors=True)
 
 
 class ParamReader:
@@ -150,8 +163,8 @@ class ParamReader:
   """
 
   def __init__(self, path: str):
-    self.path = os.path.abspath(path)
-    if not os.path.isdir(self.path):
+    self.path = paths.resolve(path)
+    if not self.path.exists():
       raise FileNotFoundError(f"Checkpoint directory {self.path} does not exist.")
     self._meta = dict(flatten(ocp.metadata(self.path).metadata))
 
@@ -218,8 +231,8 @@ def load_params(path: str, target: Any = None) -> dict:
   Raises:
     FileNotFoundError: ``path`` does not exist.
   """
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
+  path = paths.resolve(path)
+  if not path.exists():
     raise FileNotFoundError(f"Checkpoint directory {path} does not exist.")
   if target is None:
     return ocp.load(path)

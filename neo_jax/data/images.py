@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from neo_jax.data.errors import BadSample
-from neo_jax.core import geometry
+from neo_jax.core import geometry, paths
 
 FACTOR = geometry.TOKEN_PIXELS  # pixels per visual-token side: patch 16 x downsample 2.
 PATCH = geometry.PATCH_SIZE
@@ -111,9 +111,15 @@ def open_image(src: Any, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Im
     fp, name = io.BytesIO(src), "<bytes>"
   else:
     name = os.fspath(src)
-    if not os.path.exists(name):
+    if paths.is_url(name):           # an object: read it whole (images are small)
+      try:
+        fp = io.BytesIO(paths.read_bytes(name))
+      except FileNotFoundError as e:
+        raise BadSample("missing_file", name) from e
+    elif not os.path.exists(name):
       raise BadSample("missing_file", name)
-    fp = name
+    else:
+      fp = name
   try:
     with warnings.catch_warnings():
       warnings.simplefilter("error", Image.DecompressionBombWarning)

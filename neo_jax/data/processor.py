@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from neo_jax.core import paths
 from neo_jax.data import conversation as conv_lib
 from neo_jax.data import images as images_lib
 from neo_jax.data import video as video_lib
@@ -70,8 +71,9 @@ class ProcessOptions:
 
 
 def _resolve(src: Any, root: str | None) -> Any:
-  if isinstance(src, str) and root and not os.path.isabs(src):
-    return os.path.join(root, src)
+  """A media path relative to ``root`` (a folder or a ``gs://`` prefix) made whole."""
+  if isinstance(src, str) and root and not (os.path.isabs(src) or paths.is_url(src)):
+    return paths.join(root, src)
   return src
 
 

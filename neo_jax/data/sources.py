@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
+from neo_jax.core import paths
 from neo_jax.data import embedded
 
 
@@ -29,8 +30,9 @@ class JsonLinesSource:
   """
 
   def __init__(self, path: str):
-    with open(path, "rb") as f:
-      data = f.read()
+    if not paths.exists(path):
+      raise FileNotFoundError(f"Annotation file {path} does not exist.")
+    data = paths.read_bytes(path)   # a local file or an object (gs://...)
     if path.endswith(".jsonl"):
       self._items = [line for line in data.splitlines() if line.strip()]
     else:
@@ -123,10 +125,10 @@ def make_source(name: str, cfg: Any, cache_dir: str = "", split: str = "train") 
     ds = grain.MapDataset.source(recs)
   elif kind == "json":
     ds = grain.MapDataset.source(JsonLinesSource(cfg.path))
-    root = root or os.path.dirname(os.path.abspath(cfg.path))
+    root = root or os.fspath(paths.resolve(cfg.path).parent)
   elif kind == "array_record":
-    paths: Sequence[str] = [cfg.path] if isinstance(cfg.path, str) else list(cfg.path)
-    ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(paths)).map(_json_bytes)
+    files: Sequence[str] = [cfg.path] if isinstance(cfg.path, str) else list(cfg.path)
+    ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(files)).map(_json_bytes)
   elif kind == "tfds":
     import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
     src = tfds.data_source(cfg.tfds_name, split=cfg.get("tfds_split", "train"),

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from PIL import Image
 
+from neo_jax.core import paths
 from neo_jax.data.errors import BadSample
 from neo_jax.data import images as images_lib
 
@@ -80,10 +81,13 @@ def decode_video(path: str, target_fps: float, max_frames: int = MAX_FRAMES
       video stream / no frames.
   """
   import av  # pylint: disable=import-outside-toplevel
-  if not os.path.exists(path):
+  remote = paths.is_url(path)
+  if not (paths.exists(path) if remote else os.path.exists(path)):
     raise BadSample("missing_file", path)
   try:
-    with av.open(path) as container:
+    # An object is streamed through a seekable file object (gcsfs), not downloaded.
+    source = paths.resolve(path).open("rb") if remote else path
+    with av.open(source) as container:
       if not container.streams.video:
         raise BadSample("corrupt_file", f"{path}: no video stream")
       stream = container.streams.video[0]

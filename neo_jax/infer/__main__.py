@@ -12,6 +12,7 @@ Imported checkpoints compute in bfloat16; ``--dtype=float32`` for float32.
 from neo_jax import platform as _platform
 
 _platform.select_default_platform()
+_platform.guard_network()
 
 import sys  # noqa: E402
 import time  # noqa: E402

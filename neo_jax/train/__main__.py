@@ -10,6 +10,7 @@ otherwise).
 from neo_jax import platform as _platform
 
 _platform.select_default_platform()
+_platform.guard_network()
 
 from absl import app, flags
 from ml_collections import config_flags

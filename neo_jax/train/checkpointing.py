@@ -1,6 +1,7 @@
 """Orbax checkpoints of the train state together with the Grain iterator state.
 
-Layout: ``{workdir}/checkpoints/{step}/{state,data}``. Saves are asynchronous
+Layout: ``{workdir}/checkpoints/{step}/{state,data}``; ``workdir`` may be a URL
+(``gs://bucket/run``: Orbax writes through tensorstore, Grain's JSON through epath). Saves are asynchronous
 (the step loop goes on while the arrays are written); ``keep`` newest steps
 are kept. A save is committed atomically by Orbax, so a run killed mid-save
 resumes from the previous complete checkpoint.
@@ -8,18 +9,19 @@ resumes from the previous complete checkpoint.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import grain
 import orbax.checkpoint as ocp
+
+from neo_jax.core import paths
 
 
 def make_manager(workdir: str, *, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
   """Checkpoint manager rooted at ``{workdir}/checkpoints``."""
   opts = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
                                       create=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+  return ocp.CheckpointManager(paths.resolve(paths.join(workdir, "checkpoints")),
                                options=opts, item_names=("state", "data"))
 
 

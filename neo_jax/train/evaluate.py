@@ -10,11 +10,14 @@ held-out split); the answer is generated greedily with the KV-cache decoder
 from __future__ import annotations
 
 import collections
+import json
 import time
 from typing import Any
 
+import jax
 import ml_collections
 
+from neo_jax.core import paths
 from neo_jax.infer import decode, scoring
 
 
@@ -43,14 +46,26 @@ class Evaluator:
       out += [(ex, self.tokenizer.decode(g)) for ex, g in zip(chunk, gen)]
     return out
 
-  def run(self, params: Any) -> dict:
-    """Exact-match accuracy per task (``acc/<task>``), overall ``acc``, and time."""
+  def run(self, params: Any, step: int | None = None, workdir: str | None = None) -> dict:
+    """Exact-match accuracy per task (``acc/<task>``), overall ``acc``, and time.
+
+    With ``workdir`` and ``step``, process 0 also writes every prediction to
+    ``{workdir}/eval/predictions_<step>.jsonl`` (task, record, prediction, answer,
+    correct): what the model said, next to its score.
+    """
     t0 = time.perf_counter()
     hits, counts = collections.Counter(), collections.Counter()
+    rows = []
     for ex, pred in self.predictions(params):
+      ok = scoring.exact_match(pred, ex["answer"])
       counts[ex["task"]] += 1
-      hits[ex["task"]] += int(scoring.exact_match(pred, ex["answer"]))
+      hits[ex["task"]] += int(ok)
+      rows.append({"task": ex["task"], "record_id": ex.get("record_id"), "prediction": pred,
+                   "answer": ex["answer"], "correct": bool(ok)})
     m = {f"acc/{t}": hits[t] / counts[t] for t in sorted(counts)}
     m["acc"] = sum(hits.values()) / max(sum(counts.values()), 1)
     m["eval_time_s"] = time.perf_counter() - t0
+    if workdir is not None and step is not None and jax.process_index() == 0:
+      paths.write_text(paths.join(workdir, "eval", f"predictions_{step}.jsonl"),
+                       "".join(json.dumps(r) + "\n" for r in rows))
     return m

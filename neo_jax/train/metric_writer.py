@@ -1,37 +1,111 @@
 """Where metrics go: the console (absl + stdout), ``metrics.jsonl`` and TensorBoard.
 
 Only the main process (``distributed.is_main_process``) writes; the others'
-writer is inactive, so every process may call it.
+writer is inactive, so every process may call it. The work directory may be a URL
+(``gs://bucket/run``): objects cannot be appended to, so there ``metrics.jsonl`` is
+kept in memory (the existing object read at start) and rewritten at most every
+``flush_every_s`` seconds and on close; TensorBoard event files are written through
+``epath`` the same way (a tensorboardX writer factory for the URL's scheme).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import time
 
 from absl import logging
 
+from neo_jax.core import paths
 from neo_jax.train import distributed
+
+
+class _ObjectLog:
+  """A text log that lives in a local file (appended) or an object (rewritten)."""
+
+  def __init__(self, path: str, flush_every_s: float):
+    self.path, self.remote = path, paths.is_url(path)
+    self.flush_every_s, self.t_flush = flush_every_s, 0.0
+    if self.remote:
+      p = paths.resolve(path)
+      self.text = [p.read_text()] if p.exists() else []
+      self.dirty = False
+    else:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      self.file = open(path, "a")
+
+  def write(self, line: str) -> None:
+    if self.remote:
+      self.text.append(line)
+      self.dirty = True
+      if time.monotonic() - self.t_flush >= self.flush_every_s:
+        self.flush()
+    else:
+      self.file.write(line)
+      self.file.flush()
+
+  def flush(self) -> None:
+    if self.remote and self.dirty:
+      paths.resolve(self.path).write_text("".join(self.text))
+      self.dirty, self.t_flush = False, time.monotonic()
+
+  def close(self) -> None:
+    if self.remote:
+      self.flush()
+    else:
+      self.file.close()
+
+
+class _EpathRecordWriter:
+  """tensorboardX record writer for URLs: buffers the event file, rewrites the object."""
+
+  def __init__(self, path: str):
+    self.path, self.buffer = path, io.BytesIO()
+
+  def write(self, data: bytes) -> None:
+    self.buffer.write(data)
+
+  def flush(self) -> None:
+    paths.resolve(self.path).write_bytes(self.buffer.getvalue())
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _EpathWriterFactory:
+  def open(self, path):
+    return _EpathRecordWriter(path)
+
+  def directory_check(self, path):
+    del path  # object stores have no directories
+
+
+def _register_tensorboard_scheme(path: str) -> None:
+  from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+  record_writer.register_writer_factory(path.split(":", 1)[0], _EpathWriterFactory())
 
 
 class MetricWriter:
   """Console + ``{workdir}/metrics.jsonl`` + TensorBoard events in ``{workdir}/tb``.
 
   ``write(step, metrics, prefix)`` logs one line ``[prefix] step N k=v ...`` and
-  appends ``{"step": N, "kind": prefix, ...}`` to the JSONL file; numeric values
+  appends ``{"step": N, "kind": prefix, ...}`` to the JSONL log; numeric values
   become TensorBoard scalars ``prefix/key``.
   """
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, flush_every_s: float = 30.0):
     self.active = distributed.is_main_process()
     self.tb = None
     self.jsonl = None
     if self.active:
-      os.makedirs(workdir, exist_ok=True)
-      self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      self.jsonl = _ObjectLog(paths.join(workdir, "metrics.jsonl"), flush_every_s)
       if enabled:
+        tb_dir = paths.join(workdir, "tb")
+        if paths.is_url(tb_dir):
+          _register_tensorboard_scheme(tb_dir)
         from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-        self.tb = SummaryWriter(os.path.join(workdir, "tb"))
+        self.tb = SummaryWriter(tb_dir, flush_secs=int(flush_every_s))
 
   def write(self, step: int, metrics: dict, prefix: str = "train") -> None:
     if not self.active:
@@ -41,12 +115,10 @@ class MetricWriter:
     logging.info("[%s] step %d %s", prefix, step, text)
     print(f"[{prefix}] step {step} {text}", flush=True)
     self.jsonl.write(json.dumps({"step": step, "kind": prefix, **metrics}) + "\n")
-    self.jsonl.flush()
     if self.tb is not None:
       for k, v in metrics.items():
         if isinstance(v, (int, float)):
           self.tb.add_scalar(f"{prefix}/{k}", v, step)
-      self.tb.flush()
 
   def write_run_info(self, step: int, info: dict) -> None:
     """One ``{"step": step, "kind": "run", ...}`` record at the start of a run (e.g.
@@ -55,7 +127,13 @@ class MetricWriter:
       return
     print(f"[run] step {step} " + " ".join(f"{k}={v}" for k, v in info.items()), flush=True)
     self.jsonl.write(json.dumps({"step": step, "kind": "run", **info}) + "\n")
-    self.jsonl.flush()
+
+  def flush(self) -> None:
+    """Writes out what is buffered (before a checkpoint, so metrics and state agree)."""
+    if self.jsonl:
+      self.jsonl.flush()
+    if self.tb:
+      self.tb.flush()
 
   def close(self):
     if self.jsonl:

@@ -12,21 +12,22 @@ Policy (``restore_or_init``), in order:
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any
 
 from absl import logging
 import jax
 
+from neo_jax.core import paths
 from neo_jax.train import checkpointing
 
 
 def saved_process_count(workdir: str, step: int) -> int | None:
   """Process count of the Grain states saved at ``step`` (files
   ``data/process_<i>-of-<n>.json``), or None when there are none."""
-  d = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "data")
-  counts = {int(m.group(1)) for f in (os.listdir(d) if os.path.isdir(d) else [])
+  d = paths.resolve(paths.join(workdir, "checkpoints", str(step), "data"))
+  names = [p.name for p in d.iterdir()] if d.exists() else []
+  counts = {int(m.group(1)) for f in names
             if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", f))}
   return counts.pop() if len(counts) == 1 else None
 

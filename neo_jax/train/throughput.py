@@ -6,12 +6,18 @@
 supervised predictions, frozen matrices without a weight gradient). MFU = model
 FLOP/s / (peak FLOP/s per device x devices), the peak from
 ``flops.peak_flops_per_device`` (a chip table; a measured matmul off the table) or
-``config.peak_flops_per_device``. ``restart`` begins a new interval (after
-evaluation, so its time is not step time; compilation happens before the loop).
+``config.peak_flops_per_device``.
+
+Goodput: ``phase("data" | "checkpoint" | "eval")`` times what the loop does besides
+train steps; the rest of the interval's wall time is step time (dispatch and the
+device work the host waits for). Tokens/s, step time and MFU use the step time;
+``goodput`` is step time / wall time. Compilation happens before the loop.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import time
 from typing import Any
 
@@ -43,6 +49,16 @@ class Throughput:
 
   def restart(self) -> None:
     self.t0, self.pending = time.perf_counter(), []
+    self.phases = collections.Counter()
+
+  @contextlib.contextmanager
+  def phase(self, name: str):
+    """Times a non-step phase of the loop (data, checkpoint, eval) [s]."""
+    t0 = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.phases[name] += time.perf_counter() - t0
 
   def step(self, metrics: dict) -> None:
     """Records one step's (device) metrics."""
@@ -56,14 +72,21 @@ class Throughput:
                                 attention_pairs=float(m["attention_pairs"]))
 
   def measure(self) -> dict:
-    """``{step_time_s [s], tokens_per_s, model_flops_per_step, mfu}`` of the interval
-    (averages over its steps). Restarts the interval."""
-    elapsed = time.perf_counter() - self.t0
+    """Interval metrics: ``step_time_s`` [s per step], ``tokens_per_s``,
+    ``model_flops_per_step``, ``mfu`` (over step time), ``goodput`` (step time /
+    wall time) and ``time/<phase>_s`` sums. Restarts the interval."""
+    wall = time.perf_counter() - self.t0
     steps = jax.device_get(self.pending)
+    wall = time.perf_counter() - self.t0      # includes waiting for the last step
     n = max(len(steps), 1)
+    other = sum(self.phases.values())
+    step_s = max(wall - other, 1e-9)
     tokens = sum(float(m["tokens"]) for m in steps)
     total = sum(self.flops_of(m) for m in steps)
+    out = {"step_time_s": step_s / n, "tokens_per_s": tokens / step_s,
+           "model_flops_per_step": total / n,
+           "mfu": total / step_s / (self.peak * jax.device_count()),
+           "goodput": step_s / wall, "time/step_s": step_s}
+    out.update({f"time/{k}_s": self.phases.get(k, 0.0) for k in ("data", "checkpoint", "eval")})
     self.restart()
-    return {"step_time_s": elapsed / n, "tokens_per_s": tokens / elapsed,
-            "model_flops_per_step": total / n,
-            "mfu": total / elapsed / (self.peak * jax.device_count())}
+    return out

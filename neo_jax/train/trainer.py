@@ -6,9 +6,10 @@ The loop itself; each concern it uses is a module of its own:
 * ``input_pipeline``: the process-local data iterator;
 * ``resume``: newest checkpoint, imported weights or a fresh init;
 * ``checkpointing``: Orbax saves of the train state + data-iterator state;
-* ``preemption``: SIGTERM -> save this step and exit;
+* ``preemption``: a notice on any host -> every process saves the same step, exits 0;
+* ``profiler``: a ``jax.profiler`` trace of a window of steps into the work directory;
 * ``health``: non-finite and dropped-supervision checks before any save;
-* ``throughput``: step time, tokens/s, MFU;
+* ``throughput``: step time, tokens/s, MFU, goodput (time in data, checkpoints, eval);
 * ``evaluate``: held-out accuracy every ``eval_every`` steps;
 * ``metric_writer``: console, ``metrics.jsonl``, TensorBoard.
 
@@ -18,17 +19,17 @@ The same code path runs on one CPU and on a TPU pod: every array is a global
 
 from __future__ import annotations
 
-import os
-
 from absl import logging
 import jax
 import ml_collections
 
+from neo_jax.core import paths
 from neo_jax.train import checkpointing, distributed, health, resume
 from neo_jax.train.health import NonFiniteLossError
 from neo_jax.train.input_pipeline import make_data_iterator, pipeline_metrics
 from neo_jax.train.metric_writer import MetricWriter
-from neo_jax.train.preemption import SigtermFlag
+from neo_jax.train.preemption import Preemption
+from neo_jax.train.profiler import Profiler
 from neo_jax.train.setup import Setup
 from neo_jax.train.throughput import Throughput
 
@@ -36,10 +37,8 @@ __all__ = ["run", "Setup", "make_data_iterator", "NonFiniteLossError"]
 
 
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  os.makedirs(workdir, exist_ok=True)
   if distributed.is_main_process():
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(config.to_json_best_effort(indent=2))
+    paths.write_text(paths.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
 
 def _make_evaluator(config, setup):
@@ -81,17 +80,23 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                "peak_source": meter.peak_source,
                                "devices": jax.device_count(),
                                "processes": jax.process_count()})
+  profiler = Profiler(config.get("profile", None), workdir)
   last, last_eval = {}, {}
   meter.restart()
   try:
-    with SigtermFlag() as sigterm:
+    with Preemption() as preemption:
       while step < tc.num_steps:
-        state, metrics = train_step(state, setup.global_batch(next(data_iter)))
+        profiler.before_step(step)
+        with meter.phase("data"):
+          batch = setup.global_batch(next(data_iter))
+        state, metrics = train_step(state, batch)
         step += 1
         meter.step(metrics)
+        profiler.after_step(step, state)
+        preempted = preemption.reached(step)   # the same step on every process
         save_now = (step % config.checkpoint.every_steps == 0 or step == tc.num_steps
-                    or sigterm.requested)
-        log_now = step % config.log_every == 0 or step == tc.num_steps
+                    or preempted)
+        log_now = step % config.log_every == 0 or step == tc.num_steps or preempted
         if log_now or save_now:
           # Checked before every save too, so a non-finite state is never saved.
           m = {k: v.item() for k, v in jax.device_get(metrics).items()}
@@ -103,16 +108,20 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
           writer.write(step, m)
           last = m
         if save_now:
-          checkpointing.save(manager, step, state, data_iter, force=sigterm.requested)
+          with meter.phase("checkpoint"):
+            writer.flush()
+            checkpointing.save(manager, step, state, data_iter, force=preempted)
         if evaluator and (step % config.eval_every == 0 or step == tc.num_steps):
-          last_eval = evaluator.run(state.params)
+          with meter.phase("eval"):
+            last_eval = evaluator.run(state.params, step=step, workdir=workdir)
           writer.write(step, last_eval, prefix="eval")
-          meter.restart()
-        if sigterm.requested:
-          logging.warning("SIGTERM: saved step %d, exiting.", step)
-          print(f"SIGTERM received: saved checkpoint at step {step}, exiting.", flush=True)
+        if preempted:
+          logging.warning("Preemption: saved step %d, exiting.", step)
+          print(f"Preemption notice: saved checkpoint at step {step} on every process, "
+                "exiting.", flush=True)
           break
   finally:
+    profiler.close()
     manager.wait_until_finished()
     manager.close()
     writer.close()
