@@ -16,6 +16,7 @@ import time
 
 from configs import smoke
 from neo_jax.train import trainer
+from testlib.train import logged_losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "launch"))
@@ -50,16 +51,6 @@ def _train_cmd(workdir, steps, extra=()):
           f"--workdir={workdir}", "--config.checkpoint.every_steps=100", *extra]
 
 
-def _losses(workdir):
-  out = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      r = json.loads(line)
-      if r["kind"] == "train":
-        out[r["step"]] = r["loss"]
-  return out
-
-
 def test_sigterm_on_one_process_saves_one_step_everywhere_and_resumes(tmp_path):
   steps = 30
   full, pre = str(tmp_path / "full"), str(tmp_path / "pre")
@@ -81,7 +72,7 @@ def test_sigterm_on_one_process_saves_one_step_everywhere_and_resumes(tmp_path):
   assert saved[0] == saved[1] < steps
   assert sorted(int(d) for d in os.listdir(os.path.join(pre, "checkpoints"))) == [saved[0]]
   assert local.run(_train_cmd(pre, steps), 2, 2, timeout=600) == 0
-  ref, got = _losses(full), _losses(pre)
+  ref, got = logged_losses(full), logged_losses(pre)
   for step in range(saved[0] + 1, steps + 1):
     assert got[step] == ref[step], (step, got[step], ref[step])
 
