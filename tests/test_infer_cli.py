@@ -98,3 +98,23 @@ def test_infer_cli_answers_about_an_image_as_the_decoder_does(small):
                                            stop_ids=(tok.im_end_id,))[0]
   assert f"ids: {ids}" in log
   assert printed == tok.decode(ids) + "\n"
+
+
+def test_evaluate_cli_on_two_processes_equals_one(small, tmp_path):
+  """``launch/local.py`` runs the CLI as 2 jax.distributed processes: each decodes its
+  share of the records, process 0 merges; the result equals the one-process run."""
+  _, _, _, ckpt = small
+  args = ["-m", "neo_jax.evaluate", f"--ckpt={ckpt}", "--data=embedded:digit",
+          f"--limit={LIMIT}", "--max_new_tokens=4", "--batch_size=4"]
+  one, two = tmp_path / "one", tmp_path / "two"
+  _cli(*args[1:], f"--out={one}")
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  r = subprocess.run([sys.executable, f"{ROOT}/launch/local.py", "--num_processes=2",
+                      "--devices_per_process=1", "--", sys.executable, *args, f"--out={two}"],
+                     env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+  key = lambda p: p["id"]
+  a = sorted((json.loads(l) for l in open(one / "predictions.jsonl")), key=key)
+  b = sorted((json.loads(l) for l in open(two / "predictions.jsonl")), key=key)
+  assert a == b and len(a) == LIMIT
+  assert sorted(os.listdir(two)) == ["predictions.jsonl", "summary.json"]
