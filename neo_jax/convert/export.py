@@ -44,6 +44,18 @@ class TreeSource:
     return np.asarray(self._flat[tuple(path)])
 
 
+def check_release_compatible(cfg: ml_collections.ConfigDict) -> None:
+  """Raises ValueError for a model variant the release's code cannot load or run
+  (``model.rope_mode`` other than "native", ``model.attention_mask`` other than
+  "mixed": the Table 3 ablations live only here)."""
+  bad = {k: cfg.get(k, want) for k, want in (("rope_mode", "native"), ("attention_mask", "mixed"))
+         if cfg.get(k, want) != want}
+  if bad:
+    raise ValueError(f"This model is an ablation variant ({bad}); the release's NEOChatModel "
+                     "runs only rope_mode='native' with attention_mask='mixed', so it cannot be "
+                     "exported.")
+
+
 def export_tensors(source: Any, cfg: ml_collections.ConfigDict, *, dtype: str = "bfloat16",
                    vocab_size: int | None = None, progress: bool = False
                    ) -> Iterator[tuple[str, np.ndarray]]:
@@ -61,8 +73,10 @@ def export_tensors(source: Any, cfg: ml_collections.ConfigDict, *, dtype: str = 
 
   Raises:
     KeyError: a parameter of ``cfg`` is missing from ``source``.
-    ValueError: a parameter's shape does not match ``cfg`` (names the path).
+    ValueError: a parameter's shape does not match ``cfg`` (names the path), or an
+      ablation variant the release cannot run (``check_release_compatible``).
   """
+  check_release_compatible(cfg)
   dt = np_dtype(dtype)
   all_leaves = list(pm.leaves(cfg))
   bar = tqdm.tqdm(total=sum(len(l.keys) for l in all_leaves), desc="export", unit="tensor",

@@ -29,6 +29,12 @@ def base_config() -> ml_collections.ConfigDict:
     rope_theta: base of the T-branch RoPE (``rotate_half`` convention).
     rope_theta_hw: base of the H / W branch RoPE (on head_dim / 2 channels).
     rope_theta_vision: base of the patch embedder's interleaved 2D RoPE.
+    attention_mask: "mixed" (NEO: bidirectional inside an image) | "causal"
+      (images attend causally too; the NEO paper's Table 3 ablation).
+    rope_mode: "native" (NEO's T/H/W Native-RoPE) | "1d" (one running position
+      per token, the H/W branches at position 0) | "mrope" (Qwen2-VL's multimodal
+      RoPE on the T branch, H/W branches off). Ablations of the NEO paper's Table 3;
+      only "native" + "mixed" can be exported to the release.
     max_position_embeddings(_hw/_vision): written into exported configs only.
     tie_word_embeddings: ``lm_head`` shares ``embed_tokens``.
     vision_hidden: channels of ``patch_embedding`` (V).
@@ -61,6 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.rope_theta = 1_000_000.0
   c.rope_theta_hw = 10_000.0
   c.rope_theta_vision = 10_000.0
+  c.attention_mask = "mixed"
+  c.rope_mode = "native"
   c.max_position_embeddings = 40960
   c.max_position_embeddings_hw = 10000
   c.max_position_embeddings_vision = 10000
@@ -173,6 +181,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"remat_policy={c.remat_policy!r} is not one of none/full/minimal/save_qkv_attn/dots.")
   if c.attention_impl not in ("xla", "pallas", "auto"):
     raise ValueError(f"attention_impl={c.attention_impl!r} is not one of xla/pallas/auto.")
+  if c.get("attention_mask", "mixed") not in ("mixed", "causal"):
+    raise ValueError(f"attention_mask={c.attention_mask!r} is not one of mixed/causal.")
+  if c.get("rope_mode", "native") not in ("native", "1d", "mrope"):
+    raise ValueError(f"rope_mode={c.rope_mode!r} is not one of native/1d/mrope.")
   if c.loss_weighting not in ("token", "sample", "square"):
     raise ValueError(f"loss_weighting={c.loss_weighting!r} is not one of token/sample/square.")
 

@@ -125,13 +125,19 @@ class NativeAttention(nn.Module):
     q_hw = _dense((hq, d), ("embed", "heads", "head_dim"), cfg, "q_proj_hw")(x)
     k_hw = _dense((hkv, d), ("embed", "kv_heads", "head_dim"), cfg, "k_proj_hw")(x)
 
-    q = rope.apply_rope_half(norm("q_norm", "head_dim")(q), t, cfg.rope_theta)
-    k = rope.apply_rope_half(norm("k_norm", "head_dim")(k), t, cfg.rope_theta)
     half = d // 2
     q_h = rope.apply_rope_half(norm("q_norm_h", "head_dim")(q_hw[..., :half]), h, cfg.rope_theta_hw)
     q_w = rope.apply_rope_half(norm("q_norm_w", "head_dim")(q_hw[..., half:]), w, cfg.rope_theta_hw)
     k_h = rope.apply_rope_half(norm("k_norm_h", "head_dim")(k_hw[..., :half]), h, cfg.rope_theta_hw)
     k_w = rope.apply_rope_half(norm("k_norm_w", "head_dim")(k_hw[..., half:]), w, cfg.rope_theta_hw)
+    if cfg.get("rope_mode", "native") == "mrope":
+      # Qwen2-VL's mRoPE on the T branch; the H / W branches are off (zero scores).
+      q = rope.apply_mrope_half(norm("q_norm", "head_dim")(q), positions, cfg.rope_theta)
+      k = rope.apply_mrope_half(norm("k_norm", "head_dim")(k), positions, cfg.rope_theta)
+      q_h, q_w = q_h * 0, q_w * 0
+    else:
+      q = rope.apply_rope_half(norm("q_norm", "head_dim")(q), t, cfg.rope_theta)
+      k = rope.apply_rope_half(norm("k_norm", "head_dim")(k), t, cfg.rope_theta)
 
     q = jnp.concatenate([q, q_h, q_w], axis=-1)  # [B, S, Hq, 2d]
     k = jnp.concatenate([k, k_h, k_w], axis=-1)  # [B, S, Hkv, 2d]

@@ -87,11 +87,13 @@ class NEO(nn.Module):
   def __call__(self, input_ids: Array, segment_ids: Array, token_hw: Array,
                pixel_values: Array, return_hidden: bool = False) -> Array:
     cfg = self.config
-    positions = pos_lib.native_rope_positions(
-        input_ids, segment_ids, token_hw, img_start_id=cfg.img_start_token_id,
-        img_context_id=cfg.img_context_token_id)
+    positions = pos_lib.rope_positions(
+        cfg.get("rope_mode", "native"), input_ids, segment_ids, token_hw,
+        img_start_id=cfg.img_start_token_id, img_context_id=cfg.img_context_token_id)
     units = pos_lib.unit_ids(input_ids, img_start_id=cfg.img_start_token_id,
                              img_context_id=cfg.img_context_token_id)
+    if cfg.get("attention_mask", "mixed") == "causal":
+      units = jnp.zeros_like(units)   # no bidirectional image blocks: plain causal
     x = self.embed(input_ids, token_hw, pixel_values)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
     if cfg.num_prebuffer_layers:

@@ -93,3 +93,55 @@ def native_rope_positions(input_ids: jax.Array, segment_ids: jax.Array,
   t = segment_cumsum(inc, segment_ids) - 1
   hw = jnp.where(is_ctx[..., None], token_hw, 0)
   return jnp.concatenate([t[..., None], hw], axis=-1).astype(jnp.int32)
+
+
+def one_d_positions(segment_ids: jax.Array) -> jax.Array:
+  """``rope_mode="1d"``: t = running index in the packed sample, h = w = 0, ``[B, S, 3]``."""
+  t = segment_cumsum(jnp.ones_like(segment_ids), segment_ids) - 1
+  return jnp.stack([t, jnp.zeros_like(t), jnp.zeros_like(t)], axis=-1).astype(jnp.int32)
+
+
+def mrope_positions(input_ids: jax.Array, segment_ids: jax.Array, token_hw: jax.Array, *,
+                    img_start_id: int, img_context_id: int) -> jax.Array:
+  """``rope_mode="mrope"``: Qwen2-VL's multimodal RoPE indices (``get_rope_index`` of
+  transformers' ``modeling_qwen2_vl.py``), per packed sample, ``[B, S, 3]``.
+
+  A text token's (t, h, w) are all its running position p. The visual tokens of an
+  image starting where the next text position s would be get ``(s, s + row,
+  s + col)``; the token after the image continues at ``s + max(grid_h, grid_w)``
+  (one more than the image's largest index). ``<img>`` / ``</img>`` are text.
+  """
+  units = unit_ids(input_ids, img_start_id=img_start_id, img_context_id=img_context_id)
+  is_ctx = units > 0
+  s = input_ids.shape[1]
+
+  def extent(u, hw):   # [S]: max(grid_h, grid_w) of each token's image
+    size = jnp.maximum(hw[:, 0], hw[:, 1]) + 1
+    per_unit = jax.ops.segment_max(jnp.where(u > 0, size, 0), u, num_segments=s + 1)
+    return per_unit[u]
+
+  ext = jax.vmap(extent)(units, token_hw)
+  last = is_ctx & jnp.concatenate([units[:, 1:] != units[:, :-1],
+                                   jnp.ones_like(units[:, :1], bool)], axis=1)
+  inc = jnp.where(is_ctx, jnp.where(last, ext, 0), 1)
+  base = segment_cumsum(inc, segment_ids) - inc          # exclusive running position
+  hw = jnp.where(is_ctx[..., None], token_hw, 0)
+  return jnp.stack([base, base + hw[..., 0], base + hw[..., 1]], axis=-1).astype(jnp.int32)
+
+
+def rope_positions(mode: str, input_ids: jax.Array, segment_ids: jax.Array,
+                   token_hw: jax.Array, *, img_start_id: int, img_context_id: int) -> jax.Array:
+  """The ``[B, S, 3]`` RoPE indices of ``model.rope_mode`` ("native" | "1d" | "mrope").
+
+  Raises:
+    ValueError: unknown mode.
+  """
+  if mode == "native":
+    return native_rope_positions(input_ids, segment_ids, token_hw, img_start_id=img_start_id,
+                                 img_context_id=img_context_id)
+  if mode == "1d":
+    return one_d_positions(segment_ids)
+  if mode == "mrope":
+    return mrope_positions(input_ids, segment_ids, token_hw, img_start_id=img_start_id,
+                           img_context_id=img_context_id)
+  raise ValueError(f"Unknown rope_mode {mode!r}; use native, 1d or mrope.")

@@ -38,6 +38,42 @@ def apply_rope_half(x: jax.Array, positions: jax.Array, theta: float) -> jax.Arr
   return out.astype(x.dtype)
 
 
+def mrope_sections(dim: int) -> tuple[int, int, int]:
+  """Frequencies of the (t, h, w) sections of Qwen2-VL's mRoPE for a ``dim``-wide head:
+  ``(half - 2 s, s, s)`` with ``half = dim / 2`` and ``s = 3 half / 8`` (Qwen2-VL's
+  ``mrope_section = [16, 24, 24]`` at ``dim = 128``)."""
+  half = dim // 2
+  s = 3 * half // 8
+  return half - 2 * s, s, s
+
+
+def apply_mrope_half(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Qwen2-VL's multimodal RoPE in the ``rotate_half`` convention.
+
+  Frequency ``i`` of the ``dim / 2`` rotates by the t, h or w index of its section
+  (``mrope_sections``), as ``apply_multimodal_rotary_pos_emb`` in transformers'
+  ``modeling_qwen2_vl.py``; with t = h = w (text) it equals ``apply_rope_half`` on t.
+
+  Args:
+    x: ``[B, S, H, dim]``.
+    positions: ``[B, S, 3] int`` (t, h, w).
+    theta: RoPE base.
+
+  Returns:
+    ``[B, S, H, dim]`` in ``x.dtype`` (computed in float32).
+  """
+  dim = x.shape[-1]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, dim, 2, dtype=jnp.float32) / dim))
+  section = jnp.repeat(jnp.arange(3), jnp.asarray(mrope_sections(dim)),
+                       total_repeat_length=dim // 2)
+  pos = jnp.take(positions.astype(jnp.float32), section, axis=-1)   # [B, S, dim/2]
+  ang = (pos * inv_freq)[:, :, None, :]
+  cos, sin = jnp.cos(ang), jnp.sin(ang)
+  xf = x.astype(jnp.float32)
+  x1, x2 = xf[..., : dim // 2], xf[..., dim // 2:]
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
 def apply_rope_interleaved(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
   """RoPE on interleaved pairs (channel 2i with 2i + 1).
 
