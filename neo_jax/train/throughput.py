@@ -75,7 +75,6 @@ class Throughput:
     """Interval metrics: ``step_time_s`` [s per step], ``tokens_per_s``,
     ``model_flops_per_step``, ``mfu`` (over step time), ``goodput`` (step time /
     wall time) and ``time/<phase>_s`` sums. Restarts the interval."""
-    wall = time.perf_counter() - self.t0
     steps = jax.device_get(self.pending)
     wall = time.perf_counter() - self.t0      # includes waiting for the last step
     n = max(len(steps), 1)
