@@ -29,6 +29,7 @@ _TOP_K = flags.DEFINE_integer("top_k", 0, "Keep the k most likely tokens (0 = al
 _TOP_P = flags.DEFINE_float("top_p", 1.0, "Nucleus sampling mass (1 = all).")
 _SEED = flags.DEFINE_integer("seed", 0, "PRNG seed of sampling.")
 _DTYPE = flags.DEFINE_string("dtype", None, "Compute dtype override (float32 | bfloat16).")
+_MIN_PIXELS = flags.DEFINE_integer("min_pixels", 65536, "Smallest resized image [pixels].")
 _MAX_PIXELS = flags.DEFINE_integer("max_pixels", 4194304, "Pixel budget of the images.")
 _FPS = flags.DEFINE_float("video_fps", 1.0, "Video frames sampled per second.")
 _MAX_FRAMES = flags.DEFINE_integer("max_frames", 64, "Video frames at most.")
@@ -53,7 +54,7 @@ def main(argv):
         file=sys.stderr, flush=True)
   tok = get_tokenizer(tok_kind)
   proc = processor_lib.SampleProcessor(processor_lib.ProcessOptions(
-      max_pixels=_MAX_PIXELS.value, video_fps=_FPS.value, max_frames=_MAX_FRAMES.value,
+      min_pixels=_MIN_PIXELS.value, max_pixels=_MAX_PIXELS.value, video_fps=_FPS.value, max_frames=_MAX_FRAMES.value,
       tokenizer=tok_kind, strict=True))
   gen = decode.Generator(cfg)
   scfg = sampling.SamplingConfig(_TEMP.value, _TOP_K.value, _TOP_P.value)
