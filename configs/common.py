@@ -104,13 +104,14 @@ def recipe_config(preset: str, arg: str | None, *, ov: bool) -> ml_collections.C
 
   Args:
     preset: model preset ("neo_2b", "neo_9b", "neo_ov_2b", "neo_ov_9b").
-    arg: "stage1" | "stage2" | "stage3" [+ ",batch_size=..."].
+    arg: "stage1" | "stage2" | "stage3" [+ ",batch_size=...", ",data=mix.yaml" (the data
+      mixture file, required: data/mixture.py)].
     ov: NEO-ov recipe (stage-1 LR 2e-4, video in the mixture, 36K stage 3).
 
   Raises:
     ValueError: unknown stage.
   """
-  a = parse_arg(arg, stage="stage2", batch_size=128)
+  a = parse_arg(arg, stage="stage2", batch_size=128, data="")
   if a.stage not in STAGES:
     raise ValueError(f"Unknown stage {a.stage!r}; choose one of {sorted(STAGES)}.")
   st = dict(STAGES[a.stage])
@@ -130,6 +131,9 @@ def recipe_config(preset: str, arg: str | None, *, ov: bool) -> ml_collections.C
   c.train.warmup_steps = 1000
   c.train.num_steps = 100_000
   c.data = embedded_data_config()
+  # Released sizes train on the user's data: a mixture file is required (data=...).
+  c.data.mixture = a.data
+  c.data.require_mixture = True
   c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1, "context": 1})
   c.checkpoint.every_steps = 1000
   c.log_every = 10

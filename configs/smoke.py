@@ -11,6 +11,9 @@ def get_config(arg=None):
   c = common.base_config("tiny")
   c.seq_len = a.seq_len
   c.batch_size = a.batch_size
+  # The pipeline's schema, so a data mixture can be given on the command line
+  # (--config.data.kind=pipeline --config.data.mixture=mix.yaml); random batches by default.
+  c.data = common.embedded_data_config()
   c.data.kind = "random"
   c.train.num_steps = a.steps
   c.train.lr = 1e-3

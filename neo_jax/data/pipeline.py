@@ -17,6 +17,7 @@ import dataclasses
 from typing import Any
 
 import grain
+import numpy as np
 import ml_collections
 
 from neo_jax.data import embedded
@@ -49,10 +50,15 @@ def default_data_config() -> ml_collections.ConfigDict:
       video_fps [1/s], max_frames (<= 128), video_min_pixels (per frame),
       video_max_pixels (per video), frame_list_fps.
     sources: ``{name: {kind, weight, task | path | tfds_*, data_root,
-      options}}``; ``options`` overrides the defaults per source (embedded
-      tasks set their own image sizes). Weight 0 disables a source.
+      options, sampling_rate}}``; ``options`` overrides the defaults per source
+      (embedded tasks set their own image sizes). Weight 0 disables a source;
+      ``sampling_rate`` < 1 keeps a seeded random fraction of its records.
+    mixture: a mixture file (YAML / JSON, local or URL) whose sources replace
+      ``sources`` (``data/mixture.py``); require_mixture: refuse to start without one.
   """
   c = ml_collections.ConfigDict()
+  c.mixture = ""            # a mixture file replacing ``sources`` (data/mixture.py)
+  c.require_mixture = False  # released-size recipes: refuse to start without one
   c.tokenizer = "embedded"
   c.cache_dir = ""
   c.strict = False
@@ -96,6 +102,10 @@ def make_train_dataset(data_cfg: ml_collections.ConfigDict, *, seq_len: int, bat
     if s.weight <= 0:
       continue
     ds = sources.make_source(name, s, data_cfg.cache_dir)
+    rate = float(s.get("sampling_rate", 1.0))
+    if rate < 1.0:   # the release's ``random.sample(annotations, int(n * rate))``, seeded
+      keep = np.sort(np.random.default_rng([seed, i]).permutation(len(ds))[:int(len(ds) * rate)])
+      ds = grain.MapDataset.range(len(keep)).map(_Take(ds, keep))
     ds = ds[process_index::process_count]
     if data_cfg.shuffle:
       ds = ds.shuffle(seed=seed * 1000 + i)
@@ -119,6 +129,16 @@ def make_train_dataset(data_cfg: ml_collections.ConfigDict, *, seq_len: int, bat
                              max_waiting=data_cfg.max_waiting, pad_id=tok.pad_id,
                              img_context_id=tok.img_context_id)
   return packing.PackIterDataset(it, opts)
+
+
+class _Take:
+  """``j -> parent[keep[j]]`` (picklable, for worker processes)."""
+
+  def __init__(self, parent, keep):
+    self.parent, self.keep = parent, keep
+
+  def __call__(self, j):
+    return self.parent[int(self.keep[j])]
 
 
 def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, seq_len: int, batch_size: int,

@@ -11,6 +11,19 @@ import jax
 import ml_collections
 
 
+def data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """``config.data`` with its mixture file applied (``data/mixture.apply_mixture``).
+
+  Raises:
+    ValueError: a recipe that requires a mixture was given none (the message says how
+      to give one), or a malformed mixture file.
+  """
+  if config.data.get("kind", "random") != "pipeline":
+    return config.data
+  from neo_jax.data import mixture  # pylint: disable=g-import-not-at-top
+  return mixture.apply_mixture(config.data)
+
+
 def make_data_iterator(config: ml_collections.ConfigDict):
   """The process-local, checkpointable training iterator named by ``config.data.kind``.
 
@@ -34,7 +47,7 @@ def make_data_iterator(config: ml_collections.ConfigDict):
   if config.data.kind == "pipeline":
     from neo_jax.data import pipeline  # pylint: disable=g-import-not-at-top
     return pipeline.make_train_iterator(
-        config.data, seq_len=config.seq_len, batch_size=local_bs,
+        data_config(config), seq_len=config.seq_len, batch_size=local_bs,
         max_supervised_tokens=m.max_supervised_tokens, seed=config.train.seed,
         process_index=pi, process_count=pc)
   raise ValueError(f"Unknown data.kind {config.data.kind!r}; use 'pipeline' or 'random'.")

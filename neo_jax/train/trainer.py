@@ -26,7 +26,7 @@ import ml_collections
 from neo_jax.core import paths
 from neo_jax.train import checkpointing, distributed, health, resume
 from neo_jax.train.health import NonFiniteLossError
-from neo_jax.train.input_pipeline import make_data_iterator, pipeline_metrics
+from neo_jax.train.input_pipeline import data_config, make_data_iterator, pipeline_metrics
 from neo_jax.train.metric_writer import MetricWriter
 from neo_jax.train.preemption import Preemption
 from neo_jax.train.profiler import Profiler
@@ -63,6 +63,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.batch_size % tc.grad_accum_steps:
     raise ValueError(f"batch_size={config.batch_size} not divisible by "
                      f"grad_accum_steps={tc.grad_accum_steps}.")
+  data_config(config)   # a missing / malformed data mixture fails here, before any compile
   _write_config(config, workdir)
   setup = Setup(config)
   data_iter = make_data_iterator(config)
