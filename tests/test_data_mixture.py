@@ -99,3 +99,70 @@ def test_malformed_mixtures_say_what_to_fix(tmp_path):
   got = mixture.read_mixture(str(_mix(tmp_path)))
   assert got["second"]["path"].endswith("b.jsonl") and got["first"]["data_root"] == str(tmp_path)
   assert got["second"]["sampling_rate"] == 0.5 and got["first"]["kind"] == "json"
+
+
+def _png_bytes(seed, h=64, w=64):
+  import io  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  buf = io.BytesIO()
+  img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+  Image.fromarray(img).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def _parquet(path, rows, row_group_size=2):
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  table = pa.table({"conversations": [r["conversations"] for r in rows],
+                    "image": [r.get("image") for r in rows]})
+  pq.write_table(table, path, row_group_size=row_group_size)
+
+
+def _conv(word, i, image=True):
+  q = ("<image>\n" if image else "") + f"Say {word} {i}."
+  return json.dumps([{"from": "human", "value": q}, {"from": "gpt", "value": f"{word} {i}"}])
+
+
+def test_jsonl_and_parquet_mixture_with_broken_inputs_counts_skips(tmp_path):
+  import pickle  # pylint: disable=import-outside-toplevel
+  from neo_jax.data import pipeline, processor as processor_lib  # pylint: disable=import-outside-toplevel
+  from neo_jax.data.parquet_source import ParquetSource  # pylint: disable=import-outside-toplevel
+  rows = [{"conversations": _conv("charlie", i), "image": _png_bytes(i)} for i in range(6)]
+  rows += [{"conversations": "{not json", "image": _png_bytes(9)},          # bad_json
+           {"conversations": _conv("charlie", 7), "image": b"not an image"},  # corrupt_file
+           {"conversations": _conv("charlie", 8, image=False), "image": None}]
+  _parquet(tmp_path / "c.parquet", rows)
+  src = ParquetSource(str(tmp_path / "c.parquet"))
+  assert len(src) == 9 and pickle.loads(pickle.dumps(src))[8]["conversations"][1]["value"] == (
+      "charlie 8")
+  lines = [_conv("alpha", i, image=False) for i in range(8)]
+  (tmp_path / "a.jsonl").write_text(
+      "".join(json.dumps({"conversations": json.loads(l)}) + "\n" for l in lines)
+      + "{not json\n[1, 2]\n")
+  (tmp_path / "mix.yaml").write_text(f"""sources:
+  words:
+    annotation_path: {tmp_path / 'a.jsonl'}
+  pictures:
+    kind: parquet
+    annotation_path: {tmp_path / 'c.parquet'}
+    options: {{max_pixels: 4096, min_pixels: 1024}}
+""")
+  c = smoke.get_config("seq_len=256,batch_size=2")
+  c.data.kind, c.data.mixture, c.data.shuffle = "pipeline", str(tmp_path / "mix.yaml"), False
+  it = input_pipeline.make_data_iterator(c)
+  tok = get_tokenizer("embedded")
+  batches = [next(it) for _ in range(8)]
+  text = " ".join(tok.decode([int(t) for t in b["input_ids"][b["segment_ids"] > 0]])
+                  for b in batches)
+  assert "alpha" in text and "charlie" in text
+  assert any((b["input_ids"] == 151669).any() for b in batches)   # images from bytes
+  counts = pipeline.skip_counts(it)
+  assert counts.get("bad_json", 0) >= 2 and counts.get("corrupt_file", 0) >= 1, counts
+  assert counts.get("bad_record", 0) >= 1, counts
+  # Strict mode names the file and the row.
+  c.data.strict = True
+  with pytest.raises(processor_lib.BadRecordError, match=r"c\.parquet row 6"):
+    strict = input_pipeline.make_data_iterator(c)
+    for _ in range(20):
+      next(strict)

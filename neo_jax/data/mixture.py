@@ -9,7 +9,7 @@ replaces ``data.sources`` with the file's. YAML or JSON, a local path or a URL::
         data_path: gs://bkt/images           # ... (root of relative media paths)
         sampling_rate: 0.5              # keep this fraction of the records (release: %50)
         weight: 4                       # mixture weight (default 1)
-        kind: json                      # json (default) | array_record | tfds | embedded
+        kind: json                      # json (default) | parquet | array_record | tfds | embedded
         options: {max_pixels: 1048576}  # ProcessOptions overrides for this source
 
 ``path`` / ``data_root`` are accepted for ``annotation_path`` / ``data_path``. The
@@ -26,7 +26,7 @@ import ml_collections
 
 from neo_jax.core import paths
 
-KINDS = ("json", "array_record", "tfds", "embedded")
+KINDS = ("json", "parquet", "array_record", "tfds", "embedded")
 _FIELDS = {"annotation_path": "path", "data_path": "data_root"}
 _KNOWN = {"path", "data_root", "sampling_rate", "weight", "kind", "options", "task",
           "tfds_name", "tfds_split", "tfds_data_dir", "image_key", "question_key",
@@ -63,7 +63,7 @@ def read_mixture(path: str) -> dict[str, dict[str, Any]]:
     cfg.setdefault("kind", "json")
     if cfg["kind"] not in KINDS:
       raise ValueError(f"{path}: source {name!r} kind {cfg['kind']!r} is not one of {KINDS}.")
-    if cfg["kind"] in ("json", "array_record") and not cfg.get("path"):
+    if cfg["kind"] in ("json", "parquet", "array_record") and not cfg.get("path"):
       raise ValueError(f"{path}: source {name!r} needs an annotation_path.")
     rate = float(cfg.setdefault("sampling_rate", 1.0))
     if not 0 < rate <= 1:

@@ -109,6 +109,11 @@ class SampleProcessor:
     tok = get_tokenizer(o.tokenizer)
     if not isinstance(record, dict):
       raise BadSample("bad_record", f"record of type {type(record).__name__}")
+    if "_error" in record:          # the source could not read it (bad JSON, bad row)
+      reason, detail = record["_error"]
+      raise BadSample(reason, detail)
+    if "_raw" in record:            # valid JSON that is not an object
+      raise BadSample("bad_record", f"record of type {type(record['_raw']).__name__}")
     root = record.get("data_path")
     turns = conv_lib.normalize_turns(record.get("conversations"))
     image_srcs = _as_list(record.get("image")) + _as_list(record.get("images"))

@@ -45,7 +45,10 @@ class JsonLinesSource:
     return len(self._items)
 
   def __getitem__(self, i: int) -> dict:
-    return json.loads(self._items[i])
+    try:
+      return json.loads(self._items[i])
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:   # a counted skip, not a crash
+      return {"_error": ("bad_json", f"record {i}: {e}")}
 
 
 def _json_bytes(x: bytes) -> dict:
@@ -126,6 +129,10 @@ def make_source(name: str, cfg: Any, cache_dir: str = "", split: str = "train") 
   elif kind == "json":
     ds = grain.MapDataset.source(JsonLinesSource(cfg.path))
     root = root or os.fspath(paths.resolve(cfg.path).parent)
+  elif kind == "parquet":
+    from neo_jax.data.parquet_source import ParquetSource  # pylint: disable=g-import-not-at-top
+    ds = grain.MapDataset.source(ParquetSource(cfg.path))
+    root = root or os.fspath(paths.resolve(cfg.path).parent)
   elif kind == "array_record":
     files: Sequence[str] = [cfg.path] if isinstance(cfg.path, str) else list(cfg.path)
     ds = grain.MapDataset.source(grain.sources.ArrayRecordDataSource(files)).map(_json_bytes)
@@ -137,7 +144,8 @@ def make_source(name: str, cfg: Any, cache_dir: str = "", split: str = "train") 
                         cfg.get("answer_key", "answer"), cfg.get("prompt", "{question}"))
     ds = grain.MapDataset.source(src).map(conv)
   else:
-    raise ValueError(f"source {name!r}: unknown kind {kind!r} (embedded | json | array_record | tfds).")
+    raise ValueError(f"source {name!r}: unknown kind {kind!r} "
+                     "(embedded | json | parquet | array_record | tfds).")
   return ds.map_with_index(_Annotate(name, root))
 
 
