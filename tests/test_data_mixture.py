@@ -166,3 +166,41 @@ def test_jsonl_and_parquet_mixture_with_broken_inputs_counts_skips(tmp_path):
     strict = input_pipeline.make_data_iterator(c)
     for _ in range(20):
       next(strict)
+
+
+def test_every_kept_record_is_read_once_across_hosts(tmp_path):
+  """2 hosts, a JSONL source sampled at 0.5 and a Parquet source: the hosts' records are
+  disjoint and together they are the epoch's records, each exactly once."""
+  from neo_jax.data import pipeline  # pylint: disable=import-outside-toplevel
+  _jsonl(tmp_path / "a.jsonl", "alpha", 11)
+  _parquet(tmp_path / "c.parquet", [{"conversations": _conv("charlie", i, image=False)}
+                                    for i in range(7)], row_group_size=3)
+  (tmp_path / "mix.yaml").write_text(f"""sources:
+  a: {{annotation_path: {tmp_path / 'a.jsonl'}, sampling_rate: 0.5}}
+  c: {{annotation_path: {tmp_path / 'c.parquet'}, kind: parquet}}
+""")
+  c = smoke.get_config()
+  c.data.kind, c.data.mixture = "pipeline", str(tmp_path / "mix.yaml")
+  data = input_pipeline.data_config(c)
+  for i, name in enumerate(sorted(data.sources)):
+    per_host = [[rec["_id"] for rec in pipeline.host_records(
+        data, name, seed=0, source_index=i, process_index=p, process_count=2)]
+        for p in range(2)]
+    every = [rec["_id"] for rec in pipeline.host_records(data, name, seed=0, source_index=i)]
+    assert not set(per_host[0]) & set(per_host[1])
+    assert sorted(per_host[0] + per_host[1]) == sorted(every)
+    assert len(every) == {"a": 5, "c": 7}[name] == len(set(every))
+
+
+def test_jsonl_source_indexes_lines_without_keeping_them(tmp_path):
+  from neo_jax.data import sources  # pylint: disable=import-outside-toplevel
+  path = tmp_path / "x.jsonl"
+  path.write_bytes(b'{"a": 1}\n\n{"a": 2}\r\n{bad\n[1, 2]\n{"a": 3}')
+  src = sources.JsonLinesSource(str(path))
+  assert src._items is None   # pylint: disable=protected-access
+  got = [src[i] for i in range(len(src))]
+  assert got[0] == {"a": 1} and got[1] == {"a": 2} and got[3] == [1, 2] and got[4] == {"a": 3}
+  assert got[2]["_error"][0] == "bad_json"
+  for chunk in (1, 3, 1 << 20):   # line ranges do not depend on the read size
+    s, e = sources._line_ranges(str(path), chunk)   # pylint: disable=protected-access
+    assert s.tolist() == [0, 10, 20, 25, 32] and e.tolist() == [8, 19, 24, 31, 40]

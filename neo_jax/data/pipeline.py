@@ -101,12 +101,8 @@ def make_train_dataset(data_cfg: ml_collections.ConfigDict, *, seq_len: int, bat
     s = data_cfg.sources[name]
     if s.weight <= 0:
       continue
-    ds = sources.make_source(name, s, data_cfg.cache_dir)
-    rate = float(s.get("sampling_rate", 1.0))
-    if rate < 1.0:   # the release's ``random.sample(annotations, int(n * rate))``, seeded
-      keep = np.sort(np.random.default_rng([seed, i]).permutation(len(ds))[:int(len(ds) * rate)])
-      ds = grain.MapDataset.range(len(keep)).map(_Take(ds, keep))
-    ds = ds[process_index::process_count]
+    ds = host_records(data_cfg, name, seed=seed, source_index=i,
+                      process_index=process_index, process_count=process_count)
     if data_cfg.shuffle:
       ds = ds.shuffle(seed=seed * 1000 + i)
     ds = ds.repeat().map(processor_lib.SampleProcessor(source_options(data_cfg, s)))
@@ -139,6 +135,25 @@ class _Take:
 
   def __call__(self, j):
     return self.parent[int(self.keep[j])]
+
+
+def host_records(data_cfg: ml_collections.ConfigDict, name: str, *, seed: int,
+                 source_index: int, process_index: int = 0,
+                 process_count: int = 1) -> grain.MapDataset:
+  """One source's records for this host, before shuffling and repeating.
+
+  ``sampling_rate < 1`` keeps a seeded ``int(n * rate)`` subset (the release's
+  ``random.sample``); then host ``p`` of ``n`` takes records ``p, p + n, ...`` of it, so
+  over the hosts every kept record of an epoch is read exactly once.
+  """
+  s = data_cfg.sources[name]
+  ds = sources.make_source(name, s, data_cfg.cache_dir)
+  rate = float(s.get("sampling_rate", 1.0))
+  if rate < 1.0:
+    keep = np.sort(np.random.default_rng([seed, source_index]).permutation(len(ds))
+                   [:int(len(ds) * rate)])
+    ds = grain.MapDataset.range(len(keep)).map(_Take(ds, keep))
+  return ds[process_index::process_count]
 
 
 def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, seq_len: int, batch_size: int,

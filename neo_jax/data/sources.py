@@ -22,8 +22,11 @@ from neo_jax.data import embedded
 class JsonLinesSource:
   """A JSON array or JSONL annotation file as a random-access source.
 
-  Keeps each record's JSON text (one ``bytes`` per record) and parses on
-  access, so the source pickles cheaply into worker processes.
+  JSONL: one streaming pass records the byte range of every non-empty line
+  (``_line_ranges``: 16 bytes a record, never the file's text); a record is read
+  (seek + read, a range request for an object) and parsed on access. A JSON array
+  must be parsed whole: its records are kept as JSON text. Either way the source
+  pickles cheaply into worker processes (the file is reopened there).
 
   Raises:
     FileNotFoundError: no such file; ValueError: a JSON file that is not a list.
@@ -32,23 +35,63 @@ class JsonLinesSource:
   def __init__(self, path: str):
     if not paths.exists(path):
       raise FileNotFoundError(f"Annotation file {path} does not exist.")
-    data = paths.read_bytes(path)   # a local file or an object (gs://...)
+    self.path = path
+    self._file = None
     if path.endswith(".jsonl"):
-      self._items = [line for line in data.splitlines() if line.strip()]
+      self._starts, self._ends = _line_ranges(path)
+      self._items = None
     else:
-      recs = json.loads(data)
+      recs = json.loads(paths.read_bytes(path))   # a local file or an object (gs://...)
       if not isinstance(recs, list):
         raise ValueError(f"{path}: a JSON annotation file must hold a list of records.")
       self._items = [json.dumps(r).encode() for r in recs]
 
+  def __getstate__(self):
+    return {k: v for k, v in self.__dict__.items() if k != "_file"}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state, _file=None)
+
   def __len__(self) -> int:
-    return len(self._items)
+    return len(self._items) if self._items is not None else len(self._starts)
+
+  def _line(self, i: int) -> bytes:
+    if self._items is not None:
+      return self._items[i]
+    if self._file is None:
+      self._file = paths.resolve(self.path).open("rb")
+    self._file.seek(int(self._starts[i]))
+    return self._file.read(int(self._ends[i] - self._starts[i]))
 
   def __getitem__(self, i: int) -> dict:
     try:
-      return json.loads(self._items[i])
+      return json.loads(self._line(i))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:   # a counted skip, not a crash
-      return {"_error": ("bad_json", f"record {i}: {e}")}
+      return {"_error": ("bad_json", f"{self.path} line record {i}: {e}")}
+
+
+def _line_ranges(path: str, chunk: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
+  """``(starts, ends)`` int64 byte ranges of the non-empty lines of a file, in one
+  streaming pass of ``chunk`` bytes at a time (``\r\n`` endings allowed)."""
+  starts, ends = [], []
+  line_start, offset = 0, 0
+  with paths.resolve(path).open("rb") as f:
+    while True:
+      buf = f.read(chunk)
+      if not buf:
+        break
+      nl = np.flatnonzero(np.frombuffer(buf, np.uint8) == 10) + offset
+      begin = np.concatenate([[line_start], nl[:-1] + 1]) if len(nl) else np.zeros(0, np.int64)
+      starts.append(begin)
+      ends.append(nl)
+      if len(nl):
+        line_start = int(nl[-1]) + 1
+      offset += len(buf)
+  starts.append(np.asarray([line_start]))
+  ends.append(np.asarray([offset]))
+  s, e = np.concatenate(starts).astype(np.int64), np.concatenate(ends).astype(np.int64)
+  keep = e - s > 0            # empty lines are not records ("\r" endings parse as JSON)
+  return s[keep], e[keep]
 
 
 def _json_bytes(x: bytes) -> dict:
