@@ -134,6 +134,19 @@ def recipe_config(preset: str, arg: str | None, *, ov: bool) -> ml_collections.C
   # Released sizes train on the user's data: a mixture file is required (data=...).
   c.data.mixture = a.data
   c.data.require_mixture = True
+  # Stage data defaults (NEO_SPEC §3.2, §4): pre-training 256^2..2048^2 pixels; mid-training
+  # and SFT up to 4096^2; NEO-ov videos up to 128 frames and text : image : multi-image :
+  # video = 2 : 4 : 1 : 1 for mixture sources that give a modality and no weight.
+  c.data.options.min_pixels = 65536
+  c.data.options.max_pixels = 4194304 if a.stage == "stage1" else 16777216
+  c.data.options.video_max_pixels = c.data.options.max_pixels
+  if ov:
+    c.data.options.max_frames = 128
+    c.data.modality_weights = ml_collections.ConfigDict(
+        {"text": 2.0, "image": 4.0, "multi_image": 1.0, "video": 1.0})
+  # The patch embedder's 2D RoPE base, stated per recipe: the release's config class
+  # default (10000); its training-argument default is 1000 (NEO_SPEC §1.1).
+  c.model.rope_theta_vision = 10_000.0
   c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1, "context": 1})
   c.checkpoint.every_steps = 1000
   c.log_every = 10

@@ -33,8 +33,10 @@ def _jsonl(path, word, n):
 
 
 def _mix(tmp_path):
+  """A JSONL source (text) and a Parquet source (images as bytes), own weights / options."""
   _jsonl(tmp_path / "a.jsonl", "alpha", 10)
-  _jsonl(tmp_path / "b.jsonl", "bravo", 10)
+  _parquet(tmp_path / "b.parquet", [{"conversations": _conv("bravo", i), "image": _png_bytes(i)}
+                                    for i in range(10)])
   mix = tmp_path / "mix.yaml"
   mix.write_text(f"""sources:
   first:
@@ -42,10 +44,11 @@ def _mix(tmp_path):
     data_path: {tmp_path}
     weight: 1
   second:
-    annotation_path: {tmp_path / 'b.jsonl'}
+    kind: parquet
+    annotation_path: {tmp_path / 'b.parquet'}
     sampling_rate: 0.5
     weight: 2
-    options: {{max_pixels: 16384}}
+    options: {{max_pixels: 4096, min_pixels: 1024}}
 """)
   return mix
 
@@ -97,8 +100,9 @@ def test_malformed_mixtures_say_what_to_fix(tmp_path):
   with pytest.raises(FileNotFoundError):
     mixture.read_mixture(str(tmp_path / "missing.yaml"))
   got = mixture.read_mixture(str(_mix(tmp_path)))
-  assert got["second"]["path"].endswith("b.jsonl") and got["first"]["data_root"] == str(tmp_path)
+  assert got["second"]["path"].endswith("b.parquet") and got["first"]["data_root"] == str(tmp_path)
   assert got["second"]["sampling_rate"] == 0.5 and got["first"]["kind"] == "json"
+  assert got["second"]["kind"] == "parquet" and got["second"]["weight"] == 2
 
 
 def _png_bytes(seed, h=64, w=64):
@@ -204,3 +208,24 @@ def test_jsonl_source_indexes_lines_without_keeping_them(tmp_path):
   for chunk in (1, 3, 1 << 20):   # line ranges do not depend on the read size
     s, e = sources._line_ranges(str(path), chunk)   # pylint: disable=protected-access
     assert s.tolist() == [0, 10, 20, 25, 32] and e.tolist() == [8, 19, 24, 31, 40]
+
+
+def test_recipes_state_stage_defaults_and_modality_weights(tmp_path):
+  """NEO-ov stage 2: pixels 256^2..4096^2, 128 frames, and sources that name a modality
+  but no weight get 2 : 4 : 1 : 1 split over the sources of each modality."""
+  from configs import neo_ov_2b, neo_2b  # pylint: disable=import-outside-toplevel
+  for i, m in enumerate(("text", "image", "image", "video")):
+    _jsonl(tmp_path / f"{i}.jsonl", m, 3)
+  (tmp_path / "mix.yaml").write_text("sources:\n" + "".join(
+      f"  s{i}: {{annotation_path: {tmp_path / f'{i}.jsonl'}, modality: {m}}}\n"
+      for i, m in enumerate(("text", "image", "image", "video"))) +
+      f"  extra: {{annotation_path: {tmp_path / '0.jsonl'}, modality: video, weight: 3}}\n")
+  c = neo_ov_2b.get_config(f"stage2,data={tmp_path / 'mix.yaml'}")
+  assert (c.data.options.min_pixels, c.data.options.max_pixels) == (65536, 16777216)
+  assert c.data.options.max_frames == 128 and c.model.rope_theta_vision == 10000.0
+  weights = {k: v.weight for k, v in input_pipeline.data_config(c).sources.items()}
+  assert weights == {"s0": 2.0, "s1": 2.0, "s2": 2.0, "s3": 1.0, "extra": 3.0}
+  c1 = neo_2b.get_config(f"stage1,data={tmp_path / 'mix.yaml'}")
+  assert c1.data.options.max_pixels == 4194304
+  assert {k: v.weight for k, v in input_pipeline.data_config(c1).sources.items()} == {
+      "s0": 1.0, "s1": 1.0, "s2": 1.0, "s3": 1.0, "extra": 3.0}

@@ -8,13 +8,19 @@ replaces ``data.sources`` with the file's. YAML or JSON, a local path or a URL::
         annotation_path: gs://bkt/si.jsonl   # the release's registry fields ...
         data_path: gs://bkt/images           # ... (root of relative media paths)
         sampling_rate: 0.5              # keep this fraction of the records (release: %50)
-        weight: 4                       # mixture weight (default 1)
+        weight: 4                       # mixture weight (default: from modality, else 1)
+        modality: image                 # text | image | multi_image | video (optional)
         kind: json                      # json (default) | parquet | array_record | tfds | embedded
         options: {max_pixels: 1048576}  # ProcessOptions overrides for this source
 
 ``path`` / ``data_root`` are accepted for ``annotation_path`` / ``data_path``. The
 release draws a random ``int(n * sampling_rate)`` records of a file once; here the
-subset is drawn with the training seed (``pipeline.make_train_dataset``).
+subset is drawn with the training seed (``pipeline.host_records``).
+
+A source without a ``weight`` but with a ``modality`` gets
+``data.modality_weights[modality] / (sources of that modality without a weight)``: the
+NEO-ov recipes set text : image : multi-image : video = 2 : 4 : 1 : 1 (NEO_SPEC §4), split
+evenly over those sources.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from neo_jax.core import paths
 
 KINDS = ("json", "parquet", "array_record", "tfds", "embedded")
 _FIELDS = {"annotation_path": "path", "data_path": "data_root"}
-_KNOWN = {"path", "data_root", "sampling_rate", "weight", "kind", "options", "task",
+MODALITIES = ("text", "image", "multi_image", "video")
+_KNOWN = {"path", "data_root", "sampling_rate", "weight", "modality", "kind", "options", "task",
           "tfds_name", "tfds_split", "tfds_data_dir", "image_key", "question_key",
           "answer_key", "prompt"}
 
@@ -68,8 +75,11 @@ def read_mixture(path: str) -> dict[str, dict[str, Any]]:
     rate = float(cfg.setdefault("sampling_rate", 1.0))
     if not 0 < rate <= 1:
       raise ValueError(f"{path}: source {name!r} sampling_rate={rate} must be in (0, 1].")
-    if float(cfg.setdefault("weight", 1.0)) < 0:
+    if cfg.get("weight") is not None and float(cfg["weight"]) < 0:
       raise ValueError(f"{path}: source {name!r} has a negative weight.")
+    if cfg.get("modality") is not None and cfg["modality"] not in MODALITIES:
+      raise ValueError(f"{path}: source {name!r} modality {cfg['modality']!r} is not one of "
+                       f"{MODALITIES}.")
     cfg.setdefault("data_root", "")
     cfg.setdefault("options", {})
     out[str(name)] = cfg
@@ -95,6 +105,18 @@ def apply_mixture(data_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigD
           "sampling_rate, weight; README.md 'Your own data' shows one). To train these "
           "sizes on the embedded demo data on purpose: --config.data.require_mixture=false.")
     return out
+  srcs = read_mixture(path)
+  ratios = dict(out.get("modality_weights", None) or {})
+  counts = {}
+  for cfg in srcs.values():   # the modality weight is shared by its sources without a weight
+    if cfg.get("weight") is None:
+      counts[cfg.get("modality")] = counts.get(cfg.get("modality"), 0) + 1
+  for cfg in srcs.values():
+    if cfg.get("weight") is None:
+      m = cfg.get("modality")
+      cfg["weight"] = float(ratios[m]) / counts[m] if m in ratios else 1.0
+    cfg["weight"] = float(cfg["weight"])
+    cfg.pop("modality", None)
   with out.unlocked():
-    out.sources = ml_collections.ConfigDict(read_mixture(path))
+    out.sources = ml_collections.ConfigDict(srcs)
   return out

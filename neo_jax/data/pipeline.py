@@ -59,6 +59,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.mixture = ""            # a mixture file replacing ``sources`` (data/mixture.py)
   c.require_mixture = False  # released-size recipes: refuse to start without one
+  c.modality_weights = ml_collections.ConfigDict()  # default weights by source modality
   c.tokenizer = "embedded"
   c.cache_dir = ""
   c.strict = False
