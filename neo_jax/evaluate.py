@@ -103,16 +103,18 @@ def evaluate(items, *, ckpt: str, metric: str, batch_size: int, max_new_tokens: 
   tok = get_tokenizer(tok_kind)
   gen = decode.Generator(cfg)
   skipped = collections.Counter()
-  prompts = []
+  prompts, processors = [], {}
   for i, (name, rec, opts) in enumerate(items):
     rid = rec.get("id", rec.get("_id", f"{name}/{i}")) if isinstance(rec, dict) else f"{name}/{i}"
     try:
       if not isinstance(rec, dict) or "_bad" in rec:
         raise BadSample("bad_record", rec.get("_bad", "not an object") if isinstance(rec, dict)
                         else f"record of type {type(rec).__name__}")
-      proc = processor_lib.SampleProcessor(processor_lib.ProcessOptions(**opts,
-                                                                        tokenizer=tok_kind))
-      ex = proc.process(rec, prompt_only=True)
+      key = tuple(sorted(opts.items()))
+      if key not in processors:
+        processors[key] = processor_lib.SampleProcessor(
+            processor_lib.ProcessOptions(**opts, tokenizer=tok_kind))
+      ex = processors[key].process(rec, prompt_only=True)
     except BadSample as e:
       if strict:
         raise processor_lib.BadRecordError(f"record {rid}: {e}") from e

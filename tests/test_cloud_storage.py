@@ -22,6 +22,7 @@ import pytest
 from configs import smoke
 from neo_jax.core import paths
 from neo_jax.train import trainer
+from testlib.train import logged_losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 14
@@ -45,15 +46,6 @@ def _train_cmd(workdir):
           "--config.tensorboard=true"]
 
 
-def _losses(workdir):
-  out = {}
-  for line in paths.read_text(paths.join(workdir, "metrics.jsonl")).splitlines():
-    r = json.loads(line)
-    if r["kind"] == "train":
-      out[r["step"]] = r["loss"]
-  return out
-
-
 def test_training_lives_in_the_bucket_and_resumes_from_it(gcs_emulator, tmp_path):
   bucket = gcs_emulator.create_bucket("pod-run")
   cwd = tmp_path / "cwd"
@@ -64,7 +56,7 @@ def test_training_lives_in_the_bucket_and_resumes_from_it(gcs_emulator, tmp_path
   for want in ("full/config.json", "full/metrics.jsonl", f"full/checkpoints/{STEPS}/"):
     assert any(n.startswith(want) for n in names), (want, names[:20])
   assert any(n.startswith("full/tb/events.out.tfevents") for n in names), names[:20]
-  assert sorted(_losses(full)) == list(range(1, STEPS + 1))
+  assert sorted(logged_losses(full)) == list(range(1, STEPS + 1))
 
   proc = subprocess.Popen(_train_cmd(killed), env=_env(), cwd=cwd, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
@@ -81,7 +73,7 @@ def test_training_lives_in_the_bucket_and_resumes_from_it(gcs_emulator, tmp_path
                      text=True)
   resumed = int(r.stdout.split("Resumed from checkpoint step")[1].split()[0])
   assert 8 <= resumed < STEPS
-  ref, got = _losses(full), _losses(killed)
+  ref, got = logged_losses(full), logged_losses(killed)
   for step in range(resumed + 1, STEPS + 1):
     assert got[step] == ref[step], (step, got[step], ref[step])
   assert not any(cwd.iterdir()), f"files written under the current directory: {list(cwd.iterdir())}"

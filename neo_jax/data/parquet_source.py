@@ -34,7 +34,7 @@ class ParquetSource:
     pf = self._open()
     self._starts = np.cumsum([0] + [pf.metadata.row_group(i).num_rows
                                     for i in range(pf.num_row_groups)]).tolist()
-    self._file = None
+    self._file = pf     # reused for the reads in this process; reopened after pickling
     self._cache = (None, None)
 
   def _open(self):

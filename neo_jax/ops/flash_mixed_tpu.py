@@ -1,7 +1,6 @@
 """Block-sparse flash attention for NEO's mixed mask: Pallas TPU (Mosaic) kernels.
 
-The mask (NEO_SPEC §1.4) in the interval form of ``ops/block_ranges.py``: query
-``i`` sees key ``j`` iff ``start_i <= j <= limit_i``.
+The mask (NEO_SPEC §1.4), interval form (``ops/block_ranges.py``): ``start_i <= j <= limit_i``.
 
 Design (after jax.experimental.pallas.ops.tpu.flash_attention and splash_attention):
 * Three kernels: forward (online softmax, FlashAttention-2, Dao 2023, Alg. 1), dQ and
@@ -67,6 +66,13 @@ def _is_full(q_max_start, q_min_limit, j, bk):
   return (q_max_start <= j * bk) & (q_min_limit >= j * bk + bk - 1)
 
 
+def _kv_step(kv_lo_ref, kv_hi_ref, nq):
+  """Grid (b, h, q block, step) -> (step, flat q block, kv block visited, range end)."""
+  b, i, t = pl.program_id(0), pl.program_id(2), pl.program_id(3)
+  blk = b * nq + i
+  return t, blk, kv_lo_ref[blk] + t, kv_hi_ref[blk]
+
+
 def _cost(b, h, sq, sk, bq, bk, *, matmul_width, streamed_bytes, fixed_bytes):
   """Static ``pl.CostEstimate`` for XLA's scheduler.
 
@@ -92,10 +98,7 @@ def _fwd_kernel(kv_lo_ref, kv_hi_ref, qms_ref, qml_ref,            # scalar pref
                 o_ref, lse_ref,                                       # outputs
                 m_sc, l_sc, acc_sc,                                   # scratch
                 *, scale, bq, bk, nq):
-  b, i, t = pl.program_id(0), pl.program_id(2), pl.program_id(3)
-  blk = b * nq + i
-  lo, hi = kv_lo_ref[blk], kv_hi_ref[blk]
-  j = lo + t
+  t, blk, j, hi = _kv_step(kv_lo_ref, kv_hi_ref, nq)
 
   @pl.when(t == 0)
   def _init():
@@ -216,10 +219,7 @@ def _probs_t(q, k_ref, v_ref, do, lse_ref, di_ref, start_ref, limit_ref, j, mask
 def _dq_kernel(kv_lo_ref, kv_hi_ref, qms_ref, qml_ref,
                q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, start_ref, limit_ref,
                dq_ref, dq_sc, *, scale, bq, bk, nq):
-  b, i, t = pl.program_id(0), pl.program_id(2), pl.program_id(3)
-  blk = b * nq + i
-  lo, hi = kv_lo_ref[blk], kv_hi_ref[blk]
-  j = lo + t
+  t, blk, j, hi = _kv_step(kv_lo_ref, kv_hi_ref, nq)
 
   @pl.when(t == 0)
   def _init():

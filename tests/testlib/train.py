@@ -14,11 +14,12 @@ def train_cmd(workdir: str, steps: int, every: int) -> list[str]:
 
 
 def logged_losses(workdir: str) -> dict[int, float]:
-  """``{step: loss}`` of the train records in ``workdir/metrics.jsonl``."""
+  """``{step: loss}`` of the train records in ``workdir/metrics.jsonl`` (a local folder
+  or a ``gs://`` work directory)."""
+  from neo_jax.core import paths  # pylint: disable=import-outside-toplevel
   out = {}
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    for line in f:
-      r = json.loads(line)
-      if r["kind"] == "train":
-        out[r["step"]] = r["loss"]
+  for line in paths.read_text(paths.join(workdir, "metrics.jsonl")).splitlines():
+    r = json.loads(line)
+    if r["kind"] == "train":
+      out[r["step"]] = r["loss"]
   return out
