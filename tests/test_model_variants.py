@@ -106,11 +106,13 @@ def test_variants_refuse_export(tmp_path):
     cv.export_release(cv.TreeSource(params), cfg, str(tmp_path / "out"), progress=False)
 
 
-def test_cached_decoding_of_the_1d_variant_equals_uncached():
-  """1D RoPE: the next token's t is the running index, as the uncached row gives it."""
+@pytest.mark.parametrize("mode", ["1d", "mrope"])
+def test_cached_decoding_of_the_position_variants_equals_uncached(mode):
+  """1D RoPE: the next t is the running index; mRoPE: one past the largest of the
+  three indices (Qwen2-VL); both as the uncached row gives them."""
   from neo_jax.infer import decode, generate  # pylint: disable=import-outside-toplevel
   from neo_jax.model.neo import NEO  # pylint: disable=import-outside-toplevel
-  cfg = mf.tiny_config(rope_mode="1d")
+  cfg = mf.tiny_config(rope_mode=mode)
   params = mf.init_params(cfg, seed=5)
   rng = np.random.default_rng(5)
   img = rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
@@ -122,5 +124,3 @@ def test_cached_decoding_of_the_1d_variant_equals_uncached():
   want = generate.greedy_generate(NEO(cfg), params, [prompt], max_new_tokens=6,
                                   banned_ids=(START, CTX, END))
   assert decode.Generator(cfg, bucket=16).generate(params, [prompt], max_new_tokens=6) == want
-  with pytest.raises(ValueError, match="mrope"):
-    decode.Generator(mf.tiny_config(rope_mode="mrope"))

@@ -50,8 +50,6 @@ class Generator:
     model_cfg: the model config (``remat_policy`` is ignored: nothing is
       differentiated).
 
-  Raises:
-    ValueError: ``model.rope_mode == "mrope"`` (decode positions not defined here).
     mesh, rules: optional device mesh and logical-axis rules (the training
       ``Setup``'s); the programs are traced under them.
     bucket: prompt lengths are rounded up to a multiple of this (fewer compiles).
@@ -61,10 +59,6 @@ class Generator:
                bucket: int = 64):
     cfg = model_cfg.copy_and_resolve_references()
     cfg.remat_policy = "none"
-    if cfg.get("rope_mode", "native") == "mrope":
-      raise ValueError("Cached decoding supports rope_mode 'native' and '1d' (a decode step "
-                       "gives t = previous max + 1 and h = w = 0); 'mrope' needs all three "
-                       "indices advanced.")
     self.cfg = cfg
     self.prefill_model = NEO(cfg, cache_mode="prefill")
     self.decode_model = NEO(cfg, cache_mode="decode")
@@ -114,10 +108,13 @@ class Generator:
         batch["token_hw"], batch["pixel_values"], return_hidden=True, mutable=["cache"])
     last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0]
     logits = self.prefill_model.apply({"params": params}, last, method=NEO.logits)
-    t = pos_lib.rope_positions(
+    pos = pos_lib.rope_positions(
         cfg.get("rope_mode", "native"), batch["input_ids"], batch["segment_ids"],
         batch["token_hw"], img_start_id=cfg.img_start_token_id,
-        img_context_id=cfg.img_context_token_id)[..., 0]
+        img_context_id=cfg.img_context_token_id)
+    # Native / 1d: the next t follows the largest t (h, w are in-image coordinates).
+    # mRoPE: Qwen2-VL's rule, one past the largest of all three indices.
+    t = jnp.max(pos, axis=-1) if cfg.get("rope_mode", "native") == "mrope" else pos[..., 0]
     next_t = jnp.max(jnp.where(batch["segment_ids"] > 0, t, -1), axis=1) + 1
     return mut["cache"], logits, next_t.astype(jnp.int32)
 

@@ -112,7 +112,8 @@ class NEO(nn.Module):
     Args:
       tokens: ``[B] int32`` the tokens just chosen.
       t: ``[B] int32`` their temporal index (the release's inference rule,
-        NEO_SPEC §1.4: previous max t + 1; h = w = 0).
+        NEO_SPEC §1.4: previous max t + 1; h = w = 0). Under ``rope_mode="mrope"``
+        it is Qwen2-VL's text position: all three indices equal ``t``.
       cache_index: ``[B] int32`` cache position to write them at (the row's length
         so far).
 
@@ -124,7 +125,10 @@ class NEO(nn.Module):
     ids = tokens[:, None]
     pixels = jnp.zeros((b, 1, 4, 3 * cfg.patch_size ** 2), jnp.uint8)
     x = self.embed(ids, jnp.zeros((b, 1, 2), jnp.int32), pixels)
-    positions = jnp.concatenate([t[:, None, None], jnp.zeros((b, 1, 2), jnp.int32)], axis=-1)
+    if cfg.get("rope_mode", "native") == "mrope":
+      positions = jnp.broadcast_to(t[:, None, None], (b, 1, 3))
+    else:
+      positions = jnp.concatenate([t[:, None, None], jnp.zeros((b, 1, 2), jnp.int32)], axis=-1)
     ones = jnp.ones((b, 1), jnp.int32)
     zeros = jnp.zeros((b, 1), jnp.int32)
     if cfg.num_prebuffer_layers:
