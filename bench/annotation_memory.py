@@ -23,6 +23,9 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import benchlib  # pylint: disable=wrong-import-position
+
 
 def _write(d: str, n: int) -> tuple[str, str]:
   import pyarrow as pa  # pylint: disable=import-outside-toplevel
@@ -42,21 +45,12 @@ def _write(d: str, n: int) -> tuple[str, str]:
   return jsonl, parquet
 
 
-def _hwm_mib() -> float:
-  """VmHWM (peak resident set) of this process [MiB]."""
-  with open("/proc/self/status") as f:
-    return next(int(l.split()[1]) for l in f if l.startswith("VmHWM")) / 1024
-
-
 def _measure(mode: str, path: str) -> dict:
   from neo_jax.data import sources  # pylint: disable=import-outside-toplevel
   from neo_jax.data.parquet_source import ParquetSource  # pylint: disable=import-outside-toplevel
   import pyarrow.parquet  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-  # Reset the peak after the imports (Linux: "5" > clear_refs resets VmHWM), so the
-  # figure is what opening and reading the file adds.
-  with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
-  before = _hwm_mib()
+  # Reset the peak after the imports, so the figure is what opening and reading adds.
+  before = benchlib.reset_peak()
   t0 = time.perf_counter()
   if mode == "baseline":
     n = 0
@@ -70,7 +64,7 @@ def _measure(mode: str, path: str) -> dict:
     n = len(src)
     _ = [src[i] for i in range(0, n, max(n // 1000, 1))]
   return {"mode": mode, "records": n, "seconds": time.perf_counter() - t0,
-          "peak_rss_mib": _hwm_mib(), "added_peak_mib": _hwm_mib() - before}
+          "peak_rss_mib": benchlib.hwm_mib(), "added_peak_mib": benchlib.hwm_mib() - before}
 
 
 def main():

@@ -18,70 +18,14 @@ from neo_jax.ops import attention as attention_lib
 from neo_jax.ops import block_ranges as br
 from neo_jax.ops import flash_mixed
 from neo_jax.ops import mask as mask_lib
-from testlib.attention import random_packed_ids
-
-
-# Shape configurations (compiled once each); the data varies with the seed.
-# (batch, seq, q heads, kv heads, head_dim, dtype, block_q, block_kv)
-CONFIGS = [
-    (2, 67, 2, 2, 16, "float32", 32, 32),
-    (1, 130, 4, 2, 16, "float32", 32, 64),
-    (2, 200, 4, 1, 8, "float32", 64, 32),
-    (1, 300, 2, 1, 16, "float32", 64, 64),
-    (2, 150, 4, 2, 16, "bfloat16", 32, 64),
-    (1, 257, 4, 1, 16, "bfloat16", 64, 32),
-]
-N_CASES = 50
-
-
-@functools.lru_cache(maxsize=None)
-def _compare_fn(batch, seq, hq, hkv, d, dtype, bq, bk):
-  """Jitted: (kernel, reference) outputs and q/k/v gradients of ``sum(o * ct)``."""
-  del batch, seq, hq, hkv, dtype
-  scale = d ** -0.5
-
-  def both(q, k, v, seg, unit, ct):
-    def loss(fn, q, k, v):
-      o = fn(q, k, v)
-      return jnp.sum(o.astype(jnp.float32) * ct), o
-    kern = lambda q, k, v: flash_mixed.flash_mixed_attention(
-        q, k, v, seg, unit, scale=scale, block_q=bq, block_kv=bk)
-    ref = lambda q, k, v: attention_lib.reference_attention(
-        q, k, v, seg, unit, scale=scale)
-    grad = lambda fn: jax.grad(functools.partial(loss, fn), argnums=(0, 1, 2),
-                               has_aux=True)(q, k, v)
-    (gk, ok), (gr, orf) = grad(kern), grad(ref)
-    return (ok, *gk), (orf, *gr)
-
-  return jax.jit(both)
-
-
-def _case(i):
-  cfg = CONFIGS[i % len(CONFIGS)]
-  batch, seq, hq, hkv, d, dtype, bq, bk = cfg
-  rng = np.random.default_rng(1000 + i)
-  seg, unit = random_packed_ids(rng, batch, seq)
-  dt = jnp.dtype(dtype)
-  q = jnp.asarray(rng.normal(size=(batch, seq, hq, 2 * d)), dt)
-  k = jnp.asarray(rng.normal(size=(batch, seq, hkv, 2 * d)), dt)
-  v = jnp.asarray(rng.normal(size=(batch, seq, hkv, d)), dt)
-  ct = jnp.asarray(rng.normal(size=(batch, seq, hq, d)), jnp.float32)
-  return cfg, (q, k, v, jnp.asarray(seg), jnp.asarray(unit), ct)
+from testlib.attention import (N_CASES, assert_close_to_reference, compare_fn, packed_case,
+                               random_packed_ids)
 
 
 @pytest.mark.parametrize("i", range(N_CASES))
 def test_kernel_matches_reference(i):
-  cfg, args = _case(i)
-  got, want = _compare_fn(*cfg)(*args)
-  for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
-    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    assert np.all(np.isfinite(a)), name
-    err = np.max(np.abs(a - b))
-    if cfg[5] == "float32":
-      assert err <= 2e-5, (name, err)
-    else:
-      rel = err / np.max(np.abs(b))
-      assert rel <= 1e-2, (name, rel)
+  cfg, args = packed_case(i)
+  assert_close_to_reference(cfg, *compare_fn("kernel", *cfg)(*args))
 
 
 def test_interval_form_is_the_mixed_mask():
@@ -145,7 +89,7 @@ def test_attention_dispatch_and_residual_names():
 
 
 def test_separate_backward_blocks():
-  _, (q, k, v, seg, unit, ct) = _case(3)
+  _, (q, k, v, seg, unit, ct) = packed_case(3)
   def grads(**kw):
     fn = lambda q, k, v: jnp.sum(flash_mixed.flash_mixed_attention(
         q, k, v, seg, unit, scale=0.25, **kw) * ct)
@@ -266,11 +210,11 @@ def test_mosaic_block_sizes_are_checked_naming_the_field(blocks, field):
       *a, scale=0.2, block_q=blocks[0], block_kv=blocks[1], interpret=True), x, x, x, ids, ids)
 
 
-def test_auto_on_gpu_runs_xla_and_says_so(caplog):
+def test_auto_on_gpu_runs_blockwise_and_says_so(caplog):
   from neo_jax.ops import backend  # pylint: disable=g-import-not-at-top
   backend._warn_gpu_auto.cache_clear()
   with caplog.at_level("WARNING"):
-    assert backend.resolve_attention_impl("auto", "gpu") == "xla"
+    assert backend.resolve_attention_impl("auto", "gpu") == "xla_blockwise"
   assert "Triton kernel has not been run on a GPU" in caplog.text
   assert backend.resolve_attention_impl("auto", "tpu") == "pallas"
   assert backend.resolve_attention_impl("pallas", "gpu") == "pallas"

@@ -70,9 +70,97 @@ def video_prompt(duration: float, timestamps: Sequence[float]) -> str:
   return head + "".join(f"[{_mmss_frac(t)}]:<image>\n" for t in timestamps)
 
 
+# Until two keyframes have been decoded (their spacing is the group of pictures), a
+# target further ahead than this is reached by seeking, a nearer one by decoding forward.
+SEEK_GAP_S = 1.0
+
+
+def _stream_timing(container, stream) -> tuple[float, float, float | None, int]:
+  """``(fps, start [s], duration [s] or None, frame count or 0)`` from the headers."""
+  rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+  fps = float(rate) if rate else 0.0
+  tb = float(stream.time_base) if stream.time_base else 0.0
+  start = stream.start_time * tb if stream.start_time is not None and tb else 0.0
+  if stream.duration and tb:
+    duration = stream.duration * tb
+  elif container.duration:
+    duration = container.duration / 1_000_000  # AV_TIME_BASE units
+  else:
+    duration = None
+  return fps, start, duration, int(stream.frames or 0)
+
+
+def _packet_times(container, stream) -> tuple[int, list[float]]:
+  """``(packets, presentation times [s] of those that have one)`` of the video stream,
+  read without decoding (for files whose headers give no duration, e.g. raw H.264,
+  whose packets carry no times at all). Consumes the container."""
+  tb = float(stream.time_base)
+  count, times = 0, []
+  for p in container.demux(stream):
+    if p.size:  # the demuxer's final empty packet is not a frame
+      count += 1
+      if p.pts is not None:
+        times.append(p.pts * tb)
+  return count, sorted(times)
+
+
+def _sampled_frames(container, stream, targets: Sequence[float], start: float,
+                    half_frame: float, seekable: bool = True) -> list[tuple[float, Any]]:
+  """Decodes the frame at or just after each target time [s from the stream start].
+
+  Seeks (to the keyframe at or before the target) when the target lies past the
+  current group of pictures (the last keyframe's time + the smallest keyframe
+  spacing seen so far; ``SEEK_GAP_S`` past the last frame until a spacing is
+  seen), else decodes forward (always, when not ``seekable``): a seek then skips
+  whole groups and never re-decodes the current one. Only the chosen frames are
+  kept. Returns ``[(time [s], av.VideoFrame)]``; fewer than ``targets`` when the
+  stream ends early.
+  """
+  tb = float(stream.time_base)
+  out: list[tuple[float, Any]] = []
+  frames = None
+  last, decoded = -float("inf"), 0
+  key_t, gop = None, None  # latest keyframe time [s], smallest keyframe spacing [s]
+  for target in targets:
+    if out and out[-1][0] >= target - half_frame:
+      continue  # the frame already taken covers this target
+    if frames is None and not seekable:
+      frames = container.decode(stream)
+    elif seekable and (frames is None or (gop is None and target - last > SEEK_GAP_S)
+                       or (gop is not None and key_t is not None
+                           and target >= key_t + gop - half_frame)):
+      container.seek(max(int((target + start) / tb), 0), stream=stream, backward=True,
+                     any_frame=False)
+      frames = container.decode(stream)
+      key_t = None  # the next keyframe is where the seek landed, not a spacing
+    for frame in frames:
+      # Frames without a time (raw streams, decoded from the start) count at the rate.
+      t = frame.pts * tb - start if frame.pts is not None else decoded * 2 * half_frame
+      last, decoded = t, decoded + 1
+      if frame.key_frame:
+        if key_t is not None and t > key_t:
+          gop = t - key_t if gop is None else min(gop, t - key_t)
+        key_t = t
+      if t >= target - half_frame:
+        out.append((t, frame))
+        break
+    else:
+      break  # end of stream
+  return out
+
+
 def decode_video(path: str, target_fps: float, max_frames: int = MAX_FRAMES
                  ) -> tuple[list[Image.Image], list[float], float]:
-  """Decodes the sampled frames of a video file with PyAV.
+  """Decodes only the sampled frames of a video file with PyAV.
+
+  The frame count ``round(duration * fps)`` (or the header's) and
+  ``sample_frame_indices`` give target times ``index / fps``; each is decoded by
+  seeking to the keyframe before it (or decoding forward when it is near), so
+  memory holds one group of pictures and the chosen frames, not the video.
+  Files without a duration or frame rate in their headers (raw streams) are
+  timed from their packets' presentation times first. Timestamps are the
+  decoded frames' own presentation times (exact under a variable frame rate),
+  relative to the stream's start.
 
   Returns:
     ``(frames as RGB PIL images, timestamps [s], duration [s])``.
@@ -84,25 +172,40 @@ def decode_video(path: str, target_fps: float, max_frames: int = MAX_FRAMES
   remote = paths.is_url(path)
   if not (paths.exists(path) if remote else os.path.exists(path)):
     raise BadSample("missing_file", path)
+  # An object is streamed through a seekable file object (gcsfs), not downloaded.
+  open_source = lambda: paths.resolve(path).open("rb") if remote else path
   try:
-    # An object is streamed through a seekable file object (gcsfs), not downloaded.
-    source = paths.resolve(path).open("rb") if remote else path
-    with av.open(source) as container:
+    with av.open(open_source()) as container:
       if not container.streams.video:
         raise BadSample("corrupt_file", f"{path}: no video stream")
+      fps, start, duration, count = _stream_timing(container, container.streams.video[0])
+      seekable = bool(duration and fps)
+      if not seekable:  # a raw stream: time it from its packets, then decode forward once
+        stream = container.streams.video[0]
+        count, times = _packet_times(container, stream)
+        if not count:
+          raise BadSample("corrupt_file", f"{path}: no frames")
+        if len(times) > 1 and times[-1] > times[0]:  # mean packet spacing
+          start, fps = times[0], (len(times) - 1) / (times[-1] - times[0])
+        else:  # no times: the codec's frame rate (raw H.264: from its SPS)
+          rate = stream.guessed_rate or stream.average_rate
+          start, fps = 0.0, float(rate) if rate else 25.0
+        duration = count / fps
+    with av.open(open_source()) as container:
       stream = container.streams.video[0]
-      rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-      native_fps = float(rate) if rate else 25.0
-      frames = [fr.to_image() for fr in container.decode(stream)]
+      count = count or max(1, round(duration * fps))
+      idx = sample_frame_indices(count, fps, target_fps, max_frames)
+      chosen = _sampled_frames(container, stream, [i / fps for i in idx], start, 0.5 / fps,
+                               seekable)
+      frames = [images_lib.to_rgb(fr.to_image()) for _, fr in chosen]
+      timestamps = [max(t, 0.0) for t, _ in chosen]
   except BadSample:
     raise
   except Exception as e:  # av.error.* and friends
     raise BadSample("corrupt_file", f"{path}: {type(e).__name__}: {e}") from e
   if not frames:
     raise BadSample("corrupt_file", f"{path}: no frames")
-  idx = sample_frame_indices(len(frames), native_fps, target_fps, max_frames)
-  return ([images_lib.to_rgb(frames[i]) for i in idx], [i / native_fps for i in idx],
-          len(frames) / native_fps)
+  return frames, timestamps, duration
 
 
 def frame_list_video(frames: Sequence[Any], fps: float, target_fps: float, max_frames: int = MAX_FRAMES,

@@ -46,7 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
     param_dtype: parameter storage dtype.
     remat_policy: "none" | "full" | "minimal" (save projections) |
       "save_qkv_attn" (save q/k/v and attention output) | "dots".
-    attention_impl: "xla" (reference) | "pallas" | "auto" (kernel on TPU/GPU).
+    attention_impl: "auto" (the Pallas kernel on TPU, the plain-JAX block-sparse
+      attention elsewhere) | "xla_blockwise" | "pallas" | "xla" (the dense
+      reference, the tests' oracle: ``[S, S]`` scores per head).
     attention_block_q / attention_block_kv: kernel block sizes [tokens].
     loss_vocab_chunk: [rows] vocabulary chunk of the chunked LM head + CE.
     max_supervised_tokens: static number of supervised positions gathered per
@@ -83,7 +85,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.dtype = "bfloat16"
   c.param_dtype = "float32"
   c.remat_policy = "minimal"
-  c.attention_impl = "xla"
+  c.attention_impl = "auto"
   c.attention_block_q = 512
   c.attention_block_kv = 512
   c.loss_vocab_chunk = 16384
@@ -179,8 +181,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"vision_hidden={c.vision_hidden} must be divisible by 4.")
   if c.remat_policy not in ("none", "full", "minimal", "save_qkv_attn", "dots"):
     raise ValueError(f"remat_policy={c.remat_policy!r} is not one of none/full/minimal/save_qkv_attn/dots.")
-  if c.attention_impl not in ("xla", "pallas", "auto"):
-    raise ValueError(f"attention_impl={c.attention_impl!r} is not one of xla/pallas/auto.")
+  if c.attention_impl not in ("xla", "xla_blockwise", "pallas", "auto"):
+    raise ValueError(f"attention_impl={c.attention_impl!r} is not one of "
+                     "auto/xla_blockwise/pallas/xla.")
   if c.get("attention_mask", "mixed") not in ("mixed", "causal"):
     raise ValueError(f"attention_mask={c.attention_mask!r} is not one of mixed/causal.")
   if c.get("rope_mode", "native") not in ("native", "1d", "mrope"):

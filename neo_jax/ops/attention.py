@@ -1,12 +1,15 @@
 """Attention with NEO's mixed mask: the entry point the model calls, and its sharding.
 
 ``attention`` runs ``reference_attention`` (``impl="xla"``: dense mask, float32
-softmax) or the block-sparse kernel (``impl="pallas"``, ``ops/flash_mixed.py``);
-``"auto"`` is resolved by ``ops/backend.py`` for the target platform. Inside a step
-traced under a mesh the kernel runs under ``shard_map`` (a Pallas call cannot be
-partitioned by XLA's SPMD partitioner): over batch and heads
-(``sharded_flash_mixed_attention``), and with the sequence sharded over a context
-axis in the all-gather form (``context_parallel_flash_mixed_attention``).
+softmax; the tests' oracle), the plain-JAX block-sparse attention
+(``impl="xla_blockwise"``, ``ops/flash_blockwise.py``) or the block-sparse Pallas
+kernel (``impl="pallas"``, ``ops/flash_mixed.py``); ``"auto"`` is resolved by
+``ops/backend.py`` for the target platform. Inside a step traced under a mesh the
+block-sparse paths run under ``shard_map`` (a Pallas call cannot be partitioned by
+XLA's SPMD partitioner, and the blockwise loops index the batch and sequence
+dynamically): over batch and heads (``sharded_flash_mixed_attention``), and with
+the sequence sharded over a context axis in the all-gather form
+(``context_parallel_flash_mixed_attention``).
 
 Shapes: queries and keys are ``2 * head_dim`` wide (the [T | H | W] branches of
 NEO_SPEC §1.2), values ``head_dim`` wide; GQA with ``num_heads`` a multiple of
@@ -24,7 +27,7 @@ import jax
 from jax import lax
 import jax.numpy as jnp
 
-from neo_jax.ops import backend, flash_mixed
+from neo_jax.ops import backend, flash_blockwise, flash_mixed
 from neo_jax.ops import block_ranges as br
 from neo_jax.ops.reference import reference_attention
 
@@ -35,10 +38,10 @@ __all__ = ["attention", "reference_attention", "sharded_flash_mixed_attention",
 def attention(q: jax.Array, k: jax.Array, v: jax.Array,
               segment_ids: jax.Array, unit_ids: jax.Array, *, scale: float,
               impl: str = "xla", block_q: int = 512, block_kv: int = 512) -> jax.Array:
-  """Mixed-mask attention, dispatching to the reference or the Pallas kernel.
+  """Mixed-mask attention, dispatching to the reference, the blockwise path or the kernel.
 
-  Args: as ``reference_attention``; ``impl`` in {"xla", "pallas", "auto"},
-    ``block_q`` / ``block_kv`` the kernel's block sizes in tokens.
+  Args: as ``reference_attention``; ``impl`` in {"xla", "xla_blockwise", "pallas",
+    "auto"}, ``block_q`` / ``block_kv`` the block sizes in tokens (blockwise and kernel).
 
   Returns:
     ``[B, S, Hq, Dv]`` in ``q.dtype``.
@@ -52,9 +55,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array,
   mesh = jax.sharding.get_abstract_mesh()
   if not mesh.empty and mesh.size > 1:
     return _sharded_kernel(mesh, q, k, v, segment_ids, unit_ids, scale=scale,
-                           block_q=block_q, block_kv=block_kv)
-  return flash_mixed.flash_mixed_attention(
-      q, k, v, segment_ids, unit_ids, scale=scale, block_q=block_q, block_kv=block_kv)
+                           block_q=block_q, block_kv=block_kv, impl=impl)
+  fn = (flash_blockwise.blockwise_attention if impl == "xla_blockwise"
+        else flash_mixed.flash_mixed_attention)
+  return fn(q, k, v, segment_ids, unit_ids, scale=scale, block_q=block_q, block_kv=block_kv)
 
 
 def _mesh_axes(logical: str):
@@ -62,8 +66,9 @@ def _mesh_axes(logical: str):
   return nn.logical_to_mesh_axes((logical,))[0]
 
 
-def _sharded_kernel(mesh, q, k, v, segment_ids, unit_ids, *, scale, block_q, block_kv):
-  """The Pallas kernel on each shard of a jitted, mesh-sharded step.
+def _sharded_kernel(mesh, q, k, v, segment_ids, unit_ids, *, scale, block_q, block_kv,
+                    impl="pallas"):
+  """The Pallas kernel (or the blockwise path) on each shard of a jitted, mesh-sharded step.
 
   The kernel runs under ``shard_map`` over the mesh axes named by the logical
   rules in context (``batch``, ``heads``, and ``length``). With the sequence
@@ -83,8 +88,9 @@ def _sharded_kernel(mesh, q, k, v, segment_ids, unit_ids, *, scale, block_q, blo
   if isinstance(head_axis, tuple):
     head_axis = head_axis[0] if len(head_axis) == 1 else None
   kwargs = dict(batch_axes=batch_axes, head_axis=head_axis, scale=scale,
-                block_q=block_q, block_kv=block_kv,
-                platform=backend.target_platform(mesh))
+                block_q=block_q, block_kv=block_kv, impl=impl)
+  if impl == "pallas":
+    kwargs["platform"] = backend.target_platform(mesh)
   if length:
     return context_parallel_flash_mixed_attention(
         mesh, q, k, v, segment_ids, unit_ids,
@@ -112,7 +118,7 @@ def sharded_flash_mixed_attention(mesh: jax.sharding.Mesh, q: jax.Array, k: jax.
                                   batch_axes: tuple[str, ...] | str | None = ("data",
                                                                               "fsdp"),
                                   head_axis: str | None = "tensor",
-                                  **kwargs) -> jax.Array:
+                                  impl: str = "pallas", **kwargs) -> jax.Array:
   """``flash_mixed.flash_mixed_attention`` under ``shard_map`` over batch and heads.
 
   Each device runs the kernel on its batch shard and its heads (query and kv heads
@@ -125,7 +131,9 @@ def sharded_flash_mixed_attention(mesh: jax.sharding.Mesh, q: jax.Array, k: jax.
       the product of the batch axes, ``Hkv`` by the head axis size.
     batch_axes: mesh axes of the batch dimension (the ``activation_batch`` rule).
     head_axis: mesh axis of the head dimension (the ``heads`` rule), or None.
-    **kwargs: forwarded to ``flash_mixed_attention`` (``scale`` required).
+    impl: "pallas" (the kernel) or "xla_blockwise" (``flash_blockwise``) per shard.
+    **kwargs: forwarded to ``flash_mixed_attention`` / ``blockwise_attention``
+      (``scale`` required).
 
   Returns:
     ``[B, S, Hq, Dv]``, sharded like ``q``.
@@ -137,7 +145,8 @@ def sharded_flash_mixed_attention(mesh: jax.sharding.Mesh, q: jax.Array, k: jax.
   _check_heads(mesh, k, head_axis)
   qkv_spec = p(batch_axes, None, head_axis, None)
   ids_spec = p(batch_axes, None)
-  fn = functools.partial(flash_mixed.flash_mixed_attention, **kwargs)
+  fn = functools.partial(flash_blockwise.blockwise_attention if impl == "xla_blockwise"
+                         else flash_mixed.flash_mixed_attention, **kwargs)
   return jax.shard_map(fn, mesh=mesh,
                        in_specs=(qkv_spec, qkv_spec, qkv_spec, ids_spec, ids_spec),
                        out_specs=qkv_spec, check_vma=False)(
@@ -149,7 +158,8 @@ def context_parallel_flash_mixed_attention(
     segment_ids: jax.Array, unit_ids: jax.Array, *,
     batch_axes: tuple[str, ...] | str | None = ("data", "fsdp"),
     head_axis: str | None = "tensor",
-    context_axes: tuple[str, ...] | str = "context", **kwargs) -> jax.Array:
+    context_axes: tuple[str, ...] | str = "context", impl: str = "pallas",
+    **kwargs) -> jax.Array:
   """The kernel with the sequence sharded over ``context_axes`` (context parallelism).
 
   The all-gather form of context parallelism (as MaxText's default): device ``c``
@@ -172,7 +182,9 @@ def context_parallel_flash_mixed_attention(
     batch_axes: mesh axes of the batch dimension (``batch`` rule).
     head_axis: mesh axis of the heads (``heads`` rule), or None.
     context_axes: mesh axes of the sequence (``length`` rule).
-    **kwargs: forwarded to ``flash_mixed_attention_bounds`` (``scale`` required).
+    impl: "pallas" (the kernel) or "xla_blockwise" (``flash_blockwise``) per shard.
+    **kwargs: forwarded to ``flash_mixed_attention_bounds`` /
+      ``blockwise_attention_bounds`` (``scale`` required).
 
   Returns:
     ``[B, S, Hq, Dv]``, sharded like ``q``.
@@ -197,8 +209,9 @@ def context_parallel_flash_mixed_attention(
     rows = q.shape[1]
     offset = lax.axis_index(context_axes) * rows
     mine = lambda x: lax.dynamic_slice_in_dim(x, offset, rows, axis=1)
-    return flash_mixed.flash_mixed_attention_bounds(
-        q, k, v, br.TokenBounds(mine(tb.start), mine(tb.limit)), **kwargs)
+    fn = (flash_blockwise.blockwise_attention_bounds if impl == "xla_blockwise"
+          else flash_mixed.flash_mixed_attention_bounds)
+    return fn(q, k, v, br.TokenBounds(mine(tb.start), mine(tb.limit)), **kwargs)
 
   return jax.shard_map(local, mesh=mesh,
                        in_specs=(qkv_spec, qkv_spec, qkv_spec, ids_spec, ids_spec),

@@ -6,10 +6,12 @@ AOT compile for a TPU topology on a CPU host chooses as a TPU would), else
 ``jax.default_backend()``:
 
 * ``resolve_attention_impl``: what ``model.attention_impl = "auto"`` means:
-  the Pallas kernel on TPU, the XLA reference elsewhere. On GPU too, for now: the
-  Triton kernels have only run in interpret mode (no GPU was lent to this
+  the Pallas kernel on TPU, the plain-JAX block-sparse attention
+  (``xla_blockwise``, ``ops/flash_blockwise.py``) elsewhere. On GPU too, for now:
+  the Triton kernels have only run in interpret mode (no GPU was lent to this
   project's sessions), so ``auto`` does not send a GPU run to them, and says so
-  in the log; ``attention_impl="pallas"`` still selects them.
+  in the log; ``attention_impl="pallas"`` still selects them. ``"xla"`` (the
+  dense reference, ``[S, S]`` scores per head) is the tests' oracle.
 * ``kernel_backend``: which kernels ``ops/flash_mixed.py`` runs: ``"mosaic"``
   (``flash_mixed_tpu``) on TPU, ``"triton"`` (``flash_mixed_gpu``) on GPU and
   ``"interpret"`` (the Mosaic kernels in Pallas' interpreter) elsewhere.
@@ -22,7 +24,7 @@ import functools
 from absl import logging
 import jax
 
-ATTENTION_IMPLS = ("xla", "pallas", "auto")
+ATTENTION_IMPLS = ("xla", "xla_blockwise", "pallas", "auto")
 KERNEL_BACKENDS = ("mosaic", "triton", "interpret")
 
 
@@ -36,7 +38,7 @@ def target_platform(mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh | None =
 
 
 def resolve_attention_impl(impl: str, platform: str | None = None) -> str:
-  """``"xla"`` or ``"pallas"`` for a configured ``impl`` on ``platform``.
+  """``"xla"``, ``"xla_blockwise"`` or ``"pallas"`` for a configured ``impl`` on ``platform``.
 
   Raises:
     ValueError: ``impl`` not one of ``ATTENTION_IMPLS``.
@@ -48,13 +50,14 @@ def resolve_attention_impl(impl: str, platform: str | None = None) -> str:
   platform = platform or target_platform()
   if platform == "gpu":
     _warn_gpu_auto()
-  return "pallas" if platform == "tpu" else "xla"
+  return "pallas" if platform == "tpu" else "xla_blockwise"
 
 
 @functools.cache
 def _warn_gpu_auto() -> None:
-  logging.warning("attention_impl='auto' on GPU runs the XLA attention: the Triton kernel has "
-                  "not been run on a GPU yet. Set model.attention_impl='pallas' to use it.")
+  logging.warning("attention_impl='auto' on GPU runs the plain-JAX block-sparse attention "
+                  "(xla_blockwise): the Triton kernel has not been run on a GPU yet. Set "
+                  "model.attention_impl='pallas' to use it.")
 
 
 def kernel_backend(platform: str | None = None, interpret: bool | None = None) -> str:
