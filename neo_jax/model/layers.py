@@ -24,6 +24,7 @@ import ml_collections
 from jax.ad_checkpoint import checkpoint_name
 
 from neo_jax.model import rope
+from neo_jax.model import swiglu as swiglu_lib
 from neo_jax.ops import attention as attention_ops
 from neo_jax.ops import reference as reference_ops
 
@@ -77,6 +78,20 @@ def _dense(features, axes, cfg, name, in_axes=-1):
   return nn.DenseGeneral(features, axis=in_axes, use_bias=False, dtype=dtype_of(cfg.dtype),
                          param_dtype=dtype_of(cfg.param_dtype),
                          kernel_init=normal_init(cfg.init_std, axes), name=name)
+
+
+class _Kernel(nn.Module):
+  """A bias-free projection's ``kernel`` parameter alone (the ``nn.DenseGeneral``
+  parameter of the same name, shape, initialiser and logical axes), for layers that
+  do their own matmuls (``MLP``)."""
+  shape: tuple[int, ...]
+  axes: tuple[str, ...]
+  config: ml_collections.ConfigDict
+
+  @nn.compact
+  def __call__(self) -> Array:
+    return self.param("kernel", normal_init(self.config.init_std, self.axes), self.shape,
+                      dtype_of(self.config.param_dtype))
 
 
 def _constrain_cache(x: Array) -> Array:
@@ -172,17 +187,22 @@ class NativeAttention(nn.Module):
 
 
 class MLP(nn.Module):
-  """SwiGLU MLP: ``down_proj(silu(gate_proj(x)) * up_proj(x))``; ``[B, S, D] -> [B, S, D]``."""
+  """SwiGLU MLP: ``down_proj(silu(gate_proj(x)) * up_proj(x))``; ``[B, S, D] -> [B, S, D]``.
+
+  Parameters ``gate_proj`` / ``up_proj`` ``kernel [D, F]``, ``down_proj`` ``kernel [F, D]``
+  (as ``nn.DenseGeneral`` names them); the matmuls and their backward are
+  ``model/swiglu.py``'s.
+  """
   config: ml_collections.ConfigDict
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     cfg = self.config
-    gate = _dense(cfg.intermediate_size, ("embed", "mlp"), cfg, "gate_proj")(x)
-    up = _dense(cfg.intermediate_size, ("embed", "mlp"), cfg, "up_proj")(x)
-    gate, up = checkpoint_name(gate, "mlp_gate"), checkpoint_name(up, "mlp_up")
-    hid = nn.with_logical_constraint(nn.silu(gate) * up, ("batch", "length", "mlp"))
-    y = _dense(cfg.hidden_size, ("mlp", "embed"), cfg, "down_proj")(hid)
+    d, f, dt = cfg.hidden_size, cfg.intermediate_size, dtype_of(cfg.dtype)
+    w_gate = _Kernel((d, f), ("embed", "mlp"), cfg, name="gate_proj")()
+    w_up = _Kernel((d, f), ("embed", "mlp"), cfg, name="up_proj")()
+    w_down = _Kernel((f, d), ("mlp", "embed"), cfg, name="down_proj")()
+    y = swiglu_lib.swiglu(x.astype(dt), w_gate.astype(dt), w_up.astype(dt), w_down.astype(dt))
     return checkpoint_name(y, "mlp_out")
 
 

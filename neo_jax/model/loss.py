@@ -106,33 +106,42 @@ def make_targets(labels: Array, segment_ids: Array, *, mode: str,
                  jnp.sum(jnp.maximum(count - m, 0)).astype(jnp.int32))
 
 
-def chunked_cross_entropy(hidden: Array, head: Array, target: Array, *, chunk: int) -> Array:
+def chunked_cross_entropy(hidden: Array, head: Array, target: Array, *, chunk: int,
+                          head_layout: str = "vd") -> Array:
   """Per-row cross entropy of ``hidden @ head.T`` without full logits.
 
   Args:
     hidden: ``[N, D]`` (compute dtype).
-    head: ``[V, D]`` LM head rows (any float dtype; cast to ``hidden.dtype``).
+    head: ``[V, D]`` LM head rows (``head_layout="vd"``: the embedding table of a
+      tied head) or ``[D, V]`` (``"dv"``: an untied ``lm_head/kernel`` as stored,
+      read in place: no transposed copy of a ``V x D`` matrix, nor of its
+      gradient). Any float dtype; cast to ``hidden.dtype``.
     target: ``[N] int32`` in [0, V).
     chunk: vocabulary rows per step (clipped to V). The last chunk starts at
       ``V - chunk`` and masks the columns an earlier chunk already covered, so
       no padded copy of ``head`` is made.
+    head_layout: "vd" | "dv" (above).
 
   Returns:
     ``[N] float32`` cross entropy ``logsumexp(logits) - logits[target]``,
     logits accumulated in float32.
   """
-  vocab = head.shape[0]
+  if head_layout not in ("vd", "dv"):
+    raise ValueError(f"head_layout={head_layout!r} is not 'vd' or 'dv'.")
+  v_axis = 0 if head_layout == "vd" else 1
+  vocab = head.shape[v_axis]
   chunk = min(chunk, vocab)
   num_chunks = -(-vocab // chunk)
   head = head.astype(hidden.dtype)
+  spec = "nd,vd->nv" if head_layout == "vd" else "nd,dv->nv"
 
   @jax.checkpoint
   def step(carry, c):
     m, s, tgt = carry
     begin = c * chunk
     start = jnp.minimum(begin, vocab - chunk)
-    w = jax.lax.dynamic_slice_in_dim(head, start, chunk, axis=0)
-    logits = jnp.einsum("nd,vd->nv", hidden, w, preferred_element_type=jnp.float32)
+    w = jax.lax.dynamic_slice_in_dim(head, start, chunk, axis=v_axis)
+    logits = jnp.einsum(spec, hidden, w, preferred_element_type=jnp.float32)
     col = start + jnp.arange(chunk)
     logits = jnp.where(col[None, :] >= begin, logits, -jnp.inf)
     m_new = jnp.maximum(m, jnp.max(logits, axis=1))
@@ -163,12 +172,13 @@ class LossOutput(NamedTuple):
 
 def lm_loss(hidden: Array, head: Array, labels: Array, segment_ids: Array, *,
             mode: str, chunk: int, max_supervised_tokens: int = 0,
-            normalization: str = "global") -> LossOutput:
+            normalization: str = "global", head_layout: str = "vd") -> LossOutput:
   """The NEO training loss from final hidden states.
 
   Args:
     hidden: ``[B, S, D]`` final-normed hidden states.
-    head: ``[V, D]`` LM head (``NEO.head_weights()``).
+    head: ``[V, D]`` LM head (``NEO.head_weights()``), or ``[D, V]`` with
+      ``head_layout="dv"`` (``chunked_cross_entropy``).
     labels, segment_ids: ``[B, S] int32`` (see ``core/batch.py``).
     mode: loss weighting; chunk: vocabulary chunk; max_supervised_tokens: M;
     normalization: "global" | "per_sequence" (``make_targets``).
@@ -180,6 +190,7 @@ def lm_loss(hidden: Array, head: Array, labels: Array, segment_ids: Array, *,
                    normalization=normalization)
   h = jnp.take_along_axis(hidden, t.hidden_index[..., None], axis=1)  # [B, N', D]
   b, n, d = h.shape
-  ce = chunked_cross_entropy(h.reshape(b * n, d), head, t.target.reshape(-1), chunk=chunk)
+  ce = chunked_cross_entropy(h.reshape(b * n, d), head, t.target.reshape(-1), chunk=chunk,
+                             head_layout=head_layout)
   w = t.weight.reshape(-1)
   return LossOutput(jnp.sum(w * ce), jnp.sum(w), jnp.sum(w > 0).astype(jnp.int32), t.dropped)

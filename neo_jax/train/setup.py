@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from neo_jax.core import host_memory
 from neo_jax.core.batch import batch_shapes
 from neo_jax.model import config as model_config_lib
 from neo_jax.model.neo import NEO
@@ -129,6 +130,8 @@ class Setup:
     log("Compiling the train step ...")
     t0 = time.perf_counter()
     compiled = self.train_step.lower(self.abstract_state, self.abstract_batch()).compile()
+    # The compiler's freed host memory goes back to the system before the first step.
+    host_memory.release_host_memory()
     log(f"Compiling the train step ... done in {time.perf_counter() - t0:.1f} s")
     return compiled
 
@@ -139,7 +142,9 @@ class Setup:
         params = nn.meta.unbox(self.model.init(jax.random.PRNGKey(seed),
                                                *_dummy_inputs(self.model.config))["params"])
       return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params))
-    return jax.jit(init, out_shardings=self.state_shardings)()
+    state = jax.jit(init, out_shardings=self.state_shardings)()
+    host_memory.release_host_memory()  # the init's freed host blocks, before the step's
+    return state
 
   def state_from_params(self, params: Any) -> TrainState:
     """State with given parameters (e.g. imported weights) and fresh optimizer.

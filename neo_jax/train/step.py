@@ -35,11 +35,16 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: Any
 
 
-def head_weights(params: Any, model_cfg: ml_collections.ConfigDict) -> jax.Array:
-  """The LM head ``[vocab, D]`` read from a parameter tree."""
+def head_weights(params: Any, model_cfg: ml_collections.ConfigDict) -> tuple[jax.Array, str]:
+  """The LM head read from a parameter tree, as stored, with its layout.
+
+  Returns:
+    ``(embed_tokens [V, D], "vd")`` for a tied head, ``(lm_head/kernel [D, V], "dv")``
+    for an untied one (no transposed copy: ``loss.chunked_cross_entropy``).
+  """
   if model_cfg.tie_word_embeddings:
-    return params["embed_tokens"]["embedding"]
-  return params["lm_head"]["kernel"].T
+    return params["embed_tokens"]["embedding"], "vd"
+  return params["lm_head"]["kernel"], "dv"
 
 
 def loss_sums(params: Any, batch: dict, model: NEO,
@@ -48,7 +53,8 @@ def loss_sums(params: Any, batch: dict, model: NEO,
   cfg = model.config
   hidden = model.apply({"params": params}, batch["input_ids"], batch["segment_ids"],
                        batch["token_hw"], batch["pixel_values"], return_hidden=True)
-  return loss_lib.lm_loss(hidden, head_weights(params, cfg), batch["labels"], batch["segment_ids"],
+  head, layout = head_weights(params, cfg)
+  return loss_lib.lm_loss(hidden, head, batch["labels"], batch["segment_ids"], head_layout=layout,
                           mode=cfg.loss_weighting, chunk=cfg.loss_vocab_chunk,
                           max_supervised_tokens=cfg.max_supervised_tokens,
                           normalization=normalization)
@@ -93,8 +99,10 @@ def train_step(state: TrainState, batch: dict, *, model: NEO, tx: optax.Gradient
     total_w = jnp.maximum(jnp.sum(t.weight), 1e-9)
 
   def objective(params, mb):
+    # Divided here rather than the gradients afterwards: the same numbers, without a
+    # pass over (and a copy of) every gradient, vocabulary-sized ones included.
     out = loss_sums(params, mb, model, loss_normalization)
-    return out.weighted_ce, out
+    return out.weighted_ce / total_w, out
 
   grad_fn = jax.value_and_grad(objective, has_aux=True)
 
@@ -116,7 +124,6 @@ def train_step(state: TrainState, batch: dict, *, model: NEO, tx: optax.Gradient
                                   jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
     (grads, out), _ = jax.lax.scan(body, (zeros_g, zeros_o), micro)
 
-  grads = jax.tree_util.tree_map(lambda g: g / total_w, grads)
   tr_grads = jax.tree_util.tree_map(lambda g, m: g if m else jnp.zeros_like(g), grads, trainable)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -136,7 +143,8 @@ def train_step(state: TrainState, batch: dict, *, model: NEO, tx: optax.Gradient
       "dropped_supervised": out.dropped,
       # The loss above is of the old parameters; this guards the new ones, so a
       # step that produced inf / NaN parameters is never checkpointed.
+      # max |x| is NaN / inf iff an entry is: one reduction per leaf, no [V, D] mask.
       "params_finite": jnp.all(jnp.asarray(
-          [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(params)])),
+          [jnp.isfinite(jnp.max(jnp.abs(x))) for x in jax.tree_util.tree_leaves(params)])),
   }
   return TrainState(state.step + 1, params, opt_state), metrics

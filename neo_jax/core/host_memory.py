@@ -1,0 +1,41 @@
+"""Giving freed host memory back to the operating system between phases of a run.
+
+Tracing, initialising and compiling a train step allocate and free many small host
+blocks (Python objects, XLA's compiler). glibc's allocator keeps freed blocks in
+its heap, so the process's resident set stays at the phase's peak: measured on
+issue 16's config A (150K vocabulary), 0.45 GB of the 1.8 GB resident after
+initialisation and compilation was such free space. ``release_host_memory``
+collects Python garbage and asks glibc to return free pages (``malloc_trim(0)``),
+so the first step's temporaries reuse them instead of adding to the peak.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import gc
+
+
+@functools.cache
+def _malloc_trim():
+  """glibc's ``malloc_trim`` or None (another C library, or none found)."""
+  name = ctypes.util.find_library("c")
+  try:
+    libc = ctypes.CDLL(name) if name else None
+    return getattr(libc, "malloc_trim", None)
+  except OSError:
+    return None
+
+
+def release_host_memory() -> bool:
+  """Runs Python's garbage collector, then glibc's ``malloc_trim(0)``.
+
+  Returns:
+    True if glibc released memory (``malloc_trim`` returned 1); False when nothing
+    was released or the C library has no ``malloc_trim`` (musl, macOS): then this
+    is only a ``gc.collect()``.
+  """
+  gc.collect()
+  trim = _malloc_trim()
+  return bool(trim(0)) if trim is not None else False
