@@ -1,6 +1,6 @@
 """Remat policies and mixed precision do not change what the model computes.
 
-Every ``remat_policy`` (none / full / minimal / save_qkv_attn / dots) gives the
+Every ``remat_policy`` (none / full / minimal / minimal_flash / save_qkv_attn / dots) gives the
 same loss and gradients (to float32 rounding) on the tiny model; bfloat16 compute
 with float32 parameters runs, keeps float32 gradients, and stays close to float32.
 """
@@ -13,7 +13,7 @@ import pytest
 
 from testlib import model as mf
 
-POLICIES = ["none", "full", "minimal", "save_qkv_attn", "dots"]
+POLICIES = ["none", "full", "minimal", "minimal_flash", "save_qkv_attn", "dots"]
 
 
 @functools.lru_cache(maxsize=None)

@@ -44,7 +44,8 @@ def base_config() -> ml_collections.ConfigDict:
     img_context_token_id / img_start_token_id / img_end_token_id: token ids.
     dtype: compute dtype ("bfloat16" or "float32").
     param_dtype: parameter storage dtype.
-    remat_policy: "none" | "full" | "minimal" (save projections) |
+    remat_policy: "none" | "full" | "minimal" (save projections) | "minimal_flash"
+      (minimal + the attention kernel's output and logsumexp: no attention recompute) |
       "save_qkv_attn" (save q/k/v and attention output) | "dots".
     attention_impl: "auto" (the Pallas kernel on TPU, the plain-JAX block-sparse
       attention elsewhere) | "xla_blockwise" | "pallas" | "xla" (the dense
@@ -179,8 +180,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"num_heads={c.num_heads} must be a multiple of num_kv_heads={c.num_kv_heads}.")
   if c.vision_hidden % 4:
     raise ValueError(f"vision_hidden={c.vision_hidden} must be divisible by 4.")
-  if c.remat_policy not in ("none", "full", "minimal", "save_qkv_attn", "dots"):
-    raise ValueError(f"remat_policy={c.remat_policy!r} is not one of none/full/minimal/save_qkv_attn/dots.")
+  if c.remat_policy not in ("none", "full", "minimal", "minimal_flash", "save_qkv_attn", "dots"):
+    raise ValueError(f"remat_policy={c.remat_policy!r} is not one of "
+                     "none/full/minimal/minimal_flash/save_qkv_attn/dots.")
   if c.attention_impl not in ("xla", "xla_blockwise", "pallas", "auto"):
     raise ValueError(f"attention_impl={c.attention_impl!r} is not one of "
                      "auto/xla_blockwise/pallas/xla.")

@@ -234,6 +234,11 @@ REMAT_POLICIES = {
     "minimal": jax.checkpoint_policies.save_only_these_names(
         "query_proj", "key_proj", "value_proj", "attention_out", "out_proj",
         "mlp_gate", "mlp_up", "mlp_out"),
+    # minimal + the attention kernel's residuals (its output and row logsumexp, names
+    # from ops/flash_common.py): the backward then never re-runs the attention forward.
+    "minimal_flash": jax.checkpoint_policies.save_only_these_names(
+        "query_proj", "key_proj", "value_proj", "attention_out", "out_proj",
+        "mlp_gate", "mlp_up", "mlp_out", "flash_mixed_out", "flash_mixed_lse"),
     "save_qkv_attn": jax.checkpoint_policies.save_only_these_names(
         "query_proj", "key_proj", "value_proj", "attention_out"),
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
