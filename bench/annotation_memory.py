@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -82,9 +81,7 @@ def main():
     rows = []
     for mode, path in (("baseline", jsonl), ("jsonl_keep_lines", jsonl),
                        ("jsonl_offsets", jsonl), ("parquet", parquet)):
-      r = subprocess.run([sys.executable, __file__, f"--one={mode}:{path}"], check=True,
-                         capture_output=True, text=True, env=dict(os.environ))
-      rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+      rows.append(benchlib.run_fresh(__file__, [f"--one={mode}:{path}"]))
   print(f"files: JSONL {sizes['jsonl'] / 2**20:.0f} MiB, Parquet {sizes['parquet'] / 2**20:.0f} MiB")
   print("| source | records | open + 1000 reads s | peak RSS MiB | peak added by the source MiB |")
   print("|---|---|---|---|---|")

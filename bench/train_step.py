@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -154,9 +153,7 @@ def main():
                                                     "max_supervised", "warmup", "steps")]
   for name in a.configs.split(","):
     for impl in a.impls.split(","):
-      r = subprocess.run([sys.executable, __file__, f"--one={name}:{impl}"] + passthrough,
-                         check=True, capture_output=True, text=True, env=dict(os.environ))
-      rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
+      rows.append(benchlib.run_fresh(__file__, [f"--one={name}:{impl}"] + passthrough))
       print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
   print(f"seq {a.seq}, {a.layers} layers, hidden {a.hidden}, block {a.block}, "
         f"max_supervised {a.max_supervised}; median of {a.steps} steps after {a.warmup}")

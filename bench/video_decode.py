@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -120,9 +119,7 @@ def main():
   for mode in modes:
     runs = []
     for _ in range(a.repeats):
-      r = subprocess.run([sys.executable, __file__, f"--one={mode}:{path}", f"--frames={a.frames}"],
-                         check=True, capture_output=True, text=True, env=dict(os.environ))
-      runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+      runs.append(benchlib.run_fresh(__file__, [f"--one={mode}:{path}", f"--frames={a.frames}"]))
     best = min(runs, key=lambda r: r["seconds"])
     best["peak_added_max_mib"] = max(r["added_peak_mib"] for r in runs)
     rows.append(best)
