@@ -194,6 +194,8 @@ def test_every_kept_record_is_read_once_across_hosts(tmp_path):
     assert not set(per_host[0]) & set(per_host[1])
     assert sorted(per_host[0] + per_host[1]) == sorted(every)
     assert len(every) == {"a": 5, "c": 7}[name] == len(set(every))
+    if name == "c":  # Parquet: by row group (rows 0-2, 3-5, 6): host 0 groups 0, 2
+      assert [int(r.split(":")[1]) for r in per_host[0]] == [0, 1, 2, 6], per_host[0]
 
 
 def test_jsonl_source_indexes_lines_without_keeping_them(tmp_path):

@@ -53,6 +53,11 @@ class ParquetSource:
   def __len__(self) -> int:
     return self._starts[-1]
 
+  @property
+  def row_group_starts(self) -> list[int]:
+    """First row of each row group, then the row count (``num_row_groups + 1`` ints)."""
+    return list(self._starts)
+
   def _row_group(self, g: int) -> list[dict]:
     if self._cache[0] != g:
       self._file = self._file or self._open()

@@ -145,16 +145,34 @@ def host_records(data_cfg: ml_collections.ConfigDict, name: str, *, seed: int,
 
   ``sampling_rate < 1`` keeps a seeded ``int(n * rate)`` subset (the release's
   ``random.sample``); then host ``p`` of ``n`` takes records ``p, p + n, ...`` of it, so
-  over the hosts every kept record of an epoch is read exactly once.
+  over the hosts every kept record of an epoch is read exactly once. A Parquet source
+  with at least ``n`` row groups is split by row group instead (host ``p`` takes the kept
+  records of row groups ``p, p + n, ...``), so each host reads only its own row groups.
   """
   s = data_cfg.sources[name]
   ds = sources.make_source(name, s, data_cfg.cache_dir)
   rate = float(s.get("sampling_rate", 1.0))
+  keep = None
   if rate < 1.0:
     keep = np.sort(np.random.default_rng([seed, source_index]).permutation(len(ds))
                    [:int(len(ds) * rate)])
+  starts = _row_group_starts(s) if process_count > 1 else None
+  if starts is not None and len(starts) - 1 >= process_count:
+    idx = np.arange(len(ds)) if keep is None else keep
+    group = np.searchsorted(starts, idx, side="right") - 1
+    mine = idx[group % process_count == process_index]
+    return grain.MapDataset.range(len(mine)).map(_Take(ds, mine))
+  if keep is not None:
     ds = grain.MapDataset.range(len(keep)).map(_Take(ds, keep))
   return ds[process_index::process_count]
+
+
+def _row_group_starts(src_cfg) -> list[int] | None:
+  """A Parquet source's row-group starts (metadata only), else None."""
+  if src_cfg.get("kind", "json") != "parquet":
+    return None
+  from neo_jax.data.parquet_source import ParquetSource  # pylint: disable=g-import-not-at-top
+  return ParquetSource(src_cfg.path).row_group_starts
 
 
 def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, seq_len: int, batch_size: int,
