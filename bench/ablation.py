@@ -35,8 +35,8 @@ from configs import ablation as ablation_config  # pylint: disable=wrong-import-
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/neo_ablation", "Parent directory of the runs.")
 _VARIANTS = flags.DEFINE_string("variants", "ABDGHI", "Table 3 letters to run.")
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "Comma-separated seeds.")
-_STEPS = flags.DEFINE_integer("steps", 160, "Training steps per run.")
-_EVAL_EVERY = flags.DEFINE_integer("eval_every", 40, "Held-out evaluation interval [steps].")
+_STEPS = flags.DEFINE_integer("steps", 320, "Training steps per run.")
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", 80, "Held-out evaluation interval [steps].")
 _EVAL_LIMIT = flags.DEFINE_integer("eval_limit", 100, "Held-out examples per task.")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only aggregate existing runs.")
 

@@ -9,7 +9,7 @@ study (every variant x several seeds, the table and the plot) is
 seed fixes the initial parameters *and* the data order, so runs of one seed see
 the same batches in the same order.
 
-Arguments (``configs/ablation.py:variant=A,seed=1,steps=160``): ``variant``
+Arguments (``configs/ablation.py:variant=A,seed=1,steps=320``): ``variant``
 (A B D G H I), ``seed``, ``steps``, ``eval_every``, ``eval_limit`` (held-out
 examples per task).
 """
@@ -40,7 +40,7 @@ def get_config(arg=None):
     ValueError: an unknown variant letter or argument.
   """
   from configs import common  # pylint: disable=g-import-not-at-top
-  a = common.parse_arg(arg, variant="H", seed=0, steps=160, eval_every=40, eval_limit=100)
+  a = common.parse_arg(arg, variant="H", seed=0, steps=320, eval_every=80, eval_limit=100)
   if a.variant not in VARIANTS:
     raise ValueError(f"Unknown variant {a.variant!r}; Table 3 letters: {sorted(VARIANTS)}.")
   c = demo.get_config(f"steps={a.steps},eval_every={a.eval_every},seq_len=384")
