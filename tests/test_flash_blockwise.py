@@ -83,9 +83,10 @@ def _ids_36k():
 def _loss_36k(fn):
   seg, unit = _ids_36k()
 
-  def loss(q, k, v):
-    return jnp.sum(fn(q, k, v, seg, unit, scale=D ** -0.5).astype(jnp.float32))
-  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
+  def loss(q, k, v):  # and, as aux, the output's first 1024 rows
+    o = fn(q, k, v, seg, unit, scale=D ** -0.5)
+    return jnp.sum(o.astype(jnp.float32)), o[:, :1024]
+  return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
 
 
 def test_36k_memory_plan_blockwise_fits_where_dense_cannot():
@@ -107,20 +108,18 @@ def test_36k_memory_plan_blockwise_fits_where_dense_cannot():
 
 @pytest.mark.slow
 def test_36k_layer_runs_forward_and_backward():
-  """The same attention run on this CPU (about 10 minutes on 2 cores): finite loss and
-  gradients; the first sample's first 1024 rows equal the dense reference on them."""
+  """The same attention run on this CPU in float32 (the CPU's fast matmul type): finite
+  loss and gradients; the first sample's first 1024 rows equal the dense reference."""
   rng = np.random.default_rng(0)
-  q = jnp.asarray(rng.normal(size=(1, S36K, HQ, 2 * D)), jnp.bfloat16)
-  k = jnp.asarray(rng.normal(size=(1, S36K, HKV, 2 * D)), jnp.bfloat16)
-  v = jnp.asarray(rng.normal(size=(1, S36K, HKV, D)), jnp.bfloat16)
+  q = jnp.asarray(rng.normal(size=(1, S36K, HQ, 2 * D)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(1, S36K, HKV, 2 * D)), jnp.float32)
+  v = jnp.asarray(rng.normal(size=(1, S36K, HKV, D)), jnp.float32)
   fn = lambda *a, **kw: flash_blockwise.blockwise_attention(*a, **kw, block_q=1024, block_kv=1024)
-  val, grads = _loss_36k(fn)(q, k, v)
+  (val, got), grads = _loss_36k(fn)(q, k, v)
   assert np.isfinite(float(val))
-  assert all(np.isfinite(np.asarray(g, np.float32)).all() for g in grads)
+  assert all(np.isfinite(np.asarray(g)).all() for g in grads)
   seg, unit = _ids_36k()
   head = slice(0, 1024)  # rows of sample 1 see only keys of sample 1
   want = attention_lib.reference_attention(q[:, head], k[:, head], v[:, head], seg[:, head],
                                            unit[:, head], scale=D ** -0.5)
-  got = fn(q, k, v, seg, unit, scale=D ** -0.5)[:, head]
-  np.testing.assert_allclose(np.asarray(got, np.float32), np.asarray(want, np.float32),
-                             atol=2e-2)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5)
