@@ -87,6 +87,13 @@ def _sharded_kernel(mesh, q, k, v, segment_ids, unit_ids, *, scale, block_q, blo
   head_axis = _mesh_axes("heads")
   if isinstance(head_axis, tuple):
     head_axis = head_axis[0] if len(head_axis) == 1 else None
+  if impl == "xla_blockwise" and (
+      q.shape[0] % _axes_size(mesh, batch_axes) or k.shape[2] % _axes_size(mesh, head_axis)
+      or q.shape[1] % _axes_size(mesh, length or None)):
+    # A shape the mesh does not divide (an evaluation batch of 12 on 8 devices): plain
+    # JAX needs no shard_map, XLA's partitioner pads or gathers as for the dense path.
+    return flash_blockwise.blockwise_attention(q, k, v, segment_ids, unit_ids, scale=scale,
+                                               block_q=block_q, block_kv=block_kv)
   kwargs = dict(batch_axes=batch_axes, head_axis=head_axis, scale=scale,
                 block_q=block_q, block_kv=block_kv, impl=impl)
   if impl == "pallas":
