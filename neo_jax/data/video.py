@@ -174,14 +174,25 @@ def decode_video(path: str, target_fps: float, max_frames: int = MAX_FRAMES
     raise BadSample("missing_file", path)
   # An object is streamed through a seekable file object (gcsfs), not downloaded.
   open_source = lambda: paths.resolve(path).open("rb") if remote else path
+
+  def sample(container, count, fps, start, duration, seekable):
+    count = count or max(1, round(duration * fps))
+    idx = sample_frame_indices(count, fps, target_fps, max_frames)
+    chosen = _sampled_frames(container, container.streams.video[0], [i / fps for i in idx],
+                             start, 0.5 / fps, seekable)
+    return ([images_lib.to_rgb(fr.to_image()) for _, fr in chosen],
+            [max(t, 0.0) for t, _ in chosen])
+
+  frames = None
   try:
     with av.open(open_source()) as container:
       if not container.streams.video:
         raise BadSample("corrupt_file", f"{path}: no video stream")
-      fps, start, duration, count = _stream_timing(container, container.streams.video[0])
-      seekable = bool(duration and fps)
-      if not seekable:  # a raw stream: time it from its packets, then decode forward once
-        stream = container.streams.video[0]
+      stream = container.streams.video[0]
+      fps, start, duration, count = _stream_timing(container, stream)
+      if duration and fps:  # the headers time it: sample from this same container
+        frames, timestamps = sample(container, count, fps, start, duration, True)
+      else:  # a raw stream: time it from its packets, then decode forward once
         count, times = _packet_times(container, stream)
         if not count:
           raise BadSample("corrupt_file", f"{path}: no frames")
@@ -191,14 +202,9 @@ def decode_video(path: str, target_fps: float, max_frames: int = MAX_FRAMES
           rate = stream.guessed_rate or stream.average_rate
           start, fps = 0.0, float(rate) if rate else 25.0
         duration = count / fps
-    with av.open(open_source()) as container:
-      stream = container.streams.video[0]
-      count = count or max(1, round(duration * fps))
-      idx = sample_frame_indices(count, fps, target_fps, max_frames)
-      chosen = _sampled_frames(container, stream, [i / fps for i in idx], start, 0.5 / fps,
-                               seekable)
-      frames = [images_lib.to_rgb(fr.to_image()) for _, fr in chosen]
-      timestamps = [max(t, 0.0) for t, _ in chosen]
+    if frames is None:  # the packet scan consumed the first container
+      with av.open(open_source()) as container:
+        frames, timestamps = sample(container, count, fps, start, duration, False)
   except BadSample:
     raise
   except Exception as e:  # av.error.* and friends
