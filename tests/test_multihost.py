@@ -91,12 +91,14 @@ def test_two_processes_match_one_process_and_resume_on_one(tmp_path):
   assert {STEPS + 1, STEPS + 2} <= set(after) and all(np.isfinite(after[s]) for s in after)
 
 
-@pytest.mark.parametrize("impl", ["xla", "pallas"])
+@pytest.mark.parametrize("impl", ["xla_blockwise", "pallas",
+                                  pytest.param("xla", marks=pytest.mark.slow)])
 def test_context_axis_shards_the_sequence_and_keeps_the_loss(impl, monkeypatch):
   """data=2 x context=4 on 8 fake devices == 1 device with the XLA attention.
 
-  ``xla``: XLA's partitioner gathers k / v. ``pallas``: the kernel runs per shard
-  on its 16 query rows against the gathered 64 keys (blocks of 16, interpret mode),
+  ``xla`` (slow; the dense oracle): XLA's partitioner gathers k / v. ``pallas`` and
+  ``xla_blockwise`` (the CPU / GPU default): the kernel runs per shard on its 16 query
+  rows against the gathered 64 keys (blocks of 16; Pallas in interpret mode),
   ``attention_lib.context_parallel_flash_mixed_attention``.
   """
   c1 = smoke.get_config()
@@ -126,7 +128,7 @@ def test_context_axis_shards_the_sequence_and_keeps_the_loss(impl, monkeypatch):
   # carries the context-sharded layout of the hidden states.
   hlo = s8.train_step.lower(st8, s8.global_batch(batches[0])).compile().as_text()
   assert "all-gather" in hlo
-  if impl == "pallas":
+  if impl != "xla":
     assert traced and set(traced) == {"context"}
   else:
     assert not traced

@@ -31,7 +31,7 @@ def _run_steps(setup, state, batches):
   return state, losses
 
 
-@pytest.mark.parametrize("accum", [1, 2])
+@pytest.mark.parametrize("accum", [pytest.param(1, marks=pytest.mark.slow), 2])
 def test_8_device_mesh_matches_single_device(accum):
   """data=2, fsdp=2, tensor=2 on 8 fake CPU devices == 1 device (<= 1e-5 relative)."""
   assert jax.device_count() == 8
