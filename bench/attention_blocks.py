@@ -6,6 +6,10 @@ trailing padding) it reports:
 
 * kv blocks the kernel visits vs blocks holding >= 1 visible pair (goal <= 1.05x) vs
   all blocks (dense), and the blocks that skip the mask arithmetic;
+* the TPU grids' steps (forward / dQ: q blocks x kv steps; dK / dV: kv blocks x q
+  steps) without a sample cap and with the cap of the mix (the longest sample its
+  generator can make, rounded up to 512: ``model.max_sample_tokens``), against the
+  visited blocks (``block_ranges.kv_step_bound`` / ``q_step_bound``);
 * the XLA ``cost_analysis()`` of forward + backward compiled for one TPU chip (AOT,
   ``jax.experimental.topologies``, needs libtpu) for the kernel and for the dense
   masked reference compiled the same way. The kernel's custom calls carry a static
@@ -71,6 +75,17 @@ def packed_neo_batch(rng: np.random.Generator, seq: int, mix: str):
   return seg[None], unit[None]
 
 
+# The longest sample each mix can make (prompt 59 + units + separators + answer 599),
+# rounded up to a multiple of 512: the cap a user of such data would set.
+MIX_CAP = {"image": 4096, "video": 9216, "mixed": 9216}
+
+
+def grid_steps(seq: int, bq: int, bk: int, cap: int) -> tuple[int, int]:
+  """(forward / dQ grid steps, dK / dV grid steps) per (batch row, head) for ``cap``."""
+  nq, nk = seq // bq, seq // bk
+  return nq * br.kv_step_bound(cap, bq, bk, nk), nk * br.q_step_bound(cap, bq, bk, nq)
+
+
 def compiled_cost(topology: str, fn, *shapes):
   """Flops / bytes of ``fn`` forward + backward AOT-compiled for one chip."""
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
@@ -105,6 +120,7 @@ def main():
         f"one sequence per batch")
   print(f"{'seq':>6} {'mix':>6} {'samples':>7} {'real%':>5} {'visited':>8} {'nonempty':>8} "
         f"{'ratio':>6} {'full':>6} {'dense':>7} {'visit/dense':>11}")
+  grids = []
   for seq in [int(x) for x in a.lengths.split(",")]:
     for mix in ("image", "video", "mixed"):
       seg, unit = packed_neo_batch(rng, seq, mix)
@@ -112,6 +128,18 @@ def main():
       print(f"{seq:>6} {mix:>6} {seg.max():>7} {100 * (seg > 0).mean():>5.1f} "
             f"{c['visited']:>8} {c['nonempty']:>8} {c['visited'] / c['nonempty']:>6.3f} "
             f"{c['full']:>6} {c['dense']:>7} {c['visited'] / c['dense']:>11.3f}")
+      runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[-1], seg[0], [-1]]))))
+      longest = int(max(runs[np.asarray([seg[0][i] for i in np.cumsum(runs) - runs]) > 0]))
+      grids.append((seq, mix, longest, c["visited"], grid_steps(seq, bq, bk, 0),
+                    grid_steps(seq, bq, bk, MIX_CAP[mix])))
+  print("\nTPU grid steps per (row, head): forward / dQ and dK / dV, without a sample cap "
+        "and with the mix's cap, vs the visited blocks")
+  print(f"{'seq':>6} {'mix':>6} {'longest':>7} {'cap':>5} {'visited':>7} {'fwd no cap':>10} "
+        f"{'fwd cap':>8} {'dkv no cap':>10} {'dkv cap':>8} {'visited/fwd cap':>15}")
+  for seq, mix, longest, visited, (f0, d0), (f1, d1) in grids:
+    assert longest <= MIX_CAP[mix], (mix, longest)
+    print(f"{seq:>6} {mix:>6} {longest:>7} {MIX_CAP[mix]:>5} {visited:>7} {f0:>10} {f1:>8} "
+          f"{d0:>10} {d1:>8} {visited / f1:>15.3f}")
   if a.no_compile:
     return
   print(f"\nXLA cost_analysis, fwd+bwd AOT-compiled for {a.topology} (one chip)")
@@ -122,9 +150,13 @@ def main():
               ((1, seq, h, d), jnp.bfloat16), ((1, seq), jnp.int32), ((1, seq), jnp.int32)]
     kern = lambda q, k, v, s, u: flash_mixed.flash_mixed_attention(
         q, k, v, s, u, scale=d ** -0.5, block_q=bq, block_kv=bk, interpret=False)
+    capped = lambda q, k, v, s, u: flash_mixed.flash_mixed_attention(
+        q, k, v, s, u, scale=d ** -0.5, block_q=bq, block_kv=bk, interpret=False,
+        max_sample_tokens=MIX_CAP["image"])
     dense = lambda q, k, v, s, u: attention_lib.reference_attention(
         q, k, v, s, u, scale=d ** -0.5)
-    for name, fn in (("kernel (causal hint)", kern), ("dense masked (XLA)", dense)):
+    for name, fn in (("kernel (causal hint)", kern), ("kernel, cap 4096", capped),
+                     ("dense masked (XLA)", dense)):
       t0 = time.time()
       r = compiled_cost(a.topology, fn, *shapes)
       dt = time.time() - t0

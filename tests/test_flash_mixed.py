@@ -127,7 +127,7 @@ _HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 
 
 def compile_for_tpu(topology: str, *, batch=1, seq=16384, heads=16, kv_heads=16,
-                    head_dim=128, block=512, block_kv=None):
+                    head_dim=128, block=512, block_kv=None, max_sample_tokens=0):
   """AOT-compiles forward + backward of the kernel for one chip of ``topology``.
 
   Returns:
@@ -145,7 +145,8 @@ def compile_for_tpu(topology: str, *, batch=1, seq=16384, heads=16, kv_heads=16,
   def loss(q, k, v, seg, unit):
     o = flash_mixed.flash_mixed_attention(q, k, v, seg, unit, scale=head_dim ** -0.5,
                                           block_q=block, block_kv=block_kv or block,
-                                          interpret=False)
+                                          interpret=False,
+                                          max_sample_tokens=max_sample_tokens)
     return jnp.sum(o.astype(jnp.float32))
 
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))).lower(
@@ -163,6 +164,25 @@ def test_aot_compile_tpu_fwd_bwd_16k(topology):
   for name in ("flash_mixed_fwd", "flash_mixed_dq", "flash_mixed_dkv"):
     assert name in text, name
   assert time.time() - t0 < 300
+
+
+@pytest.mark.skipif(not _HAS_LIBTPU, reason="libtpu is not installed: no TPU compiler "
+                    "for AOT (install the 'tpu' extra)")
+def test_aot_compile_tpu_bounded_grid():
+  """Mosaic lowers the grids bounded by a sample cap: 16K tokens, blocks of 512, cap
+  2048 -> 10 of 32 kv steps per q block; the kernels' cost hints (XLA's cost model)
+  shrink with the grid (uncapped: the causal 528 of 1024 blocks per head; capped: 320)."""
+  from neo_jax.ops import block_ranges as br  # pylint: disable=g-import-not-at-top
+  assert br.kv_step_bound(2048, 512, 512, 32) == 10 == br.q_step_bound(2048, 512, 512, 32)
+  flops = {}
+  for cap in (0, 2048):
+    compiled = compile_for_tpu("v5p:1x1x1", max_sample_tokens=cap)
+    for name in ("flash_mixed_fwd", "flash_mixed_dq", "flash_mixed_dkv"):
+      assert name in compiled.as_text(), name
+    ca = compiled.cost_analysis()
+    flops[cap] = (ca[0] if isinstance(ca, (list, tuple)) else ca)["flops"]
+  # The kernels dominate the flops: they scale by 320 / 528 (+ the XLA glue's few).
+  assert 0.55 < flops[2048] / flops[0] < 0.65, flops
 
 
 def test_gpu_triton_kernels_interpret():

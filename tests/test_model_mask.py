@@ -139,8 +139,9 @@ def test_leak_check_detects_a_mask_without_segments(monkeypatch):
 
 
 def test_limit_form_equals_dense_mask():
-  """``mask.visible_limit`` (the kernel's form: same sample and ``j <= limit_i``) gives
-  exactly ``mask.mixed_mask`` on the packed batch (images contiguous)."""
+  """``mask.visible_limit`` (the kernel's form: same sample and ``j <= limit_i`` for a
+  real token, the diagonal for padding) gives exactly ``mask.mixed_mask`` on the packed
+  batch (images contiguous)."""
   cfg, pb, _, _ = _setup()
   units = positions.unit_ids(pb.batch["input_ids"], img_start_id=cfg.img_start_token_id,
                              img_context_id=cfg.img_context_token_id)
@@ -150,4 +151,6 @@ def test_limit_form_equals_dense_mask():
   s = seg.shape[1]
   from_limit = (seg[:, :, None] == seg[:, None, :]) & (
       np.arange(s)[None, None, :] <= limit[:, :, None])
+  from_limit &= (np.asarray(seg)[:, :, None] > 0) | np.eye(s, dtype=bool)[None]
+  assert (np.asarray(seg) == 0).any()      # the batch has padding rows to check
   np.testing.assert_array_equal(from_limit, dense)

@@ -8,8 +8,8 @@ or best-fit under two capacities: ``seq_len`` tokens and, optionally,
 ``labels[i + 1] != -100``; the model gathers that many before the LM head).
 A sample that does not fit any open bin waits (FIFO) for the next batch, whose
 bins it enters first; the batch is emitted once ``max_waiting`` samples wait
-(or the input ends). A sample larger than an empty bin is dropped and counted,
-never cut.
+(or the input ends). A sample larger than an empty bin, or than
+``max_sample_tokens``, is dropped and counted, never cut.
 
 Checkpointing: between batches all bins are empty, so the state is the
 parent's state before the oldest waiting sample plus one letter per sample
@@ -42,6 +42,8 @@ class PackOptions:
 
   seq_len: [tokens] per packed sequence; batch_size: sequences per batch.
   max_supervised_tokens: supervised-position capacity per sequence, 0 = none.
+  max_sample_tokens: [tokens] the longest sample kept, 0 = ``seq_len`` (longer ones are
+    dropped and counted as ``too_long``; the TPU attention kernel sizes its grid by it).
   algorithm: "first_fit" | "best_fit" (bin choice for each sample).
   max_waiting: samples that may wait for the next batch before the current
     batch is emitted (higher = denser packing, longer replay on restore).
@@ -52,6 +54,7 @@ class PackOptions:
   seq_len: int
   batch_size: int
   max_supervised_tokens: int = 0
+  max_sample_tokens: int = 0
   algorithm: str = "first_fit"
   max_waiting: int = 16
   pad_id: int = tokens.PAD_TOKEN_ID
@@ -63,6 +66,8 @@ class PackOptions:
       raise ValueError(f"packing algorithm {self.algorithm!r} is not one of {ALGORITHMS}.")
     if self.seq_len <= 0 or self.batch_size <= 0 or self.max_waiting <= 0:
       raise ValueError(f"bad PackOptions {self}.")
+    if self.max_sample_tokens < 0:
+      raise ValueError(f"max_sample_tokens={self.max_sample_tokens} must be >= 0 (0 = seq_len).")
 
 
 class PackIterDataset(grain.IterDataset):
@@ -93,7 +98,8 @@ class PackDatasetIterator(grain.DatasetIterator):
 
   # -- capacity helpers
   def _too_big(self, el: dict) -> str | None:
-    if len(el["input_ids"]) > self._opts.seq_len:
+    if len(el["input_ids"]) > min(self._opts.seq_len,
+                                  self._opts.max_sample_tokens or self._opts.seq_len):
       return "too_long"
     if self._opts.max_supervised_tokens and el["num_supervised"] > self._opts.max_supervised_tokens:
       return "too_many_supervised"

@@ -91,7 +91,8 @@ def source_options(data_cfg: ml_collections.ConfigDict, src_cfg: Any) -> process
 
 def make_train_dataset(data_cfg: ml_collections.ConfigDict, *, seq_len: int, batch_size: int,
                        max_supervised_tokens: int = 0, seed: int, process_index: int = 0,
-                       process_count: int = 1) -> packing.PackIterDataset:
+                       process_count: int = 1,
+                       max_sample_tokens: int = 0) -> packing.PackIterDataset:
   """The training ``IterDataset`` (see ``make_train_iterator``).
 
   Raises:
@@ -122,7 +123,8 @@ def make_train_dataset(data_cfg: ml_collections.ConfigDict, *, seq_len: int, bat
                                                      per_worker_buffer_size=data_cfg.worker_buffer_size))
   tok = get_tokenizer(data_cfg.tokenizer)
   opts = packing.PackOptions(seq_len=seq_len, batch_size=batch_size,
-                             max_supervised_tokens=max_supervised_tokens, algorithm=data_cfg.packing,
+                             max_supervised_tokens=max_supervised_tokens,
+                             max_sample_tokens=max_sample_tokens, algorithm=data_cfg.packing,
                              max_waiting=data_cfg.max_waiting, pad_id=tok.pad_id,
                              img_context_id=tok.img_context_id)
   return packing.PackIterDataset(it, opts)
@@ -177,7 +179,8 @@ def _row_group_starts(src_cfg) -> list[int] | None:
 
 def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, seq_len: int, batch_size: int,
                         max_supervised_tokens: int = 0, seed: int, process_index: int = 0,
-                        process_count: int = 1) -> packing.PackDatasetIterator:
+                        process_count: int = 1,
+                        max_sample_tokens: int = 0) -> packing.PackDatasetIterator:
   """Infinite iterator of packed batches for this host.
 
   Args:
@@ -186,6 +189,8 @@ def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, seq_len: int, ba
     max_supervised_tokens: per-sequence cap on supervised positions (0 = none).
     seed: shuffle / mixture seed; process_index / process_count: host slicing
       (each host reads ``records[process_index::process_count]``).
+    max_sample_tokens: the longest sample kept [tokens], 0 = seq_len (longer ones are
+      counted skips ``too_long``; ``model.max_sample_tokens``).
   Returns:
     a ``grain.DatasetIterator`` of batch dicts (``neo_jax.core.batch``:
     input_ids / labels / segment_ids ``[B, S] int32``, token_hw
@@ -195,7 +200,8 @@ def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, seq_len: int, ba
   """
   ds = make_train_dataset(data_cfg, seq_len=seq_len, batch_size=batch_size,
                           max_supervised_tokens=max_supervised_tokens, seed=seed,
-                          process_index=process_index, process_count=process_count)
+                          process_index=process_index, process_count=process_count,
+                          max_sample_tokens=max_sample_tokens)
   return iter(ds)
 
 

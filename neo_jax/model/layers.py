@@ -173,7 +173,8 @@ class NativeAttention(nn.Module):
     else:
       out = attention_ops.attention(
           q, k, v, segment_ids, unit_ids, scale=d ** -0.5, impl=cfg.attention_impl,
-          block_q=cfg.attention_block_q, block_kv=cfg.attention_block_kv)
+          block_q=cfg.attention_block_q, block_kv=cfg.attention_block_kv,
+          max_sample_tokens=cfg.get("max_sample_tokens", 0))
       if self.cache_mode == "prefill":
         ck, cv = self._cache()
         ck.value = _constrain_cache(

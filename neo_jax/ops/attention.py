@@ -37,11 +37,14 @@ __all__ = ["attention", "reference_attention", "sharded_flash_mixed_attention",
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array,
               segment_ids: jax.Array, unit_ids: jax.Array, *, scale: float,
-              impl: str = "xla", block_q: int = 512, block_kv: int = 512) -> jax.Array:
+              impl: str = "xla", block_q: int = 512, block_kv: int = 512,
+              max_sample_tokens: int = 0) -> jax.Array:
   """Mixed-mask attention, dispatching to the reference, the blockwise path or the kernel.
 
   Args: as ``reference_attention``; ``impl`` in {"xla", "xla_blockwise", "pallas",
-    "auto"}, ``block_q`` / ``block_kv`` the block sizes in tokens (blockwise and kernel).
+    "auto"}, ``block_q`` / ``block_kv`` the block sizes in tokens (blockwise and kernel),
+    ``max_sample_tokens`` the packer's sample cap that bounds the Pallas kernel's grid
+    (0 = none; ``flash_mixed.flash_mixed_attention``; the other paths need no bound).
 
   Returns:
     ``[B, S, Hq, Dv]`` in ``q.dtype``.
@@ -55,10 +58,14 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array,
   mesh = jax.sharding.get_abstract_mesh()
   if not mesh.empty and mesh.size > 1:
     return _sharded_kernel(mesh, q, k, v, segment_ids, unit_ids, scale=scale,
-                           block_q=block_q, block_kv=block_kv, impl=impl)
-  fn = (flash_blockwise.blockwise_attention if impl == "xla_blockwise"
-        else flash_mixed.flash_mixed_attention)
-  return fn(q, k, v, segment_ids, unit_ids, scale=scale, block_q=block_q, block_kv=block_kv)
+                           block_q=block_q, block_kv=block_kv, impl=impl,
+                           max_sample_tokens=max_sample_tokens)
+  if impl == "xla_blockwise":
+    return flash_blockwise.blockwise_attention(q, k, v, segment_ids, unit_ids, scale=scale,
+                                               block_q=block_q, block_kv=block_kv)
+  return flash_mixed.flash_mixed_attention(q, k, v, segment_ids, unit_ids, scale=scale,
+                                           block_q=block_q, block_kv=block_kv,
+                                           max_sample_tokens=max_sample_tokens)
 
 
 def _mesh_axes(logical: str):
@@ -67,7 +74,7 @@ def _mesh_axes(logical: str):
 
 
 def _sharded_kernel(mesh, q, k, v, segment_ids, unit_ids, *, scale, block_q, block_kv,
-                    impl="pallas"):
+                    impl="pallas", max_sample_tokens=0):
   """The Pallas kernel (or the blockwise path) on each shard of a jitted, mesh-sharded step.
 
   The kernel runs under ``shard_map`` over the mesh axes named by the logical
@@ -98,6 +105,7 @@ def _sharded_kernel(mesh, q, k, v, segment_ids, unit_ids, *, scale, block_q, blo
                 block_q=block_q, block_kv=block_kv, impl=impl)
   if impl == "pallas":
     kwargs["platform"] = backend.target_platform(mesh)
+    kwargs["max_sample_tokens"] = max_sample_tokens
   if length:
     return context_parallel_flash_mixed_attention(
         mesh, q, k, v, segment_ids, unit_ids,

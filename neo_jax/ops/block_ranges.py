@@ -8,6 +8,8 @@ interval
 
     start_i <= j <= limit_i.
 
+Padding (segment 0) sees only itself (``start_i = limit_i = i``): its outputs are never
+used, and a padding run then costs one block per q block instead of a causal triangle.
 Both ``start`` and ``limit`` are non-decreasing along the sequence (contiguous samples,
 contiguous visual units inside a sample). Hence for a q block the visible keys lie in
 ``[start(first row), max limit]``, every kv block in that range holds at least one
@@ -15,7 +17,9 @@ visible pair (the union of the rows' intervals is contiguous), and the q blocks 
 see one kv block form an interval too (the mirror image, used by dK / dV).
 
 Everything here is plain ``jnp`` run before the kernel; the kernel receives the ranges
-by scalar prefetch.
+by scalar prefetch. ``kv_step_bound`` / ``q_step_bound`` are the static side: with every
+packed sample at most ``L`` tokens long (the packer's cap), how many blocks one q block
+(one kv block) can visit, which sizes the TPU kernels' grids.
 """
 
 from __future__ import annotations
@@ -67,29 +71,77 @@ def token_bounds(segment_ids: jax.Array, unit_ids: jax.Array) -> TokenBounds:
   Returns:
     ``TokenBounds`` with ``start`` = first index of the query's segment run and
     ``limit`` = ``mask.visible_limit`` (last token of the query's visual unit, or the
-    query itself).
+    query itself); a padding query (segment 0) has ``start = limit = i`` (its diagonal,
+    as ``mask.mixed_mask``).
   """
   b, s = segment_ids.shape
   idx = jnp.broadcast_to(jnp.arange(s, dtype=jnp.int32), (b, s))
   is_first = jnp.concatenate(
       [jnp.ones((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+  is_first = is_first | (segment_ids == 0)
   start = jax.lax.cummax(jnp.where(is_first, idx, 0), axis=1)
   limit = mask_lib.visible_limit(unit_ids)
   return TokenBounds(start.astype(jnp.int32), limit.astype(jnp.int32))
 
 
 def pad_bounds(bounds: TokenBounds, seq_pad: int) -> TokenBounds:
-  """Pads the bounds to ``seq_pad`` tokens by repeating the last real row.
+  """Pads the bounds to ``seq_pad`` rows; each padded row sees one key, the last row's limit.
 
-  Padded rows then see exactly what the last real row sees (never a padded key), so
-  their softmax is well defined, no padded key is ever visible and the ranges stay
-  non-decreasing.
+  That key is real (never a padded one), so the padded rows' softmax is well defined
+  and their outputs (discarded) finite; the ranges stay non-decreasing
+  (``start_last <= limit_last``); a padded row ``P`` rows past the end sees a key at
+  most ``P`` rows before it, like a sample of ``P + 1`` tokens (``q_step_bound``).
   """
-  extra = seq_pad - bounds.start.shape[1]
+  b, s = bounds.start.shape
+  extra = seq_pad - s
   if extra == 0:
     return bounds
-  pad = lambda x: jnp.pad(x, ((0, 0), (0, extra)), mode="edge")
-  return TokenBounds(pad(bounds.start), pad(bounds.limit))
+  fill = jnp.broadcast_to(bounds.limit[:, -1:], (b, extra))
+  return TokenBounds(jnp.concatenate([bounds.start, fill], axis=1),
+                     jnp.concatenate([bounds.limit, fill], axis=1))
+
+
+def kv_step_bound(max_sample_tokens: int, block_q: int, block_kv: int, nk: int) -> int:
+  """The most kv blocks one q block can visit when no sample exceeds ``L`` tokens.
+
+  Rows ``[x, x + block_q)`` (any ``x``: a context shard's rows need not start on a
+  block multiple) see keys in ``[start_x, max limit]``; a real row's sample began at
+  most ``L - 1`` tokens before it and ends at most ``L - 1`` after it, a padding row
+  sees itself, so the keys lie in ``[x - L + 1, x + block_q + L - 2]``: ``W = 2L +
+  block_q - 2`` tokens, which touch at most ``(W + block_kv - 2) // block_kv + 1``
+  kv blocks. Attained: a sample of ``L`` tokens ending at the block's first row and one
+  starting with an ``L``-token image at its last row.
+
+  Args:
+    max_sample_tokens: ``L`` [tokens], 0 = no cap (the result is ``nk``).
+    block_q, block_kv: block sizes [tokens]; nk: kv blocks in the sequence.
+
+  Returns:
+    The step count of the forward / dQ grid's last axis, ``<= nk``.
+  """
+  if max_sample_tokens <= 0:
+    return nk
+  w = 2 * max_sample_tokens + block_q - 2
+  return max(1, min(nk, (w + block_kv - 2) // block_kv + 1))
+
+
+def q_step_bound(max_sample_tokens: int, block_q: int, block_kv: int, nq: int) -> int:
+  """The most q blocks that visit one kv block when no sample exceeds ``L`` tokens.
+
+  A q block starting at row ``x`` visits kv block ``[c, c + block_kv)`` only if
+  ``start_x <= c + block_kv - 1`` and its largest limit ``>= c``, so ``x`` lies in
+  ``[c - block_q - L + 2, c + block_kv + L - 2]`` (``block_q + block_kv + 2L - 3``
+  positions), which holds at most ``ceil(that / block_q)`` q block starts.
+
+  Args: as ``kv_step_bound``, with ``nq`` the q blocks of the rows.
+
+  Returns:
+    The step count of the dK / dV grid's last axis, ``<= nq``.
+  """
+  if max_sample_tokens <= 0:
+    return nq
+  n = block_q + block_kv + 2 * max_sample_tokens - 3
+  return max(1, min(nq, -(-n // block_q)))
 
 
 def block_ranges(bounds: TokenBounds, block_q: int, block_kv: int,

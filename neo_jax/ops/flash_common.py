@@ -37,6 +37,9 @@ class Config:
     group: query heads per kv head.
     interpret: run the Pallas kernels in interpret mode.
     residual_names: ``jax.checkpoint`` names of the saved output and logsumexp.
+    max_sample_tokens: the longest packed sample [tokens] (0 = no cap); bounds the
+      TPU grids' step axes (``block_ranges.kv_step_bound``); the Triton kernels loop
+      over each range and ignore it.
   """
   scale: float
   block_q: int
@@ -46,6 +49,7 @@ class Config:
   group: int
   interpret: bool
   residual_names: tuple[str, str]
+  max_sample_tokens: int = 0
 
 
 def differentiable(fwd_call, bwd_call):
@@ -96,8 +100,10 @@ def run_padded(flash, cfg: Config, q: jax.Array, k: jax.Array, v: jax.Array,
 
   Transposes ``[B, S, H, D] -> [B, H, S, D]``, zero-pads the query rows to a multiple of
   ``q_multiple`` and the keys / values to one of ``kv_multiple``, pads the bounds by
-  repeating the last row (``block_ranges.pad_bounds``: padded keys are never seen),
-  and returns the real rows, ``[B, Sq, Hq, Dv]``.
+  giving padded rows the last row's limit (``block_ranges.pad_bounds``: padded keys are
+  never seen), and returns the real rows, ``[B, Sq, Hq, Dv]``. With a sample cap ``L``
+  the kernels get ``max(L, P + 1)`` for ``P`` padded rows (a padded row sees a key up
+  to ``P`` rows back, ``block_ranges.q_step_bound``).
   """
   sq, sk = q.shape[1], k.shape[1]
   q_pad = -(-sq // q_multiple) * q_multiple
@@ -107,6 +113,9 @@ def run_padded(flash, cfg: Config, q: jax.Array, k: jax.Array, v: jax.Array,
     x = jnp.swapaxes(x, 1, 2)
     return jnp.pad(x, ((0, 0), (0, 0), (0, n - x.shape[2]), (0, 0))) if n > x.shape[2] else x
 
+  if cfg.max_sample_tokens > 0:
+    cfg = dataclasses.replace(cfg, max_sample_tokens=max(cfg.max_sample_tokens,
+                                                         q_pad - sq + 1))
   tb = br.pad_bounds(br.TokenBounds(bounds.start.astype(jnp.int32),
                                     bounds.limit.astype(jnp.int32)), q_pad)
   o = flash(cfg, layout(q, q_pad), layout(k, k_pad), layout(v, k_pad), tb.start, tb.limit)

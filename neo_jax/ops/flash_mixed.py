@@ -30,7 +30,8 @@ def flash_mixed_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                           block_kv_bwd: int | None = None,
                           residual_names: tuple[str, str] = flash_common.DEFAULT_RESIDUAL_NAMES,
                           interpret: bool | None = None,
-                          platform: str | None = None) -> jax.Array:
+                          platform: str | None = None,
+                          max_sample_tokens: int = 0) -> jax.Array:
   """Mixed-mask attention with the block-sparse Pallas kernel (differentiable).
 
   Same contract as ``ops.reference.reference_attention``.
@@ -53,6 +54,10 @@ def flash_mixed_attention(q: jax.Array, k: jax.Array, v: jax.Array,
       (AOT for TPU from a CPU host); None lets ``backend.kernel_backend`` choose.
     platform: the target platform for that choice (default: the mesh in context's,
       else the default backend).
+    max_sample_tokens: the longest packed sample [tokens] the batch can hold (the
+      packer's cap, ``model.max_sample_tokens``); 0 = no cap. Bounds the Mosaic grids'
+      step axes (``block_ranges.kv_step_bound``); a batch that breaks the cap gets NaN
+      outputs, never silently dropped blocks.
 
   Returns:
     ``[B, S, Hq, Dv]`` in ``q.dtype``; scores and softmax in float32.
@@ -68,7 +73,8 @@ def flash_mixed_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   return flash_mixed_attention_bounds(
       q, k, v, bounds, scale=scale, block_q=block_q, block_kv=block_kv,
       block_q_bwd=block_q_bwd, block_kv_bwd=block_kv_bwd,
-      residual_names=residual_names, interpret=interpret, platform=platform)
+      residual_names=residual_names, interpret=interpret, platform=platform,
+      max_sample_tokens=max_sample_tokens)
 
 
 def flash_mixed_attention_bounds(q: jax.Array, k: jax.Array, v: jax.Array,
@@ -79,7 +85,8 @@ def flash_mixed_attention_bounds(q: jax.Array, k: jax.Array, v: jax.Array,
                                  residual_names: tuple[str, str] = (
                                      flash_common.DEFAULT_RESIDUAL_NAMES),
                                  interpret: bool | None = None,
-                                 platform: str | None = None) -> jax.Array:
+                                 platform: str | None = None,
+                                 max_sample_tokens: int = 0) -> jax.Array:
   """The kernel on query rows given by their visible key intervals (differentiable).
 
   The general form behind ``flash_mixed_attention``: query row ``i`` sees keys
@@ -96,7 +103,7 @@ def flash_mixed_attention_bounds(q: jax.Array, k: jax.Array, v: jax.Array,
       row's ``start <= limit``, both non-decreasing along the rows (true of
       consecutive rows of one packed sequence).
     scale, block_q, block_kv, block_q_bwd, block_kv_bwd, residual_names, interpret,
-      platform: as ``flash_mixed_attention``. Rows are padded to a multiple of the
+      platform, max_sample_tokens: as ``flash_mixed_attention``. Rows are padded to a multiple of the
       q blocks, keys to a multiple of the kv blocks. The Triton kernels cap the
       block sizes at 64 (shared memory).
 
@@ -125,5 +132,5 @@ def flash_mixed_attention_bounds(q: jax.Array, k: jax.Array, v: jax.Array,
     flash_mixed_tpu.check_blocks(block_q, block_kv, block_q_bwd, block_kv_bwd)
   cfg = flash_common.Config(float(scale), block_q, block_kv, block_q_bwd, block_kv_bwd,
                             q.shape[2] // k.shape[2], kernels == "interpret",
-                            tuple(residual_names))
+                            tuple(residual_names), int(max_sample_tokens))
   return flash_mixed_tpu.flash_mixed_attention_tpu_bounds(q, k, v, bounds, cfg)

@@ -7,13 +7,15 @@ Token ``i`` may attend token ``j`` iff
 where ``seg`` is the packed-sample id (0 = padding) and ``unit`` the visual-unit
 id (0 = not a visual token, else unique per image / video frame). Causal across
 text and across images, bidirectional inside one image or frame, nothing across
-packed samples. Padding tokens (seg 0) see only earlier padding, and real tokens
-never see padding, so padding cannot leak into real tokens; every row keeps at
-least its diagonal, so no softmax row is empty.
+packed samples. A padding token (seg 0) sees only itself and real tokens never see
+padding, so padding cannot leak into real tokens (NEO_SPEC §1.4 leaves padding's own
+rows free: their outputs are never used; the diagonal keeps the kernels' work on a
+padding run to one block per q block); every row keeps at least its diagonal, so no
+softmax row is empty.
 
 Equivalent "limit" form used by the kernel: with ``limit_i`` = index of the last
 token of ``i``'s unit (``i`` itself for a non-visual token) and visual units
-contiguous, ``i`` may attend ``j`` iff ``seg_i == seg_j and j <= limit_i``.
+contiguous, a real token ``i`` may attend ``j`` iff ``seg_i == seg_j and j <= limit_i``.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def mixed_mask(segment_ids: jax.Array, unit_ids: jax.Array) -> jax.Array:
   causal = idx[None, :, None] >= idx[None, None, :]
   same_seg = segment_ids[:, :, None] == segment_ids[:, None, :]
   same_unit = (unit_ids[:, :, None] == unit_ids[:, None, :]) & (unit_ids[:, :, None] > 0)
-  return same_seg & (causal | same_unit)
+  real_or_diagonal = (segment_ids[:, :, None] > 0) | (idx[None, :, None] == idx[None, None, :])
+  return same_seg & (causal | same_unit) & real_or_diagonal
 
 
 def visible_limit(unit_ids: jax.Array) -> jax.Array:

@@ -3,7 +3,9 @@
 ``check_finite`` runs before every save and log: a NaN / inf loss, gradient norm
 or parameter stops the run without saving, so the newest checkpoint stays the
 last good one. ``check_supervised_fit`` stops a run whose supervised tokens were
-silently cut by ``model.max_supervised_tokens``.
+silently cut by ``model.max_supervised_tokens``. ``check_sample_lengths`` refuses a
+host batch holding a sample longer than ``model.max_sample_tokens`` (the TPU kernel's
+grid is sized by it) before it reaches the step.
 """
 
 from __future__ import annotations
@@ -33,3 +35,40 @@ def check_supervised_fit(metrics: dict, max_supervised_tokens: int) -> None:
     raise ValueError(f"{metrics['dropped_supervised']} supervised tokens did not fit in "
                      f"model.max_supervised_tokens={max_supervised_tokens}; "
                      "raise it or let the packer enforce it.")
+
+
+def longest_sample(segment_ids: np.ndarray) -> int:
+  """Tokens of the longest packed sample: the longest run of one non-zero segment id.
+
+  Args:
+    segment_ids: ``[B, S]`` integer packed-sample ids (0 = padding).
+
+  Returns:
+    The length in tokens (0 for an all-padding batch).
+  """
+  seg = np.asarray(segment_ids)
+  best = 0
+  for row in seg.reshape(-1, seg.shape[-1]):
+    cuts = np.flatnonzero(row[1:] != row[:-1]) + 1
+    starts = np.concatenate([[0], cuts])
+    lengths = np.diff(np.concatenate([starts, [row.size]]))
+    real = row[starts] != 0
+    if real.any():
+      best = max(best, int(lengths[real].max()))
+  return best
+
+
+def check_sample_lengths(segment_ids: np.ndarray, max_sample_tokens: int, step: int) -> None:
+  """Raises ValueError when a sample is longer than ``max_sample_tokens`` (0 = no cap).
+
+  The packer drops such samples; a batch from elsewhere (a custom iterator) could
+  still hold one, and the TPU kernel, whose grid is bounded by the cap, would return
+  NaN for it.
+  """
+  if max_sample_tokens <= 0:
+    return
+  n = longest_sample(segment_ids)
+  if n > max_sample_tokens:
+    raise ValueError(f"The batch of step {step + 1} holds a sample of {n} tokens, longer than "
+                     f"model.max_sample_tokens={max_sample_tokens}; raise the cap or let the "
+                     "packer (data.kind=pipeline) drop such samples.")

@@ -89,7 +89,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       while step < tc.num_steps:
         profiler.before_step(step)
         with meter.phase("data"):
-          batch = setup.global_batch(next(data_iter))
+          host_batch = next(data_iter)
+          health.check_sample_lengths(host_batch["segment_ids"],
+                                      config.model.get("max_sample_tokens", 0), step)
+          batch = setup.global_batch(host_batch)
         state, metrics = train_step(state, batch)
         step += 1
         meter.step(metrics)

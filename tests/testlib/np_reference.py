@@ -157,13 +157,15 @@ def positions_and_units(ids: np.ndarray, seg: np.ndarray, image_grids: list, cfg
 
 
 def mixed_mask(seg: np.ndarray, unit: np.ndarray) -> np.ndarray:
-  """``[S, S] bool``: i may attend j iff same sample and (j <= i or same image)."""
+  """``[S, S] bool``: i may attend j iff same sample and (j <= i or same image); a
+  padding token (seg 0) attends only itself (its rows are never used; NEO_SPEC §1.4 only
+  requires that padding does not leak into real tokens)."""
   s = len(seg)
   m = np.zeros((s, s), bool)
   for i in range(s):
     for j in range(s):
       same_unit = unit[i] == unit[j] and unit[i] > 0
-      m[i, j] = seg[i] == seg[j] and (j <= i or same_unit)
+      m[i, j] = seg[i] == seg[j] and (j <= i or same_unit) and (seg[i] > 0 or i == j)
   return m
 
 
