@@ -17,8 +17,8 @@ GQA without repeating k / v: query heads are viewed as ``[Hkv, G]`` and each kv
 head's block is contracted against its ``G`` query heads. Masking inside a
 visited block uses the interval form (``start_i <= j <= limit_i``); masked
 probabilities are zeroed explicitly, so a row whose first visited block holds no
-visible key stays exact. Padding semantics equal the dense reference (padding
-rows see earlier padding).
+visible key stays exact. Padding semantics equal the dense reference (a padding
+row sees only itself).
 
 Shapes and the custom-VJP plumbing (residual names for remat policies, padding of
 rows and keys to whole blocks) are ``flash_common``'s, shared with the kernels.
