@@ -15,6 +15,7 @@ a 2048^3 float32 matmul), and the achieved FLOP/s are the model FLOPs of the ste
 attention pairs) over the step time.
 
     JAX_PLATFORMS=cpu PYTHONPATH=. python bench/train_step.py --configs A,B --impls xla,xla_blockwise
+        [--max_visual 128]   # the patch embedder on the 128 visual positions only
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def make_config(vocab: int, impl: str, a):
   m.attention_impl = impl
   m.attention_block_q = m.attention_block_kv = a.block
   m.max_supervised_tokens = a.max_supervised
+  m.max_visual_tokens = a.max_visual
   # Special ids inside a small vocabulary (config B): the last three rows.
   if vocab < m.img_context_token_id:
     m.img_start_token_id, m.img_context_token_id, m.img_end_token_id = vocab - 3, vocab - 2, vocab - 1
@@ -140,6 +142,9 @@ def main():
   ap.add_argument("--block", type=int, default=256, help="blockwise / kernel block size")
   ap.add_argument("--max_supervised", type=int, default=1280,
                   help="gathered LM-head rows (0 = the head on every position)")
+  ap.add_argument("--max_visual", type=int, default=0,
+                  help="gathered patch-embedder positions (0 = every position; the "
+                       "workload has 128 visual tokens)")
   ap.add_argument("--warmup", type=int, default=2)
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
@@ -150,13 +155,15 @@ def main():
     return
   rows = []
   passthrough = [f"--{k}={getattr(a, k)}" for k in ("seq", "hidden", "layers", "block",
-                                                    "max_supervised", "warmup", "steps")]
+                                                    "max_supervised", "max_visual", "warmup",
+                                                    "steps")]
   for name in a.configs.split(","):
     for impl in a.impls.split(","):
       rows.append(benchlib.run_fresh(__file__, [f"--one={name}:{impl}"] + passthrough))
       print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
   print(f"seq {a.seq}, {a.layers} layers, hidden {a.hidden}, block {a.block}, "
-        f"max_supervised {a.max_supervised}; median of {a.steps} steps after {a.warmup}")
+        f"max_supervised {a.max_supervised}, max_visual {a.max_visual}; median of {a.steps} "
+        f"steps after {a.warmup}")
   print("| config | impl | step s | tokens/s | model TFLOP/step | achieved GFLOP/s | "
         "x measured matmul peak | peak RSS GiB (compile / steps) | XLA temp GiB | compile s |")
   print("|---|---|---|---|---|---|---|---|---|---|")

@@ -3,9 +3,10 @@
 ``PackIterDataset`` consumes the per-sample dicts of ``processor.py`` (and
 their skip markers) and yields batches in the layout of
 ``neo_jax.core.batch``. Per batch it fills ``batch_size`` bins with first-fit
-or best-fit under two capacities: ``seq_len`` tokens and, optionally,
+or best-fit under up to three capacities: ``seq_len`` tokens and, optionally,
 ``max_supervised_tokens`` supervised positions (positions i with
-``labels[i + 1] != -100``; the model gathers that many before the LM head).
+``labels[i + 1] != -100``; the model gathers that many before the LM head) and
+``max_visual_tokens`` visual tokens (the patch embedder's gather).
 A sample that does not fit any open bin waits (FIFO) for the next batch, whose
 bins it enters first; the batch is emitted once ``max_waiting`` samples wait
 (or the input ends). A sample larger than an empty bin, or than
@@ -44,6 +45,8 @@ class PackOptions:
   max_supervised_tokens: supervised-position capacity per sequence, 0 = none.
   max_sample_tokens: [tokens] the longest sample kept, 0 = ``seq_len`` (longer ones are
     dropped and counted as ``too_long``; the TPU attention kernel sizes its grid by it).
+  max_visual_tokens: visual-token capacity per sequence (the patch embedder's static
+    gather, ``model.max_visual_tokens``), 0 = none.
   algorithm: "first_fit" | "best_fit" (bin choice for each sample).
   max_waiting: samples that may wait for the next batch before the current
     batch is emitted (higher = denser packing, longer replay on restore).
@@ -55,6 +58,7 @@ class PackOptions:
   batch_size: int
   max_supervised_tokens: int = 0
   max_sample_tokens: int = 0
+  max_visual_tokens: int = 0
   algorithm: str = "first_fit"
   max_waiting: int = 16
   pad_id: int = tokens.PAD_TOKEN_ID
@@ -103,15 +107,18 @@ class PackDatasetIterator(grain.DatasetIterator):
       return "too_long"
     if self._opts.max_supervised_tokens and el["num_supervised"] > self._opts.max_supervised_tokens:
       return "too_many_supervised"
+    if self._opts.max_visual_tokens and len(el["pixel_values"]) > self._opts.max_visual_tokens:
+      return "too_many_visual"
     return None
 
   def _place(self, el: dict, used: list[list[int]]) -> int:
-    """Bin index for ``el`` or -1; ``used[b] = [tokens, supervised]``."""
-    n, sup = len(el["input_ids"]), el["num_supervised"]
+    """Bin index for ``el`` or -1; ``used[b] = [tokens, supervised, visual]``."""
+    n, sup, vis = len(el["input_ids"]), el["num_supervised"], len(el["pixel_values"])
     cap, cap_sup = self._opts.seq_len, self._opts.max_supervised_tokens
+    cap_vis = self._opts.max_visual_tokens
     best, best_room = -1, None
-    for b, (u, v) in enumerate(used):
-      if u + n > cap or (cap_sup and v + sup > cap_sup):
+    for b, (u, v, w) in enumerate(used):
+      if u + n > cap or (cap_sup and v + sup > cap_sup) or (cap_vis and w + vis > cap_vis):
         continue
       if self._opts.algorithm == "first_fit":
         return b
@@ -129,12 +136,13 @@ class PackDatasetIterator(grain.DatasetIterator):
   def __next__(self) -> dict[str, np.ndarray]:
     opts = self._opts
     bins: list[list[dict]] = [[] for _ in range(opts.batch_size)]
-    used = [[0, 0] for _ in range(opts.batch_size)]
+    used = [[0, 0, 0] for _ in range(opts.batch_size)]
 
     def put(b, el):
       bins[b].append(el)
       used[b][0] += len(el["input_ids"])
       used[b][1] += el["num_supervised"]
+      used[b][2] += len(el["pixel_values"])
 
     still_waiting = collections.deque()
     for item in self._waiting:
@@ -172,7 +180,7 @@ class PackDatasetIterator(grain.DatasetIterator):
                                      patch_size=opts.patch_size)
     self._counts["batches"] += 1
     self._counts["samples"] += sum(len(x) for x in bins)
-    self._counts["tokens"] += int(sum(u for u, _ in used))
+    self._counts["tokens"] += int(sum(u[0] for u in used))
     self._counts["capacity"] += opts.batch_size * opts.seq_len
     self._advance_snapshot()
     return batch

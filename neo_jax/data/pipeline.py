@@ -91,8 +91,8 @@ def source_options(data_cfg: ml_collections.ConfigDict, src_cfg: Any) -> process
 
 def make_train_dataset(data_cfg: ml_collections.ConfigDict, *, seq_len: int, batch_size: int,
                        max_supervised_tokens: int = 0, seed: int, process_index: int = 0,
-                       process_count: int = 1,
-                       max_sample_tokens: int = 0) -> packing.PackIterDataset:
+                       process_count: int = 1, max_sample_tokens: int = 0,
+                       max_visual_tokens: int = 0) -> packing.PackIterDataset:
   """The training ``IterDataset`` (see ``make_train_iterator``).
 
   Raises:
@@ -124,7 +124,8 @@ def make_train_dataset(data_cfg: ml_collections.ConfigDict, *, seq_len: int, bat
   tok = get_tokenizer(data_cfg.tokenizer)
   opts = packing.PackOptions(seq_len=seq_len, batch_size=batch_size,
                              max_supervised_tokens=max_supervised_tokens,
-                             max_sample_tokens=max_sample_tokens, algorithm=data_cfg.packing,
+                             max_sample_tokens=max_sample_tokens,
+                             max_visual_tokens=max_visual_tokens, algorithm=data_cfg.packing,
                              max_waiting=data_cfg.max_waiting, pad_id=tok.pad_id,
                              img_context_id=tok.img_context_id)
   return packing.PackIterDataset(it, opts)
@@ -179,8 +180,8 @@ def _row_group_starts(src_cfg) -> list[int] | None:
 
 def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, seq_len: int, batch_size: int,
                         max_supervised_tokens: int = 0, seed: int, process_index: int = 0,
-                        process_count: int = 1,
-                        max_sample_tokens: int = 0) -> packing.PackDatasetIterator:
+                        process_count: int = 1, max_sample_tokens: int = 0,
+                        max_visual_tokens: int = 0) -> packing.PackDatasetIterator:
   """Infinite iterator of packed batches for this host.
 
   Args:
@@ -191,6 +192,7 @@ def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, seq_len: int, ba
       (each host reads ``records[process_index::process_count]``).
     max_sample_tokens: the longest sample kept [tokens], 0 = seq_len (longer ones are
       counted skips ``too_long``; ``model.max_sample_tokens``).
+    max_visual_tokens: visual tokens per sequence, 0 = no cap (``model.max_visual_tokens``).
   Returns:
     a ``grain.DatasetIterator`` of batch dicts (``neo_jax.core.batch``:
     input_ids / labels / segment_ids ``[B, S] int32``, token_hw
@@ -201,7 +203,8 @@ def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, seq_len: int, ba
   ds = make_train_dataset(data_cfg, seq_len=seq_len, batch_size=batch_size,
                           max_supervised_tokens=max_supervised_tokens, seed=seed,
                           process_index=process_index, process_count=process_count,
-                          max_sample_tokens=max_sample_tokens)
+                          max_sample_tokens=max_sample_tokens,
+                          max_visual_tokens=max_visual_tokens)
   return iter(ds)
 
 

@@ -56,6 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
       batch that holds one, and the TPU kernel sizes its grid by it
       (``ops/block_ranges.kv_step_bound``): with samples much shorter than the
       sequence, the grid's step axis shrinks from the whole kv block count.
+    max_visual_tokens: static number of visual positions per sequence the patch
+      embedder runs on (gathered, ``model/visual_gather.py``); 0 = every position. The
+      packer enforces it per sequence; a row with more gets NaN embeddings.
     loss_vocab_chunk: [rows] vocabulary chunk of the chunked LM head + CE.
     max_supervised_tokens: static number of supervised positions gathered per
       sequence before the LM head (0 = all positions; NEO_SPEC §3.5).
@@ -95,6 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.attention_block_q = 512
   c.attention_block_kv = 512
   c.max_sample_tokens = 0
+  c.max_visual_tokens = 0
   c.loss_vocab_chunk = 16384
   c.max_supervised_tokens = 0
   c.loss_weighting = "square"
@@ -196,6 +200,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"attention_mask={c.attention_mask!r} is not one of mixed/causal.")
   if c.get("rope_mode", "native") not in ("native", "1d", "mrope"):
     raise ValueError(f"rope_mode={c.rope_mode!r} is not one of native/1d/mrope.")
+  if c.get("max_visual_tokens", 0) < 0:
+    raise ValueError(f"max_visual_tokens={c.max_visual_tokens} must be >= 0 (0 = no gather).")
   if c.get("max_sample_tokens", 0) < 0:
     raise ValueError(f"max_sample_tokens={c.max_sample_tokens} must be >= 0 (0 = no cap).")
   if c.loss_weighting not in ("token", "sample", "square"):

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from neo_jax.model import layers, positions as pos_lib
+from neo_jax.model import visual_gather
 from neo_jax.model.vision import VisionEmbeddings
 
 Array = jax.Array
@@ -80,9 +81,15 @@ class NEO(nn.Module):
     # table would otherwise leave ``text`` sharded on ``embed``.
     act = ("batch", "length", "embed")
     text = nn.with_logical_constraint(self.embed_tokens(input_ids), act)
-    vis = nn.with_logical_constraint(self.vision_model(pixel_values, token_hw), act)
-    is_ctx = (input_ids == cfg.img_context_token_id)[..., None]
-    return jnp.where(is_ctx, vis.astype(text.dtype), text)
+    is_ctx = input_ids == cfg.img_context_token_id
+    m = cfg.get("max_visual_tokens", 0)
+    if m:   # the patch embedder on the visual positions only (model/visual_gather.py)
+      vis = visual_gather.embed_visual_gathered(self.vision_model, pixel_values, token_hw,
+                                                is_ctx, m)
+    else:
+      vis = self.vision_model(pixel_values, token_hw)
+    vis = nn.with_logical_constraint(vis, act)
+    return jnp.where(is_ctx[..., None], vis.astype(text.dtype), text)
 
   def __call__(self, input_ids: Array, segment_ids: Array, token_hw: Array,
                pixel_values: Array, return_hidden: bool = False) -> Array:

@@ -29,6 +29,15 @@ def check_finite(metrics: dict, step: int, last_good_step: int | None) -> None:
         "Lower the learning rate or check the data (skip counts in metrics.jsonl).")
 
 
+def check_visual_fit(metrics: dict, max_visual_tokens: int) -> None:
+  """Raises ValueError when a sequence held more visual tokens than the patch embedder's
+  static gather (``model.max_visual_tokens``; those rows' embeddings were NaN)."""
+  if metrics.get("dropped_visual"):
+    raise ValueError(f"{metrics['dropped_visual']} visual tokens did not fit in "
+                     f"model.max_visual_tokens={max_visual_tokens}; raise it or let the "
+                     "packer enforce it (data.kind=pipeline).")
+
+
 def check_supervised_fit(metrics: dict, max_supervised_tokens: int) -> None:
   """Raises ValueError when supervised tokens were dropped by the static gather."""
   if metrics.get("dropped_supervised"):

@@ -49,7 +49,8 @@ def make_data_iterator(config: ml_collections.ConfigDict):
     return pipeline.make_train_iterator(
         data_config(config), seq_len=config.seq_len, batch_size=local_bs,
         max_supervised_tokens=m.max_supervised_tokens, seed=config.train.seed,
-        process_index=pi, process_count=pc, max_sample_tokens=m.get("max_sample_tokens", 0))
+        process_index=pi, process_count=pc, max_sample_tokens=m.get("max_sample_tokens", 0),
+        max_visual_tokens=m.get("max_visual_tokens", 0))
   raise ValueError(f"Unknown data.kind {config.data.kind!r}; use 'pipeline' or 'random'.")
 
 

@@ -24,6 +24,7 @@ import optax
 
 from neo_jax.model import loss as loss_lib
 from neo_jax.model import positions as pos_lib
+from neo_jax.model import visual_gather
 from neo_jax.model.neo import NEO
 from neo_jax.train import flops
 
@@ -85,7 +86,7 @@ def train_step(state: TrainState, batch: dict, *, model: NEO, tx: optax.Gradient
   Returns:
     (new state, metrics dict of scalars: loss, grad_norm, lr,
     supervised_tokens, tokens, visual_tokens, attention_pairs,
-    dropped_supervised, params_finite).
+    dropped_supervised, dropped_visual, params_finite).
   """
   cfg = model.config
   k = grad_accum_steps
@@ -141,6 +142,8 @@ def train_step(state: TrainState, batch: dict, *, model: NEO, tx: optax.Gradient
                                                  img_start_id=cfg.img_start_token_id,
                                                  img_context_id=cfg.img_context_token_id)),
       "dropped_supervised": out.dropped,
+      "dropped_visual": visual_gather.dropped_visual(
+          batch["input_ids"] == cfg.img_context_token_id, cfg.get("max_visual_tokens", 0)),
       # The loss above is of the old parameters; this guards the new ones, so a
       # step that produced inf / NaN parameters is never checkpointed.
       # max |x| is NaN / inf iff an entry is: one reduction per leaf, no [V, D] mask.

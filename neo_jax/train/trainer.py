@@ -104,6 +104,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if log_now or save_now:
           # Checked before every save too, so a non-finite state is never saved.
           m = {k: v.item() for k, v in jax.device_get(metrics).items()}
+          health.check_visual_fit(m, config.model.get("max_visual_tokens", 0))
           health.check_finite(m, step, manager.latest_step())
         if log_now:
           health.check_supervised_fit(m, config.model.max_supervised_tokens)
