@@ -82,10 +82,7 @@ def _fwd_kernel(kv_lo_ref, kv_hi_ref, qms_ref, qml_ref,            # scalar pref
     acc_sc[...] = acc_sc[...] * alpha[:, :1] + jnp.dot(
         p.astype(v.dtype), v, preferred_element_type=jnp.float32)
 
-  run = j <= hi
-  full = tc.is_full(qms_ref[blk], qml_ref[blk], j, bk)
-  pl.when(run & full)(lambda: step(False))
-  pl.when(run & jnp.logical_not(full))(lambda: step(True))
+  tc.dispatch_step(step, j <= hi, tc.is_full(qms_ref[blk], qml_ref[blk], j, bk))
 
   @pl.when(t == pl.num_programs(3) - 1)
   def _finish():

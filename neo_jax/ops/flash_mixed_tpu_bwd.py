@@ -59,10 +59,7 @@ def _dq_kernel(kv_lo_ref, kv_hi_ref, qms_ref, qml_ref,
     dq_sc[...] += lax.dot_general(ds.astype(k.dtype), k, tc.TN,
                                   preferred_element_type=jnp.float32)
 
-  run = j <= hi
-  full = tc.is_full(qms_ref[blk], qml_ref[blk], j, bk)
-  pl.when(run & full)(lambda: step(False))
-  pl.when(run & jnp.logical_not(full))(lambda: step(True))
+  tc.dispatch_step(step, j <= hi, tc.is_full(qms_ref[blk], qml_ref[blk], j, bk))
 
   @pl.when(t == pl.num_programs(3) - 1)
   def _finish():
@@ -89,10 +86,7 @@ def _dkv_kernel(q_lo_ref, q_hi_ref, qms_ref, qml_ref,
     dv_sc[...] += jnp.dot(p.astype(do.dtype), do, preferred_element_type=jnp.float32)
     dk_sc[...] += jnp.dot(ds.astype(q.dtype), q, preferred_element_type=jnp.float32)
 
-  run = i <= hi
-  full = tc.is_full(qms_ref[blk], qml_ref[blk], j, bk)
-  pl.when(run & full)(lambda: step(False))
-  pl.when(run & jnp.logical_not(full))(lambda: step(True))
+  tc.dispatch_step(step, i <= hi, tc.is_full(qms_ref[blk], qml_ref[blk], j, bk))
 
   @pl.when((gi == pl.num_programs(3) - 1) & (t == pl.num_programs(4) - 1))
   def _finish():

@@ -40,6 +40,13 @@ def is_full(q_max_start, q_min_limit, j, bk):
   return (q_max_start <= j * bk) & (q_min_limit >= j * bk + bk - 1)
 
 
+def dispatch_step(step, run, full) -> None:
+  """Runs ``step(masked=False)`` on a fully visible block pair, ``step(masked=True)`` on a
+  partly visible one, nothing on a grid step past the range (``run`` False)."""
+  pl.when(run & full)(lambda: step(False))
+  pl.when(run & jnp.logical_not(full))(lambda: step(True))
+
+
 def kv_step(kv_lo_ref, kv_hi_ref, nq):
   """Grid (b, h, q block, step) -> (step, flat q block, kv block visited, range end)."""
   b, i, t = pl.program_id(0), pl.program_id(2), pl.program_id(3)
