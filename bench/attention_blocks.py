@@ -33,6 +33,7 @@ import numpy as np
 from neo_jax.ops import attention as attention_lib
 from neo_jax.ops import block_ranges as br
 from neo_jax.ops import flash_mixed
+from neo_jax.train import health
 
 
 def packed_neo_batch(rng: np.random.Generator, seq: int, mix: str):
@@ -128,8 +129,7 @@ def main():
       print(f"{seq:>6} {mix:>6} {seg.max():>7} {100 * (seg > 0).mean():>5.1f} "
             f"{c['visited']:>8} {c['nonempty']:>8} {c['visited'] / c['nonempty']:>6.3f} "
             f"{c['full']:>6} {c['dense']:>7} {c['visited'] / c['dense']:>11.3f}")
-      runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[-1], seg[0], [-1]]))))
-      longest = int(max(runs[np.asarray([seg[0][i] for i in np.cumsum(runs) - runs]) > 0]))
+      longest = health.longest_sample(seg)
       grids.append((seq, mix, longest, c["visited"], grid_steps(seq, bq, bk, 0),
                     grid_steps(seq, bq, bk, MIX_CAP[mix])))
   print("\nTPU grid steps per (row, head): forward / dQ and dK / dV, without a sample cap "

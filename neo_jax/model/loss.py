@@ -96,10 +96,8 @@ def make_targets(labels: Array, segment_ids: Array, *, mode: str,
   if not max_supervised_tokens:
     return Targets(index, target, per_row(weight), jnp.zeros((), jnp.int32))
   m = max_supervised_tokens
-  count = jnp.sum(sup, axis=1)
   # Stable order: supervised positions first, in sequence order.
-  order = jnp.argsort(~sup, axis=1, stable=True)[:, :m].astype(jnp.int32)
-  keep = jnp.arange(m)[None, :] < count[:, None]
+  order, keep, count = pos_lib.first_true_positions(sup, m)
   gather = lambda a: jnp.take_along_axis(a, order, axis=1)
   return Targets(order, jnp.where(keep, gather(target), 0),
                  per_row(jnp.where(keep, gather(weight), 0.0)),

@@ -145,3 +145,25 @@ def rope_positions(mode: str, input_ids: jax.Array, segment_ids: jax.Array,
     return mrope_positions(input_ids, segment_ids, token_hw, img_start_id=img_start_id,
                            img_context_id=img_context_id)
   raise ValueError(f"Unknown rope_mode {mode!r}; use native, 1d or mrope.")
+
+
+def first_true_positions(mask: jax.Array, m: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The first ``m`` True positions of each row, for a static-shape gather.
+
+  Shared by the LM head's supervised gather (``loss.make_targets``) and the patch
+  embedder's visual gather (``visual_gather.visual_slots``).
+
+  Args:
+    mask: ``[B, S] bool``.
+    m: slots per row, ``m > 0`` (``min(m, S)`` are returned).
+
+  Returns:
+    ``(index [B, m'] int32, keep [B, m'] bool, count [B] int32)``: the True positions in
+    sequence order, then other positions (stable order); ``keep`` marks the slots that
+    hold a True position; ``count`` the True positions of each row (may exceed ``m``).
+  """
+  m = min(m, mask.shape[1])
+  count = jnp.sum(mask, axis=1, dtype=jnp.int32)
+  index = jnp.argsort(~mask, axis=1, stable=True)[:, :m].astype(jnp.int32)
+  keep = jnp.arange(m)[None, :] < count[:, None]
+  return index, keep, count

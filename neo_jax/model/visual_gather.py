@@ -18,6 +18,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from neo_jax.model import positions as pos_lib
+
 Array = jax.Array
 
 
@@ -50,10 +52,7 @@ def visual_slots(is_visual: Array, max_visual_tokens: int) -> VisualSlots:
   """
   if max_visual_tokens <= 0:
     raise ValueError(f"max_visual_tokens={max_visual_tokens} must be > 0 to gather.")
-  m = min(max_visual_tokens, is_visual.shape[1])
-  count = jnp.sum(is_visual, axis=1)
-  index = jnp.argsort(~is_visual, axis=1, stable=True)[:, :m].astype(jnp.int32)
-  keep = jnp.arange(m)[None, :] < count[:, None]
+  index, keep, count = pos_lib.first_true_positions(is_visual, max_visual_tokens)
   return VisualSlots(index, keep, count > max_visual_tokens)
 
 
