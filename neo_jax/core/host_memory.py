@@ -39,3 +39,42 @@ def release_host_memory() -> bool:
   gc.collect()
   trim = _malloc_trim()
   return bool(trim(0)) if trim is not None else False
+
+
+def _status_kib(pid: int | str, field: str) -> int:
+  try:
+    with open(f"/proc/{pid}/status") as f:
+      for line in f:
+        if line.startswith(field + ":"):
+          return int(line.split()[1])
+  except (OSError, ValueError, IndexError):
+    pass
+  return 0
+
+
+def _children(pid: int) -> list[int]:
+  out = []
+  try:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+      out = [int(x) for x in f.read().split()]
+  except (OSError, ValueError):
+    return []
+  return out + [g for c in out for g in _children(c)]
+
+
+def peak_rss_bytes(include_children: bool = True) -> tuple[int, int]:
+  """``(this process's peak RSS, the sum of its live descendants' peak RSS)`` [bytes].
+
+  Linux ``/proc/<pid>/status`` ``VmHWM`` (the resident set's high-water mark); the
+  second value covers worker processes (Grain's ``mp_prefetch``) that are still
+  running. ``(0, 0)`` where ``/proc`` is unavailable.
+  """
+  import os  # pylint: disable=import-outside-toplevel
+  own = _status_kib("self", "VmHWM") * 1024
+  kids = sum(_status_kib(c, "VmHWM") for c in _children(os.getpid())) * 1024 if include_children else 0
+  return own, kids
+
+
+def rss_bytes() -> int:
+  """This process's current resident set [bytes] (``VmRSS``; 0 without ``/proc``)."""
+  return _status_kib("self", "VmRSS") * 1024

@@ -18,3 +18,21 @@ class BadSample(ValueError):
     super().__init__(f"{reason}: {detail}" if detail else reason)
     self.reason = reason
     self.detail = detail
+
+
+class SourceStarvedError(RuntimeError):
+  """A data source yields (almost) no samples: the run stops instead of looping.
+
+  Raised by the packer (``source_stats.SourceMonitor``) when a source's last
+  ``data.starve_records`` records all were skipped, or its skip rate over the last
+  ``data.skip_rate_window`` records exceeds ``data.max_skip_rate``. The message names
+  the source, the dominant skip reason, an example record and the setting to change.
+
+  Attributes:
+    source: the source's name; reason: its dominant skip reason.
+  """
+
+  def __init__(self, message: str, source: str = "", reason: str = ""):
+    super().__init__(message)
+    self.source = source
+    self.reason = reason

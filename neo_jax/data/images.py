@@ -91,22 +91,26 @@ def to_rgb(img: Image.Image) -> Image.Image:
   return img.convert("RGB")
 
 
-def open_image(src: Any, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
-  """Decodes an image source to an RGB ``PIL.Image``.
+def probe_image(src: Any, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+                ) -> tuple[Image.Image, str]:
+  """Opens an image source without decoding its pixels (the header gives the size).
 
   Args:
-    src: a file path, encoded bytes, a ``PIL.Image`` or an ``[H, W(, C)]``
-      uint8 numpy array.
+    src: a file path (local or URL), encoded bytes, a ``PIL.Image`` or an
+      ``[H, W(, C)]`` uint8 numpy array.
     max_image_pixels: [pixels] larger declared sizes raise (decompression bomb).
+  Returns:
+    ``(image, name)``: a lazily loaded ``PIL.Image`` whose ``size`` is
+    ``(width, height)``, and a name for messages; ``load_image`` decodes it.
   Raises:
     BadSample("missing_file"): the path does not exist.
     BadSample("decompression_bomb"): the header declares more pixels.
-    BadSample("corrupt_file"): Pillow cannot decode the data.
+    BadSample("corrupt_file"): Pillow cannot read the header.
   """
   if isinstance(src, Image.Image):
-    return to_rgb(src)
+    return src, "<image>"
   if isinstance(src, np.ndarray):
-    return to_rgb(Image.fromarray(src))
+    return Image.fromarray(src), "<array>"
   if isinstance(src, (bytes, bytearray)):
     fp, name = io.BytesIO(src), "<bytes>"
   else:
@@ -124,17 +128,41 @@ def open_image(src: Any, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Im
     with warnings.catch_warnings():
       warnings.simplefilter("error", Image.DecompressionBombWarning)
       img = Image.open(fp)
-      w, h = img.size
-      if w * h > max_image_pixels:
-        raise BadSample("decompression_bomb", f"{name}: {w}x{h} exceeds {max_image_pixels} pixels")
-      img.load()
-  except BadSample:
-    raise
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
     raise BadSample("decompression_bomb", f"{name}: {e}") from e
   except Exception as e:  # Pillow raises many types for bad data.
     raise BadSample("corrupt_file", f"{name}: {type(e).__name__}: {e}") from e
-  return to_rgb(img)
+  w, h = img.size
+  if w * h > max_image_pixels:
+    raise BadSample("decompression_bomb", f"{name}: {w}x{h} exceeds {max_image_pixels} pixels")
+  return img, name
+
+
+def load_image(img: Image.Image, name: str = "<image>") -> Image.Image:
+  """Decodes a ``probe_image`` result to an RGB ``PIL.Image`` (``to_rgb``).
+
+  Raises:
+    BadSample("corrupt_file"): Pillow cannot decode the data.
+  """
+  try:
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", Image.DecompressionBombWarning)
+      img.load()
+      return to_rgb(img)
+  except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+    raise BadSample("decompression_bomb", f"{name}: {e}") from e
+  except Exception as e:  # Pillow raises many types for bad data.
+    raise BadSample("corrupt_file", f"{name}: {type(e).__name__}: {e}") from e
+
+
+def open_image(src: Any, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
+  """Decodes an image source to an RGB ``PIL.Image`` (``probe_image`` + ``load_image``).
+
+  Raises:
+    BadSample("missing_file" | "decompression_bomb" | "corrupt_file"): see
+    ``probe_image`` and ``load_image``.
+  """
+  return load_image(*probe_image(src, max_image_pixels))
 
 
 def resize_rgb(img: Image.Image, height: int, width: int) -> np.ndarray:
@@ -178,13 +206,22 @@ def load_native(src: Any, min_pixels: int, max_pixels: int,
                 max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> tuple[np.ndarray, tuple[int, int]]:
   """Decode + smart_resize + patchify one image.
 
+  Args:
+    src: anything ``probe_image`` takes (a probed ``PIL.Image`` is decoded here).
+    min_pixels, max_pixels: [pixels] ``smart_resize`` bounds.
   Returns:
     ``(pixels [n_tokens, 4, 768] uint8, (token_rows, token_cols))`` where the
     token grid is ``(grid_h / 2, grid_w / 2)`` = resized size / 32.
   Raises:
-    BadSample: see ``open_image`` and ``smart_resize``.
+    BadSample: see ``probe_image``, ``load_image`` and ``smart_resize``.
   """
   img = open_image(src, max_image_pixels)
+  return native_tokens(img, min_pixels, max_pixels)
+
+
+def native_tokens(img: Image.Image, min_pixels: int, max_pixels: int
+                  ) -> tuple[np.ndarray, tuple[int, int]]:
+  """``smart_resize`` + patchify of a decoded RGB image (see ``load_native``)."""
   w, h = img.size
   rh, rw = smart_resize(h, w, FACTOR, min_pixels, max_pixels)
   return patchify(resize_rgb(img, rh, rw)), (rh // FACTOR, rw // FACTOR)

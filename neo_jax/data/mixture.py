@@ -116,7 +116,8 @@ def apply_mixture(data_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigD
       m = cfg.get("modality")
       cfg["weight"] = float(ratios[m]) / counts[m] if m in ratios else 1.0
     cfg["weight"] = float(cfg["weight"])
-    cfg.pop("modality", None)
+    if cfg.get("modality") is None:  # kept when given: the run records it (trained_processing)
+      cfg.pop("modality", None)
   with out.unlocked():
     out.sources = ml_collections.ConfigDict(srcs)
   return out

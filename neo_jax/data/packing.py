@@ -9,8 +9,11 @@ or best-fit under up to three capacities: ``seq_len`` tokens and, optionally,
 ``max_visual_tokens`` visual tokens (the patch embedder's gather).
 A sample that does not fit any open bin waits (FIFO) for the next batch, whose
 bins it enters first; the batch is emitted once ``max_waiting`` samples wait
-(or the input ends). A sample larger than an empty bin, or than
-``max_sample_tokens``, is dropped and counted, never cut.
+(or the input ends), or once the waiting samples hold ``max_waiting_bytes``. A sample
+larger than an empty bin, or than ``max_sample_tokens``, is dropped and counted, never
+cut (the processor fits samples to these limits first: ``fitting.py``). Every record
+pulled is reported to a ``source_stats.SourceMonitor`` (per-source counts, the
+starvation stop, rate-limited skip logs).
 
 Checkpointing: between batches all bins are empty, so the state is the
 parent's state before the oldest waiting sample plus one letter per sample
@@ -31,6 +34,8 @@ import numpy as np
 
 from neo_jax.core import batch as batch_lib
 from neo_jax.core import geometry, tokens
+from neo_jax.data import prefetch
+from neo_jax.data import source_stats
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,8 @@ class PackOptions:
   algorithm: "first_fit" | "best_fit" (bin choice for each sample).
   max_waiting: samples that may wait for the next batch before the current
     batch is emitted (higher = denser packing, longer replay on restore).
+  max_waiting_bytes: [bytes] the same bound on the waiting samples' arrays, 0 = none.
+  monitor: per-source starvation stop and skip logging.
   pad_id: input id of padding (``<|endoftext|>``).
   img_context_id: id whose positions receive the sample's visual tokens.
   patch_size: [pixels] side of a patch (16).
@@ -61,6 +68,8 @@ class PackOptions:
   max_visual_tokens: int = 0
   algorithm: str = "first_fit"
   max_waiting: int = 16
+  max_waiting_bytes: int = 0
+  monitor: source_stats.MonitorOptions = source_stats.MonitorOptions()
   pad_id: int = tokens.PAD_TOKEN_ID
   img_context_id: int = tokens.IMG_CONTEXT_TOKEN_ID
   patch_size: int = geometry.PATCH_SIZE
@@ -70,6 +79,8 @@ class PackOptions:
       raise ValueError(f"packing algorithm {self.algorithm!r} is not one of {ALGORITHMS}.")
     if self.seq_len <= 0 or self.batch_size <= 0 or self.max_waiting <= 0:
       raise ValueError(f"bad PackOptions {self}.")
+    if self.max_waiting_bytes < 0:
+      raise ValueError(f"max_waiting_bytes={self.max_waiting_bytes} must be >= 0 (0 = none).")
     if self.max_sample_tokens < 0:
       raise ValueError(f"max_sample_tokens={self.max_sample_tokens} must be >= 0 (0 = seq_len).")
 
@@ -98,7 +109,9 @@ class PackDatasetIterator(grain.DatasetIterator):
     self._snapshot = parent.get_state()
     self._log: list[str] = []  # One letter per sample pulled since the snapshot.
     self._waiting: collections.deque = collections.deque()  # (log index, pre-state, sample)
+    self._waiting_bytes = 0
     self._exhausted = False
+    self._monitor = source_stats.SourceMonitor(opts.monitor)
 
   # -- capacity helpers
   def _too_big(self, el: dict) -> str | None:
@@ -150,29 +163,37 @@ class PackDatasetIterator(grain.DatasetIterator):
       if b >= 0:
         put(b, item[2])
         self._log[item[0]] = "D"
+        self._waiting_bytes -= prefetch.nbytes(item[2])
       else:
         still_waiting.append(item)
     self._waiting = still_waiting
-    while len(self._waiting) < opts.max_waiting and not self._exhausted:
+    while (len(self._waiting) < opts.max_waiting and not self._exhausted
+           and (not opts.max_waiting_bytes or self._waiting_bytes < opts.max_waiting_bytes)):
       try:
         i, pre, el = self._pull()
       except StopIteration:
         self._exhausted = True
         break
+      src = el.get("source", "")
       if "skip" in el:
-        self._count_skip(el["skip"], el.get("record_id"), el.get("detail", ""))
+        self._count_skip(src, el["skip"], el.get("record_id"), el.get("detail", ""))
         continue
       reason = self._too_big(el)
       if reason:
-        self._count_skip(reason, el.get("record_id"),
-                         f"{len(el['input_ids'])} tokens, {el['num_supervised']} supervised")
+        self._count_skip(src, reason, el.get("record_id"),
+                         f"{len(el['input_ids'])} tokens, {el['num_supervised']} supervised, "
+                         f"{len(el['pixel_values'])} visual")
         continue
+      if el.get("fitted"):
+        self._counts["fit/" + el["fitted"]] += 1
+      self._monitor.kept(src, len(el["input_ids"]), len(el["pixel_values"]), el.get("fitted", ""))
       b = self._place(el, used)
       if b >= 0:
         put(b, el)
       else:
         self._log[i] = "W"
         self._waiting.append((i, pre, el))
+        self._waiting_bytes += prefetch.nbytes(el)
     if not any(bins):
       raise StopIteration
     batch = batch_lib.assemble_batch(bins, opts.seq_len, pad_id=opts.pad_id,
@@ -185,9 +206,9 @@ class PackDatasetIterator(grain.DatasetIterator):
     self._advance_snapshot()
     return batch
 
-  def _count_skip(self, reason: str, record_id: Any, detail: str) -> None:
+  def _count_skip(self, source: str, reason: str, record_id: Any, detail: str) -> None:
     self._counts["skip/" + reason] += 1
-    log.warning("Skipped record %s (%s): %s", record_id, reason, detail)
+    self._monitor.skipped(source, reason, record_id, detail)  # logs; may raise (starving)
 
   def _advance_snapshot(self) -> None:
     if not self._waiting:
@@ -200,23 +221,37 @@ class PackDatasetIterator(grain.DatasetIterator):
     self._waiting = collections.deque((i - j0, p, el) for i, p, el in self._waiting)
 
   def stats(self) -> dict[str, int]:
-    """Counters: ``skip/<reason>``, ``batches``, ``samples``, ``tokens``
-    (non-padding), ``capacity`` (all positions)."""
-    return dict(self._counts)
+    """Counters: ``skip/<reason>``, ``fit/<kind>`` (``frames`` | ``pixels``),
+    ``batches``, ``samples``, ``tokens`` (non-padding), ``capacity`` (all positions),
+    and per source ``source/<name>/...`` (``SourceMonitor.counts``)."""
+    out = dict(self._counts)
+    out.update({"source/" + k: v for k, v in self._monitor.counts().items()})
+    return out
+
+  @property
+  def monitor(self) -> source_stats.SourceMonitor:
+    """The per-source accounting (``summary()`` for the data audit)."""
+    return self._monitor
 
   def get_state(self) -> dict[str, Any]:
-    return {"parent": self._snapshot, "log": "".join(self._log), "counts": dict(self._counts),
+    return {"parent": self._snapshot, "log": "".join(self._log), "counts": self.stats(),
             "exhausted": int(self._exhausted)}
 
   def set_state(self, state: dict[str, Any]) -> None:
     self._parent.set_state(state["parent"])
-    self._counts = collections.Counter(state["counts"])
+    counts = dict(state["counts"])
+    self._monitor.restore({k[len("source/"):]: v for k, v in counts.items()
+                           if k.startswith("source/")})
+    self._counts = collections.Counter({k: v for k, v in counts.items()
+                                        if not k.startswith("source/")})
     self._exhausted = False
     self._log = []
     self._waiting = collections.deque()
+    self._waiting_bytes = 0
     for letter in state["log"]:
       i, pre, el = self._pull()
       if letter == "W":
         self._log[i] = "W"
         self._waiting.append((i, pre, el))
+        self._waiting_bytes += prefetch.nbytes(el)
     self._snapshot = state["parent"]

@@ -4,8 +4,11 @@ Per source: ``MapDataset`` -> per-host slice -> shuffle -> repeat -> process;
 then ``MapDataset.mix`` with the mixture weights (default text : image :
 multi-image : video = 2 : 4 : 1 : 1, NEO_SPEC §4 NEO-ov stage 2) ->
 ``to_iter_dataset`` -> ``mp_prefetch`` (``num_workers`` processes) ->
-``PackIterDataset`` (first-fit / best-fit into ``[batch, seq_len]``, in the
-main process). Batches follow ``neo_jax.core.batch``.
+``BytePrefetchIterDataset`` (read ahead up to ``prefetch_mib``) -> ``PackIterDataset``
+(first-fit / best-fit into ``[batch, seq_len]``, in the main process). Batches follow
+``neo_jax.core.batch``. The processor fits each sample to what the run holds
+(``fitting.py``); the packer counts every source's records and stops a starving
+source (``source_stats.py``).
 
 Entry points: ``default_data_config``, ``make_train_iterator``,
 ``skip_counts``, ``make_eval_examples``, ``get_tokenizer`` (re-exported).
@@ -22,10 +25,14 @@ import ml_collections
 
 from neo_jax.data import embedded
 from neo_jax.data import packing
+from neo_jax.data import prefetch
 from neo_jax.data import processor as processor_lib
+from neo_jax.data import source_stats
 from neo_jax.data import sources
 from neo_jax.data.errors import BadSample
 from neo_jax.data.tokenizer import get_tokenizer  # pylint: disable=unused-import
+
+MIB = 1 << 20
 
 # Default mixture (NEO-ov text : image : multi-image : video = 2 : 4 : 1 : 1);
 # the image weight is split over the three single-image tasks.
@@ -41,14 +48,25 @@ def default_data_config() -> ml_collections.ConfigDict:
     cache_dir: embedded data cache ("" = $NEO_JAX_CACHE or ~/.cache/neo_jax).
     strict: raise ``BadRecordError`` naming the record instead of skipping.
     num_workers: processes of ``mp_prefetch`` (0 = in the main process).
-    worker_buffer_size: per-worker prefetch buffer [samples].
-    read_threads / read_buffer_size: ``grain.ReadOptions`` of each process.
+    worker_buffer_size: per-worker output buffer [samples] (each worker also holds
+      the ``read_buffer_size`` samples it processes ahead).
+    read_threads / read_buffer_size: ``grain.ReadOptions`` of each process [samples];
+      kept small: the main process reads ahead by bytes (``prefetch_mib``).
+    prefetch_mib: [MiB] processed samples held ahead of the packer in the main process.
+    max_waiting_mib: [MiB] samples waiting in the packer for the next batch.
+    starve_records / max_skip_rate / skip_rate_window: a source whose last
+      ``starve_records`` records were all skipped, or that skipped more than
+      ``max_skip_rate`` of its last ``skip_rate_window``, stops the run with an error
+      naming it (``source_stats.py``; 0 / 1 turn the checks off).
+    audit_batches: the trainer logs the per-source data summary after this many
+      batches (0 = never; ``python -m neo_jax.data.audit`` prints it without a model).
     shuffle: shuffle each source (reshuffled each epoch).
     packing: "first_fit" | "best_fit"; max_waiting: see ``PackOptions``.
     options: default ``ProcessOptions`` fields: min_pixels / max_pixels
       [pixels] (pre-training 65536..4194304, NEO_SPEC §3.2), max_image_pixels,
       video_fps [1/s], max_frames (<= 128), video_min_pixels (per frame),
-      video_max_pixels (per video), frame_list_fps.
+      video_max_pixels (per video), frame_list_fps, min_frames (the frame floor
+      when a video is fitted to the run's limits).
     sources: ``{name: {kind, weight, task | path | tfds_*, data_root,
       options, sampling_rate}}``; ``options`` overrides the defaults per source
       (embedded tasks set their own image sizes). Weight 0 disables a source;
@@ -64,16 +82,23 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.cache_dir = ""
   c.strict = False
   c.num_workers = 0
-  c.worker_buffer_size = 4
+  c.worker_buffer_size = 1
   c.read_threads = 1
-  c.read_buffer_size = 64
+  c.read_buffer_size = 2
+  c.prefetch_mib = 256
   c.shuffle = True
   c.packing = "first_fit"
   c.max_waiting = 16
+  c.max_waiting_mib = 256
+  mon = source_stats.MonitorOptions()
+  c.starve_records = mon.starve_records
+  c.max_skip_rate = mon.max_skip_rate
+  c.skip_rate_window = mon.skip_rate_window
+  c.audit_batches = 20
   base = processor_lib.ProcessOptions()
   c.options = ml_collections.ConfigDict({f.name: getattr(base, f.name)
                                          for f in dataclasses.fields(base)
-                                         if f.name not in ("tokenizer", "strict")})
+                                         if f.name not in processor_lib.RUN_FIELDS})
   c.sources = ml_collections.ConfigDict()
   for task, weight in DEFAULT_MIXTURE:
     c.sources[task] = ml_collections.ConfigDict({
@@ -82,11 +107,40 @@ def default_data_config() -> ml_collections.ConfigDict:
   return c
 
 
-def source_options(data_cfg: ml_collections.ConfigDict, src_cfg: Any) -> processor_lib.ProcessOptions:
-  """``ProcessOptions`` of one source: global defaults, then the source's overrides."""
+def source_options(data_cfg: ml_collections.ConfigDict, src_cfg: Any, *, max_tokens: int = 0,
+                   max_visual_tokens: int = 0) -> processor_lib.ProcessOptions:
+  """``ProcessOptions`` of one source: global defaults, then the source's overrides.
+
+  Args:
+    max_tokens / max_visual_tokens: [tokens] what one sample may hold (0 = no limit):
+      larger samples are fitted (``fitting.py``).
+  Raises:
+    ValueError: an option name ``ProcessOptions`` does not have (names the source's
+      options and the known names).
+  """
   kw = dict(data_cfg.options)
   kw.update(dict(src_cfg.get("options", None) or {}))
-  return processor_lib.ProcessOptions(**kw, tokenizer=data_cfg.tokenizer, strict=data_cfg.strict)
+  known = {f.name for f in dataclasses.fields(processor_lib.ProcessOptions)}
+  unknown = set(kw) - known
+  if unknown:
+    raise ValueError(f"Unknown processing options {sorted(unknown)}; known: "
+                     f"{sorted(known - set(processor_lib.RUN_FIELDS))}.")
+  return processor_lib.ProcessOptions(**kw, tokenizer=data_cfg.tokenizer, strict=data_cfg.strict,
+                                      max_tokens=max_tokens, max_visual_tokens=max_visual_tokens)
+
+
+def sample_limit(seq_len: int, max_sample_tokens: int = 0) -> int:
+  """[tokens] the longest sample a run holds: ``min(seq_len, max_sample_tokens or seq_len)``."""
+  return min(seq_len, max_sample_tokens or seq_len)
+
+
+def monitor_options(data_cfg: ml_collections.ConfigDict) -> source_stats.MonitorOptions:
+  """The starvation-stop fields of ``data_cfg`` (defaults where absent)."""
+  d = source_stats.MonitorOptions()
+  return source_stats.MonitorOptions(
+      starve_records=int(data_cfg.get("starve_records", d.starve_records)),
+      max_skip_rate=float(data_cfg.get("max_skip_rate", d.max_skip_rate)),
+      skip_rate_window=int(data_cfg.get("skip_rate_window", d.skip_rate_window)))
 
 
 def make_train_dataset(data_cfg: ml_collections.ConfigDict, *, seq_len: int, batch_size: int,
@@ -99,6 +153,7 @@ def make_train_dataset(data_cfg: ml_collections.ConfigDict, *, seq_len: int, bat
     ValueError: no source with positive weight, or bad packing options.
   """
   datasets, weights = [], []
+  limit = sample_limit(seq_len, max_sample_tokens)
   for i, name in enumerate(sorted(data_cfg.sources)):
     s = data_cfg.sources[name]
     if s.weight <= 0:
@@ -107,7 +162,8 @@ def make_train_dataset(data_cfg: ml_collections.ConfigDict, *, seq_len: int, bat
                       process_index=process_index, process_count=process_count)
     if data_cfg.shuffle:
       ds = ds.shuffle(seed=seed * 1000 + i)
-    ds = ds.repeat().map(processor_lib.SampleProcessor(source_options(data_cfg, s)))
+    opts = source_options(data_cfg, s, max_tokens=limit, max_visual_tokens=max_visual_tokens)
+    ds = ds.repeat().map(processor_lib.SampleProcessor(opts, source=name))
     datasets.append(ds)
     weights.append(float(s.weight))
   if not datasets:
@@ -121,12 +177,15 @@ def make_train_dataset(data_cfg: ml_collections.ConfigDict, *, seq_len: int, bat
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers,
                                                      per_worker_buffer_size=data_cfg.worker_buffer_size))
+  it = prefetch.BytePrefetchIterDataset(it, int(data_cfg.get("prefetch_mib", 256) * MIB))
   tok = get_tokenizer(data_cfg.tokenizer)
   opts = packing.PackOptions(seq_len=seq_len, batch_size=batch_size,
                              max_supervised_tokens=max_supervised_tokens,
                              max_sample_tokens=max_sample_tokens,
                              max_visual_tokens=max_visual_tokens, algorithm=data_cfg.packing,
-                             max_waiting=data_cfg.max_waiting, pad_id=tok.pad_id,
+                             max_waiting=data_cfg.max_waiting,
+                             max_waiting_bytes=int(data_cfg.get("max_waiting_mib", 0) * MIB),
+                             monitor=monitor_options(data_cfg), pad_id=tok.pad_id,
                              img_context_id=tok.img_context_id)
   return packing.PackIterDataset(it, opts)
 
@@ -211,6 +270,11 @@ def make_train_iterator(data_cfg: ml_collections.ConfigDict, *, seq_len: int, ba
 def skip_counts(iterator: packing.PackDatasetIterator) -> dict[str, int]:
   """``{reason: count}`` of the samples skipped so far (bad records, too long)."""
   return {k.split("/", 1)[1]: v for k, v in iterator.stats().items() if k.startswith("skip/")}
+
+
+def fit_counts(iterator: packing.PackDatasetIterator) -> dict[str, int]:
+  """``{kind: count}`` of the samples fitted so far (``frames`` / ``pixels``)."""
+  return {k.split("/", 1)[1]: v for k, v in iterator.stats().items() if k.startswith("fit/")}
 
 
 def packing_efficiency(iterator: packing.PackDatasetIterator) -> float:

@@ -32,6 +32,7 @@ import numpy as np
 
 from neo_jax.core import paths
 from neo_jax.data import conversation as conv_lib
+from neo_jax.data import fitting
 from neo_jax.data import images as images_lib
 from neo_jax.data import video as video_lib
 from neo_jax.data.errors import BadSample
@@ -55,6 +56,11 @@ class ProcessOptions:
   video_fps: target sampling rate; max_frames: cap (<= 128).
   video_min_pixels: per-frame minimum; video_max_pixels: per-video budget.
   frame_list_fps: rate of a video given as a frame list without an ``fps``.
+  min_frames: the frame floor of fitting a video (``fitting.py``).
+  max_tokens / max_visual_tokens: [tokens] what one sample may hold, 0 = no limit;
+    set by the training pipeline from ``seq_len`` / ``model.max_sample_tokens`` /
+    ``model.max_visual_tokens``: a larger sample is fitted (fewer frames, then
+    fewer pixels, ``fitting.py``) or skipped as ``too_long``.
   tokenizer: ``get_tokenizer`` kind.
   strict: raise ``BadRecordError`` instead of returning a skip marker.
   """
@@ -66,8 +72,19 @@ class ProcessOptions:
   video_min_pixels: int = 4096
   video_max_pixels: int = 4194304
   frame_list_fps: float = 1.0
+  min_frames: int = fitting.DEFAULT_MIN_FRAMES
+  max_tokens: int = 0
+  max_visual_tokens: int = 0
   tokenizer: str = "embedded"
   strict: bool = False
+
+  @property
+  def limits(self) -> fitting.Limits:
+    return fitting.Limits(self.max_tokens, self.max_visual_tokens)
+
+
+# ProcessOptions fields a run sets itself (not per-source processing choices).
+RUN_FIELDS = ("max_tokens", "max_visual_tokens", "tokenizer", "strict")
 
 
 def _resolve(src: Any, root: str | None) -> Any:
@@ -85,18 +102,25 @@ def _as_list(x: Any) -> list:
 
 @dataclasses.dataclass(frozen=True)
 class SampleProcessor:
-  """Callable record -> per-sample dict (see module docstring); picklable."""
+  """Callable record -> per-sample dict (see module docstring); picklable.
+
+  ``source`` names the data source in every output (``"source"``), for per-source
+  counts (``source_stats.py``).
+  """
   options: ProcessOptions = ProcessOptions()
+  source: str = ""
 
   def __call__(self, record: dict) -> dict:
-    rid = str(record.get("_id", "?"))
+    rid = str(record.get("_id", "?")) if isinstance(record, dict) else "?"
     try:
-      return self.process(record)
+      out = self.process(record)
     except BadSample as e:
       if self.options.strict:
         raise BadRecordError(f"record {rid}: {e}") from e
       log.debug("Skipping record %s: %s", rid, e)  # Counted + logged by the packer.
-      return {"skip": e.reason, "record_id": rid, "detail": e.detail}
+      return {"skip": e.reason, "record_id": rid, "detail": e.detail, "source": self.source}
+    out["source"] = self.source
+    return out
 
   def process(self, record: dict, prompt_only: bool = False) -> dict:
     """Like ``__call__`` but raises ``BadSample`` for a bad record.
@@ -118,29 +142,16 @@ class SampleProcessor:
     turns = conv_lib.normalize_turns(record.get("conversations"))
     image_srcs = _as_list(record.get("image")) + _as_list(record.get("images"))
     video = record.get("video")
-    pixels, grids = [], []
     if video is not None:
       if image_srcs:
         raise BadSample("bad_record", "both images and a video")
-      frames, stamps, duration = self._video_frames(video, root)
-      text = video_lib.video_prompt(duration, stamps)
-      turns = _insert_video(turns, text)
-      budget = video_lib.per_frame_max_pixels(o.video_max_pixels, o.video_min_pixels, len(frames))
-      for fr in frames:
-        w, h = fr.size
-        rh, rw = images_lib.smart_resize(h, w, images_lib.FACTOR, o.video_min_pixels, budget)
-        pixels.append(images_lib.patchify(images_lib.resize_rgb(fr, rh, rw)))
-        grids.append((rh // images_lib.FACTOR, rw // images_lib.FACTOR))
+      turns, pixels, grids, fitted = self._video(video, root, turns, tok, prompt_only)
     else:
       turns = conv_lib.add_default_image_tag(turns, len(image_srcs))
       n_tags = sum(v.count(conv_lib.IMAGE_TAG) for _, v in turns)
       if n_tags != len(image_srcs):  # Fail before decoding anything.
         raise BadSample("image_tag_mismatch", f"{n_tags} <image> tags for {len(image_srcs)} images")
-      budget = images_lib.per_image_max_pixels(o.max_pixels, o.min_pixels, len(image_srcs))
-      for src in image_srcs:
-        px, grid = images_lib.load_native(_resolve(src, root), o.min_pixels, budget, o.max_image_pixels)
-        pixels.append(px)
-        grids.append(grid)
+      pixels, grids, fitted = self._images(image_srcs, root, turns, tok, prompt_only)
     ids, labels = conv_lib.tokenize_turns(turns, tok, [r * c for r, c in grids], prompt_only)
     num_sup = int(np.count_nonzero(labels[1:] != IGNORE_INDEX))
     if prompt_only:
@@ -156,23 +167,87 @@ class SampleProcessor:
       pv = np.zeros((0, 4, 3 * images_lib.PATCH ** 2), np.uint8)
     if len(ctx) != len(pv):  # The text itself contained <IMG_CONTEXT>.
       raise BadSample("image_tag_mismatch", f"{len(ctx)} <IMG_CONTEXT> ids for {len(pv)} visual tokens")
+    if not o.limits.fits(len(ids), len(pv)):  # the plan is checked on the real tokens
+      raise BadSample("too_long", f"{len(ids)} tokens ({len(pv)} visual) > "
+                      f"{o.limits.describe()} after fitting")
     out = {"input_ids": ids, "labels": labels, "token_hw": token_hw, "pixel_values": pv,
            "num_supervised": num_sup, "record_id": str(record.get("_id", "?"))}
+    if fitted:
+      out["fitted"] = fitted
     if prompt_only:
       out["num_supervised"] = 0
       out["answer"] = [v for r, v in turns if r == "assistant"][-1]
     return out
 
-  def _video_frames(self, video: Any, root: str | None):
+  def _text_tokens(self, turns, tok, num_images: int, prompt_only: bool) -> int:
+    """[tokens] of the sample with ``num_images`` empty image blocks."""
+    return len(conv_lib.tokenize_turns(turns, tok, [0] * num_images, prompt_only)[0])
+
+  def _images(self, srcs: list, root: str | None, turns, tok, prompt_only: bool):
+    """``(pixels, grids, fitted)`` of a sample's images, fitted to the limits."""
     o = self.options
-    if isinstance(video, dict):
-      return video_lib.frame_list_video([_resolve(f, root) for f in video.get("frames", [])],
-                                        float(video.get("fps", o.frame_list_fps)), o.video_fps,
-                                        o.max_frames, o.max_image_pixels)
-    if isinstance(video, (list, tuple)):
-      return video_lib.frame_list_video([_resolve(f, root) for f in video], o.frame_list_fps,
-                                        o.video_fps, o.max_frames, o.max_image_pixels)
-    return video_lib.decode_video(_resolve(video, root), o.video_fps, o.max_frames)
+    budget = images_lib.per_image_max_pixels(o.max_pixels, o.min_pixels, len(srcs))
+    probed = [images_lib.probe_image(_resolve(s, root), o.max_image_pixels) for s in srcs]
+    fitted = ""
+    if probed and o.limits.active:
+      text = self._text_tokens(turns, tok, len(srcs), prompt_only)
+      sizes = [(img.size[1], img.size[0]) for img, _ in probed]
+      fit = fitting.fit_image_budget(sizes, text, o.min_pixels, budget, o.limits)
+      if fit is None:
+        vis = sum(fitting.grid_tokens(sz, o.min_pixels, o.min_pixels) for sz in sizes)
+        raise BadSample("too_long", f"{text} text + {vis} visual tokens at min_pixels="
+                        f"{o.min_pixels} exceed {o.limits.describe()}")
+      if fit < budget:
+        budget, fitted = fit, fitting.FITTED_PIXELS
+    pixels, grids = [], []
+    for img, name in probed:
+      px, grid = images_lib.native_tokens(images_lib.load_image(img, name), o.min_pixels, budget)
+      pixels.append(px)
+      grids.append(grid)
+    return pixels, grids, fitted
+
+  def _video(self, video: Any, root: str | None, turns, tok, prompt_only: bool):
+    """``(turns with the video text, pixels, grids, fitted)`` of a video sample: frames
+    planned (``fitting.fit_video``) before any is decoded, each resized as decoded."""
+    o = self.options
+    chosen: dict[str, Any] = {}
+
+    def plan(info: video_lib.VideoInfo) -> int:
+      budget = video_lib.per_frame_max_pixels(o.video_max_pixels, o.video_min_pixels, info.sampled)
+      chosen["budget"] = budget
+      if not o.limits.active or not info.height or not info.width:
+        return info.sampled
+
+      def text_tokens(n: int) -> int:
+        stamps = [i / info.fps for i in video_lib.sample_frame_indices(
+            info.num_frames, info.fps, o.video_fps, n)]
+        return self._text_tokens(_insert_video(turns, video_lib.video_prompt(info.duration, stamps)),
+                                 tok, n, prompt_only)
+
+      p = fitting.fit_video((info.height, info.width), info.sampled, text_tokens,
+                            o.video_min_pixels, budget, o.limits, o.min_frames)
+      if p is None:
+        floor = max(1, min(o.min_frames, info.sampled))
+        raise BadSample("too_long", f"video of {info.duration:.0f} s does not fit "
+                        f"{o.limits.describe()} even at {floor} frames of "
+                        f"{o.video_min_pixels} pixels")
+      chosen.update(budget=p.frame_max_pixels, fitted=p.fitted)
+      return p.num_frames
+
+    def convert(frame):
+      return images_lib.native_tokens(frame, o.video_min_pixels, chosen["budget"])
+
+    if isinstance(video, (dict, list, tuple)):
+      frames = video.get("frames", []) if isinstance(video, dict) else video
+      fps = float(video.get("fps", o.frame_list_fps)) if isinstance(video, dict) else o.frame_list_fps
+      out, stamps, duration = video_lib.frame_list_video(
+          [_resolve(f, root) for f in frames], fps, o.video_fps, o.max_frames, o.max_image_pixels,
+          plan=plan, convert=convert)
+    else:
+      out, stamps, duration = video_lib.decode_video(_resolve(video, root), o.video_fps,
+                                                     o.max_frames, plan=plan, convert=convert)
+    turns = _insert_video(turns, video_lib.video_prompt(duration, stamps))
+    return turns, [px for px, _ in out], [g for _, g in out], chosen.get("fitted", "")
 
 
 def _insert_video(turns: list[tuple[str, str]], text: str) -> list[tuple[str, str]]:

@@ -8,8 +8,9 @@ fps is accepted as a video too.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from PIL import Image
 
@@ -18,6 +19,27 @@ from neo_jax.data.errors import BadSample
 from neo_jax.data import images as images_lib
 
 MAX_FRAMES = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+  """A timed video, before any frame is decoded (what a ``plan`` callback sees).
+
+  num_frames: frames in the video; fps: [frames/s]; duration: [s];
+  height / width: [pixels] of a frame (0 when unknown);
+  sampled: frames the configured rate and cap would sample.
+  """
+  num_frames: int
+  fps: float
+  duration: float
+  height: int
+  width: int
+  sampled: int
+
+
+# plan(info) -> frames to sample (<= info.sampled); convert(RGB frame) -> what is kept.
+Plan = Callable[[VideoInfo], int]
+Convert = Callable[[Image.Image], Any]
 
 
 def sample_frame_indices(num_frames: int, native_fps: float, target_fps: float,
@@ -105,7 +127,8 @@ def _packet_times(container, stream) -> tuple[int, list[float]]:
 
 
 def _sampled_frames(container, stream, targets: Sequence[float], start: float,
-                    half_frame: float, seekable: bool = True) -> list[tuple[float, Any]]:
+                    half_frame: float, seekable: bool = True,
+                    keep: Callable[[Any], Any] = lambda f: f) -> list[tuple[float, Any]]:
   """Decodes the frame at or just after each target time [s from the stream start].
 
   Seeks (to the keyframe at or before the target) when the target lies past the
@@ -113,8 +136,9 @@ def _sampled_frames(container, stream, targets: Sequence[float], start: float,
   spacing seen so far; ``SEEK_GAP_S`` past the last frame until a spacing is
   seen), else decodes forward (always, when not ``seekable``): a seek then skips
   whole groups and never re-decodes the current one. Only the chosen frames are
-  kept. Returns ``[(time [s], av.VideoFrame)]``; fewer than ``targets`` when the
-  stream ends early.
+  kept, each as ``keep(av.VideoFrame)`` (converted as soon as it is decoded, so the
+  decoder's native-size frames are not held). Returns ``[(time [s], kept frame)]``;
+  fewer than ``targets`` when the stream ends early.
   """
   tb = float(stream.time_base)
   out: list[tuple[float, Any]] = []
@@ -142,15 +166,16 @@ def _sampled_frames(container, stream, targets: Sequence[float], start: float,
           gop = t - key_t if gop is None else min(gop, t - key_t)
         key_t = t
       if t >= target - half_frame:
-        out.append((t, frame))
+        out.append((t, keep(frame)))
         break
     else:
       break  # end of stream
   return out
 
 
-def decode_video(path: str, target_fps: float, max_frames: int = MAX_FRAMES
-                 ) -> tuple[list[Image.Image], list[float], float]:
+def decode_video(path: str, target_fps: float, max_frames: int = MAX_FRAMES,
+                 plan: Plan | None = None, convert: Convert | None = None
+                 ) -> tuple[list[Any], list[float], float]:
   """Decodes only the sampled frames of a video file with PyAV.
 
   The frame count ``round(duration * fps)`` (or the header's) and
@@ -162,8 +187,16 @@ def decode_video(path: str, target_fps: float, max_frames: int = MAX_FRAMES
   decoded frames' own presentation times (exact under a variable frame rate),
   relative to the stream's start.
 
+  Args:
+    path: a local path or URL; target_fps: [frames/s]; max_frames: cap.
+    plan: called once the video is timed and before any frame is decoded, with
+      its ``VideoInfo``; returns how many frames to sample (<= ``info.sampled``),
+      again uniformly over the whole clip (``sample_frame_indices`` with that cap).
+    convert: applied to each decoded RGB frame at once (e.g. resize + patchify);
+      its results are returned instead of the frames.
   Returns:
-    ``(frames as RGB PIL images, timestamps [s], duration [s])``.
+    ``(frames (RGB PIL images, or what convert returned), timestamps [s],
+    duration [s])``.
   Raises:
     BadSample("missing_file" | "corrupt_file"): no file / undecodable / no
       video stream / no frames.
@@ -178,10 +211,17 @@ def decode_video(path: str, target_fps: float, max_frames: int = MAX_FRAMES
   def sample(container, count, fps, start, duration, seekable):
     count = count or max(1, round(duration * fps))
     idx = sample_frame_indices(count, fps, target_fps, max_frames)
-    chosen = _sampled_frames(container, container.streams.video[0], [i / fps for i in idx],
-                             start, 0.5 / fps, seekable)
-    return ([images_lib.to_rgb(fr.to_image()) for _, fr in chosen],
-            [max(t, 0.0) for t, _ in chosen])
+    stream = container.streams.video[0]
+    if plan is not None:
+      ctx = stream.codec_context
+      n = plan(VideoInfo(count, fps, duration, int(ctx.height or 0), int(ctx.width or 0), len(idx)))
+      if n < len(idx):
+        idx = sample_frame_indices(count, fps, target_fps, n)
+    to_rgb = lambda fr: images_lib.to_rgb(fr.to_image())
+    keep = to_rgb if convert is None else (lambda fr: convert(to_rgb(fr)))
+    chosen = _sampled_frames(container, stream, [i / fps for i in idx], start, 0.5 / fps,
+                             seekable, keep)
+    return [fr for _, fr in chosen], [max(t, 0.0) for t, _ in chosen]
 
   frames = None
   try:
@@ -215,17 +255,26 @@ def decode_video(path: str, target_fps: float, max_frames: int = MAX_FRAMES
 
 
 def frame_list_video(frames: Sequence[Any], fps: float, target_fps: float, max_frames: int = MAX_FRAMES,
-                     max_image_pixels: int = images_lib.DEFAULT_MAX_IMAGE_PIXELS
-                     ) -> tuple[list[Image.Image], list[float], float]:
+                     max_image_pixels: int = images_lib.DEFAULT_MAX_IMAGE_PIXELS,
+                     plan: Plan | None = None, convert: Convert | None = None
+                     ) -> tuple[list[Any], list[float], float]:
   """A list of frame images (paths, bytes, arrays) at ``fps`` treated as a video.
 
+  ``plan`` sees the size of the first frame (read from its header).
   Returns / raises: as ``decode_video`` (and ``images.open_image``).
   """
   if not frames:
     raise BadSample("corrupt_file", "empty frame list")
+  duration = len(frames) / fps
   idx = sample_frame_indices(len(frames), fps, target_fps, max_frames)
-  return ([images_lib.open_image(frames[i], max_image_pixels) for i in idx], [i / fps for i in idx],
-          len(frames) / fps)
+  if plan is not None:
+    first, _ = images_lib.probe_image(frames[idx[0]], max_image_pixels)
+    n = plan(VideoInfo(len(frames), fps, duration, first.size[1], first.size[0], len(idx)))
+    if n < len(idx):
+      idx = sample_frame_indices(len(frames), fps, target_fps, n)
+  convert = convert or (lambda img: img)
+  return ([convert(images_lib.open_image(frames[i], max_image_pixels)) for i in idx],
+          [i / fps for i in idx], duration)
 
 
 def per_frame_max_pixels(video_max_pixels: int, frame_min_pixels: int, num_frames: int) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import time
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -65,6 +66,10 @@ class Generator:
     self.mesh, self.rules, self.bucket = mesh, rules, bucket
     self.image_ids = (cfg.img_start_token_id, cfg.img_context_token_id, cfg.img_end_token_id)
     self._programs = {}
+    self._executables = {}
+    # The last ``generate``: compile_s, prefill_s (the time to the first token, without
+    # compiling), decode_s (the remaining tokens), new_tokens (all rows) [s, tokens].
+    self.timing: dict[str, float] = {}
 
   def _context(self):
     stack = contextlib.ExitStack()
@@ -85,17 +90,34 @@ class Generator:
 
   def _program(self, max_new_tokens: int, stop_ids: tuple[int, ...],
                scfg: sampling.SamplingConfig, return_logits: bool):
+    """``(prefill, loop)`` jitted programs: the prefill returns the loop's carry (the
+    filled cache and the first token), the loop (cache donated) the generated tokens."""
     key = (max_new_tokens, stop_ids, scfg, return_logits)
     if key not in self._programs:
       scfg = dataclasses.replace(scfg, banned_ids=tuple(scfg.banned_ids) + self.image_ids)
       # Under a mesh the results come back replicated: every process (multi-host)
       # can read them.
-      out_shardings = (None if self.mesh is None else
-                       jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
-      self._programs[key] = jax.jit(functools.partial(
-          self._run, max_new_tokens=max_new_tokens, stop_ids=stop_ids, scfg=scfg,
-          return_logits=return_logits), out_shardings=out_shardings)
+      rep = (None if self.mesh is None else
+             jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec()))
+      out_shardings = None if rep is None else (rep, rep, None)
+      kw = dict(max_new_tokens=max_new_tokens, stop_ids=stop_ids, scfg=scfg,
+                return_logits=return_logits)
+      self._programs[key] = (jax.jit(functools.partial(self._start, **kw)),
+                             jax.jit(functools.partial(self._loop, **kw), donate_argnums=(1,),
+                                     out_shardings=out_shardings))
     return self._programs[key]
+
+  def _compiled(self, key, jitted, *args):
+    """``jitted`` compiled for ``args``' shapes (cached); the compile time is added to
+    ``timing["compile_s"]``."""
+    leaves, treedef = jax.tree_util.tree_flatten(args)
+    shapes = (key, treedef, tuple((np.shape(x), str(getattr(x, "dtype", type(x))),
+                                   getattr(x, "sharding", None)) for x in leaves))
+    if shapes not in self._executables:
+      t0 = time.perf_counter()
+      self._executables[shapes] = jitted.lower(*args).compile()
+      self.timing["compile_s"] += time.perf_counter() - t0
+    return self._executables[shapes]
 
   def _prefill(self, params, batch, lengths, length):
     """Fills the cache; returns (cache, logits of each row's last prompt position,
@@ -118,19 +140,28 @@ class Generator:
     next_t = jnp.max(jnp.where(batch["segment_ids"] > 0, t, -1), axis=1) + 1
     return mut["cache"], logits, next_t.astype(jnp.int32)
 
-  def _run(self, params, batch, lengths, rng, *, max_new_tokens, stop_ids, scfg, return_logits):
+  def _start(self, params, batch, lengths, rng, *, max_new_tokens, stop_ids, scfg,
+             return_logits):
+    """The prefill: the loop's initial carry (cache filled, first token chosen)."""
+    del stop_ids
     b, s = batch["input_ids"].shape
     n = max_new_tokens
     with self._context():
       cache, logits0, next_t = self._prefill(params, batch, lengths, s + n)
       rng, sub = jax.random.split(rng)
-      stop = jnp.asarray(stop_ids or (NO_TOKEN,), jnp.int32)
       all_logits = (jnp.zeros((b, n + 1, logits0.shape[-1]), jnp.float32).at[:, 0].set(logits0)
                     if return_logits else jnp.zeros((), jnp.float32))
-      init = dict(cache=cache, i=jnp.zeros((), jnp.int32),
+      return dict(cache=cache, i=jnp.zeros((), jnp.int32),
                   tok=sampling.choose(logits0, sub, scfg), t=next_t,
                   idx=lengths.astype(jnp.int32), rng=rng, done=jnp.zeros((b,), bool),
                   out=jnp.full((b, n), NO_TOKEN, jnp.int32), logits=all_logits)
+
+  def _loop(self, params, cache, init, *, max_new_tokens, stop_ids, scfg, return_logits):
+    """One-token steps from the prefill's carry until every row stopped or ``n`` tokens."""
+    n = max_new_tokens
+    init = dict(init, cache=cache)
+    with self._context():
+      stop = jnp.asarray(stop_ids or (NO_TOKEN,), jnp.int32)
 
       def cond(c):
         return (c["i"] < n) & ~jnp.all(c["done"])
@@ -153,7 +184,9 @@ class Generator:
 
       final = jax.lax.while_loop(cond, body, init)
     logits = final["logits"][:, :n] if return_logits else final["logits"]
-    return final["out"], logits
+    # The cache is returned (and dropped by the caller) so that the donated input cache
+    # aliases it: the loop updates it in place instead of holding a second copy.
+    return final["out"], logits, final["cache"]
 
   def generate(self, params: Any, prompts: Sequence[dict], *, max_new_tokens: int,
                stop_ids: Sequence[int] = (),
@@ -185,12 +218,26 @@ class Generator:
     if max_new_tokens < 1:
       raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1.")
     batch, lengths = self.prompts_batch(prompts)
-    program = self._program(max_new_tokens, tuple(int(x) for x in stop_ids),
-                            sampling_cfg or sampling.SamplingConfig(), return_logits)
-    out, logits = program(params, batch, lengths,
-                          rng if rng is not None else jax.random.PRNGKey(0))
+    key = (max_new_tokens, tuple(int(x) for x in stop_ids),
+           sampling_cfg or sampling.SamplingConfig(), return_logits)
+    start, loop = self._program(*key)
+    rng = rng if rng is not None else jax.random.PRNGKey(0)
+    self.timing = {"compile_s": 0.0}
+    start = self._compiled(("start",) + key, start, params, batch, lengths, rng)
+    t0 = time.perf_counter()
+    init = jax.block_until_ready(start(params, batch, lengths, rng))
+    t1 = time.perf_counter()
+    cache = init.pop("cache")
+    loop = self._compiled(("loop",) + key, loop, params, cache, init)
+    t2 = time.perf_counter()
+    out, logits, _ = loop(params, cache, init)
+    del cache, init
+    out = np.asarray(out)
+    t3 = time.perf_counter()
     tokens = []
-    for row in np.asarray(out):
+    for row in out:
       stop = np.flatnonzero(row == NO_TOKEN)
       tokens.append([int(x) for x in (row[:stop[0]] if len(stop) else row)])
+    self.timing.update(prefill_s=t1 - t0, decode_s=t3 - t2,
+                       new_tokens=sum(len(t) for t in tokens))
     return (tokens, np.asarray(logits)) if return_logits else tokens

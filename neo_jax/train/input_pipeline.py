@@ -56,12 +56,34 @@ def make_data_iterator(config: ml_collections.ConfigDict):
 
 def pipeline_metrics(data_iter) -> dict:
   """The pipeline's counters for the logs: ``skipped/<reason>`` (records skipped so
+  far), ``fitted_frames`` / ``fitted_pixels`` (samples fitted to the run's limits so
   far) and ``packing_efficiency`` (non-padding tokens / positions of the batches
-  yielded so far); {} for random data."""
-  try:
-    from neo_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-    out = {f"skipped/{k}": v for k, v in pipeline.skip_counts(data_iter).items()}
-    out["packing_efficiency"] = pipeline.packing_efficiency(data_iter)
-    return out
-  except (ImportError, AttributeError, TypeError, ValueError):
+  yielded so far); {} for random data (an iterator without ``stats``)."""
+  if not hasattr(data_iter, "stats"):
     return {}
+  from neo_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  out = {f"skipped/{k}": v for k, v in pipeline.skip_counts(data_iter).items()}
+  out.update({f"fitted_{k}": v for k, v in pipeline.fit_counts(data_iter).items()})
+  out["packing_efficiency"] = pipeline.packing_efficiency(data_iter)
+  return out
+
+
+def write_processing(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes ``<workdir>/processing.json``: each source's processing options, so that
+  ``neo_jax.infer`` / ``evaluate`` / ``convert export`` use what the model trained with
+  (``data/trained_processing.py``). Nothing for random data."""
+  if config.data.get("kind", "random") != "pipeline":
+    return
+  from neo_jax.data import pipeline, trained_processing  # pylint: disable=g-import-not-at-top
+  trained_processing.write(workdir, trained_processing.describe(data_config(config),
+                                                                pipeline.source_options))
+
+
+def data_summary(data_iter, config: ml_collections.ConfigDict) -> str | None:
+  """The per-source table of ``python -m neo_jax.data.audit`` for the batches read so
+  far (``data/audit.py``), or None for random data."""
+  if not hasattr(data_iter, "monitor"):
+    return None
+  from neo_jax.data import audit  # pylint: disable=g-import-not-at-top
+  return audit.summary_table(data_iter.monitor.summary(),
+                             audit.requested_weights(data_config(config)))

@@ -26,7 +26,8 @@ import ml_collections
 from neo_jax.core import paths
 from neo_jax.train import checkpointing, distributed, health, resume
 from neo_jax.train.health import NonFiniteLossError
-from neo_jax.train.input_pipeline import data_config, make_data_iterator, pipeline_metrics
+from neo_jax.train.input_pipeline import (data_config, data_summary, make_data_iterator,
+                                         pipeline_metrics, write_processing)
 from neo_jax.train.metric_writer import MetricWriter
 from neo_jax.train.preemption import Preemption
 from neo_jax.train.profiler import Profiler
@@ -39,6 +40,15 @@ __all__ = ["run", "Setup", "make_data_iterator", "NonFiniteLossError"]
 def _write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   if distributed.is_main_process():
     paths.write_text(paths.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
+    write_processing(config, workdir)
+
+
+def _log_data_summary(config, data_iter, batches: int) -> None:
+  """The per-source data table, once, after ``data.audit_batches`` batches."""
+  if batches == config.data.get("audit_batches", 0) and distributed.is_main_process():
+    table = data_summary(data_iter, config)
+    if table:
+      print(f"Data after {batches} batches of this process:\n{table}", flush=True)
 
 
 def _make_evaluator(config, setup):
@@ -83,6 +93,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                "processes": jax.process_count()})
   profiler = Profiler(config.get("profile", None), workdir)
   last, last_eval = {}, {}
+  batches_read = 0
   meter.restart()
   try:
     with Preemption() as preemption:
@@ -90,6 +101,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
         profiler.before_step(step)
         with meter.phase("data"):
           host_batch = next(data_iter)
+          batches_read += 1
+          _log_data_summary(config, data_iter, batches_read)
           health.check_sample_lengths(host_batch["segment_ids"],
                                       config.model.get("max_sample_tokens", 0), step)
           batch = setup.global_batch(host_batch)
