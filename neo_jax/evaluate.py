@@ -16,6 +16,14 @@ Writes ``--out/predictions.jsonl`` (id, task, prediction, answer, correct) and
 reason); a bad record is a counted skip (``--strict`` raises). Several processes
 (``--coordinator_address/--num_processes/--process_id``, or ``launch/local.py``)
 split the records; each decodes its share on its local devices, process 0 merges.
+
+Images and videos of JSON records are processed as the model was trained (the
+checkpoint's ``processing.json``, per record modality; one log line names the training
+source, ``--source`` picks another; ``--max_pixels``, ``--max_frames`` ... override);
+``embedded:<task>`` uses the task's own options. ``--metric mcq`` on records without
+``options`` says so once and compares a bare letter / digit, or the option text, with
+the reference. A missing ``--data`` file, no records, or a ``--ckpt`` that is not a
+checkpoint prints one line and exits with status 2.
 """
 
 from neo_jax import platform as _platform
@@ -31,6 +39,8 @@ import time  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
 
+from neo_jax.infer import cli  # noqa: E402
+
 _CKPT = flags.DEFINE_string("ckpt", None, "Work directory, Orbax params dir or NEO HF dir.")
 _DATA = flags.DEFINE_string("data", None, "Comma-separated JSON/JSONL files or embedded:<task>.")
 _DATA_ROOT = flags.DEFINE_string("data_root", None, "Root of relative media paths.")
@@ -44,6 +54,7 @@ _STRICT = flags.DEFINE_bool("strict", False, "Raise on a bad record instead of s
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PID = flags.DEFINE_integer("process_id", None, "This process's index.")
+cli.define_processing_flags()
 flags.mark_flags_as_required(["ckpt", "data", "out"])
 
 
@@ -51,21 +62,30 @@ def load_records(spec: str, data_root: str | None, limit: int) -> list[tuple[str
   """``[(data name, record, ProcessOptions overrides)]`` of one ``--data`` entry.
 
   Raises:
-    FileNotFoundError: a file that does not exist; ValueError: an unknown task.
+    cli.UserError: a file that does not exist or is not JSON, an unknown task.
   """
   from neo_jax.data import embedded  # pylint: disable=g-import-not-at-top
   if spec.startswith("embedded:"):
     task = spec.split(":", 1)[1]
+    if task not in embedded.TASKS:
+      raise cli.UserError(f"--data {spec}: no embedded task {task!r}; tasks: "
+                          f"{', '.join(embedded.TASKS)}.")
     recs = embedded.load_records(task, "heldout")
     opts = dict(embedded.TASK_OPTIONS[task])
     name = task
   else:
     if not os.path.exists(spec):
-      raise FileNotFoundError(f"--data file {spec} does not exist.")
+      raise cli.UserError(f"--data file {spec} does not exist.")
     with open(spec) as f:
       text = f.read()
     if spec.endswith(".json"):
-      recs = json.loads(text)
+      try:
+        recs = json.loads(text)
+      except json.JSONDecodeError as e:
+        raise cli.UserError(f"--data {spec} is not valid JSON ({e}); use .jsonl for one "
+                            "record per line.") from e
+      if not isinstance(recs, list):
+        raise cli.UserError(f"--data {spec} must hold a JSON list of records.")
     else:
       recs = []
       for i, line in enumerate(text.splitlines()):
@@ -86,13 +106,32 @@ def load_records(spec: str, data_root: str | None, limit: int) -> list[tuple[str
 def _score(metric: str, pred: str, rec: dict, answer: str) -> tuple[bool, bool]:
   from neo_jax.infer import scoring  # pylint: disable=g-import-not-at-top
   if metric == "mcq":
+    if not rec.get("options"):
+      return scoring.mcq_match_without_options(pred, answer)
     return scoring.mcq_match(pred, answer, rec.get("options"))
   return scoring.exact_match(pred, answer), True
 
 
+def _record_options(ckpt: str, rec: dict, cache: dict, source: str | None,
+                    explicit: dict) -> dict:
+  """Trained processing for a JSON record's modality (cached per modality)."""
+  imgs = rec.get("image", []) if isinstance(rec, dict) else []
+  n = len(imgs) if isinstance(imgs, (list, tuple)) else int(bool(imgs))
+  key = (min(n, 2), isinstance(rec, dict) and rec.get("video") is not None)
+  if key not in cache:
+    cache[key] = cli.processing_options(ckpt, num_images=key[0], video=key[1], source=source,
+                                        explicit=explicit, log=lambda s: print(s, file=sys.stderr))
+  return cache[key]
+
+
 def evaluate(items, *, ckpt: str, metric: str, batch_size: int, max_new_tokens: int,
-             dtype: str | None, strict: bool) -> tuple[list[dict], dict]:
-  """Predictions and skip counts for ``items`` (``load_records`` entries)."""
+             dtype: str | None, strict: bool, source: str | None = None,
+             explicit: dict | None = None) -> tuple[list[dict], dict]:
+  """Predictions and skip counts for ``items`` (``load_records`` entries).
+
+  ``source`` / ``explicit``: the ``--source`` and processing flags (``infer/cli.py``);
+  JSON records default to the checkpoint's trained processing.
+  """
   import tqdm  # pylint: disable=g-import-not-at-top
   from neo_jax.data import processor as processor_lib  # pylint: disable=g-import-not-at-top
   from neo_jax.data.errors import BadSample  # pylint: disable=g-import-not-at-top
@@ -103,13 +142,22 @@ def evaluate(items, *, ckpt: str, metric: str, batch_size: int, max_new_tokens: 
   tok = get_tokenizer(tok_kind)
   gen = decode.Generator(cfg)
   skipped = collections.Counter()
-  prompts, processors = [], {}
+  prompts, processors, trained = [], {}, {}
+  explicit = explicit or {}
+  if metric == "mcq":
+    bare = sum(1 for _, r, _ in items if isinstance(r, dict) and not r.get("options"))
+    if bare:
+      logging.warning("--metric mcq: %d of %d records have no 'options'; their answers are "
+                      "scored as a bare letter / digit, or as the option text, against the "
+                      "reference.", bare, len(items))
   for i, (name, rec, opts) in enumerate(items):
     rid = rec.get("id", rec.get("_id", f"{name}/{i}")) if isinstance(rec, dict) else f"{name}/{i}"
     try:
       if not isinstance(rec, dict) or "_bad" in rec:
         raise BadSample("bad_record", rec.get("_bad", "not an object") if isinstance(rec, dict)
                         else f"record of type {type(rec).__name__}")
+      opts = (dict(opts, **explicit) if opts else
+              _record_options(ckpt, rec, trained, source, explicit))
       key = tuple(sorted(opts.items()))
       if key not in processors:
         processors[key] = processor_lib.SampleProcessor(
@@ -148,6 +196,7 @@ def summarize(preds: list[dict], skipped: dict, metric: str) -> dict:
           "unparsed": sum(not p["parsed"] for p in preds), "skipped": skipped}
 
 
+@cli.user_errors
 def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:
@@ -157,12 +206,15 @@ def main(argv):
     from neo_jax.train import distributed  # pylint: disable=g-import-not-at-top
     distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
   pi, pc = jax.process_index(), jax.process_count()
-  items = [it for spec in _DATA.value.split(",") if spec
+  items = [it for spec in _DATA.value.split(",") if spec.strip()
            for it in load_records(spec.strip(), _DATA_ROOT.value, _LIMIT.value)]
+  if not items:
+    raise cli.UserError(f"--data={_DATA.value!r} names no records.")
   t0 = time.perf_counter()
   preds, skipped = evaluate(items[pi::pc], ckpt=_CKPT.value, metric=_METRIC.value,
                             batch_size=_BATCH.value, max_new_tokens=_MAX_NEW.value,
-                            dtype=_DTYPE.value, strict=_STRICT.value)
+                            dtype=_DTYPE.value, strict=_STRICT.value,
+                            source=flags.FLAGS.source, explicit=cli.explicit_flags())
   os.makedirs(_OUT.value, exist_ok=True)
   part = os.path.join(_OUT.value, f"predictions-{pi}-of-{pc}.jsonl")
   with open(part, "w") as f:

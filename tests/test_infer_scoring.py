@@ -26,3 +26,11 @@ def test_choice_by_option_text_and_mcq_match():
   assert scoring.mcq_match("dark blue", "B", options) == (True, True)
   assert scoring.mcq_match("A", "B. dark blue", options) == (False, True)
   assert scoring.mcq_match("no idea", "B", options) == (False, False)
+
+
+@pytest.mark.parametrize("pred,ref,want", [
+    ("3", "3", (True, True)), ("The answer is 7.", "7", (True, True)), ("(B)", "B", (True, True)),
+    ("B", "C", (False, True)), ("2 or 3", "3", (False, False)), ("no idea", "3", (False, False)),
+    ("Dark blue.", "dark blue", (True, True)), ("red", "dark blue", (False, True))])
+def test_mcq_without_options(pred, ref, want):
+  assert scoring.mcq_match_without_options(pred, ref) == want

@@ -65,3 +65,25 @@ def mcq_match(prediction: str, reference: str,
   want = extract_choice(reference, options=options) or reference.strip()[:1].upper()
   got = extract_choice(prediction, options=options)
   return got is not None and got == want, got is not None
+
+
+def bare_choice(text: str) -> str | None:
+  """The one upper-case letter or digit standing alone in ``text`` (``"B"``, ``"(3)"``,
+  ``"The answer is 7."``), or None (none, or several different ones)."""
+  alone = set(re.findall(r"(?<![A-Za-z0-9])([A-Z0-9])(?![A-Za-z0-9])", text.strip()))
+  return alone.pop() if len(alone) == 1 else None
+
+
+def mcq_match_without_options(prediction: str, reference: str) -> tuple[bool, bool]:
+  """(correct, parsed) for a multiple-choice record that lists no options.
+
+  A reference that is a bare letter or digit (``"B"``, ``"(3)"``, ``"7."``) is compared
+  with the one letter / digit standing alone in the prediction (``bare_choice``;
+  unparsed when there is none); a longer reference is option text, compared with
+  ``exact_match`` (always parsed).
+  """
+  want = bare_choice(reference) if len(normalize(reference).strip("().")) == 1 else None
+  if want is None:
+    return exact_match(prediction, reference), True
+  got = bare_choice(prediction)
+  return got is not None and got == want, got is not None
