@@ -5,7 +5,8 @@ Writes under ``root`` a release-format data set and a mixture file naming it:
 * ``photos/``: JPEG photographs of 1-4 megapixels (scikit-image's photographs,
   cropped and resized to a random size in that range, with sensor-like noise so
   the JPEGs are not trivially small), quality 90;
-* ``videos/``: H.264 clips (640x360, 30 fps, 20-60 s, keyframe every 60 frames);
+* ``videos/``: H.264 clips (640x360, 30 fps, 20-60 s, keyframe every 60 frames), or
+  with ``long_video_minutes`` clips of that length at 1280x720 (``video_decode.make_video``);
 * ``image.jsonl`` (one photo per record), ``multi_image.jsonl`` (2-4 photos),
   ``video.jsonl`` (one clip) and ``text.jsonl`` (text only): question / answer
   conversations of 20-200 words;
@@ -76,14 +77,31 @@ def _videos(root, rng, n):
   return names
 
 
-def build(root: str, photos: int = 48, videos: int = 8, records: int = 400, seed: int = 0) -> str:
-  """Writes the corpus (once; kept when ``mix.yaml`` exists) and returns the mixture path."""
+def _long_videos(root, n, minutes):
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import video_decode  # pylint: disable=import-outside-toplevel
+  os.makedirs(os.path.join(root, "videos"), exist_ok=True)
+  names = [f"videos/long{i:02d}.mp4" for i in range(n)]
+  for name in names:
+    if not os.path.exists(os.path.join(root, name)):
+      video_decode.make_video(os.path.join(root, name), minutes * 60, 1280, 720, gop=60)
+  return names
+
+
+def build(root: str, photos: int = 48, videos: int = 8, records: int = 400, seed: int = 0,
+          long_video_minutes: float = 0) -> str:
+  """Writes the corpus (once; kept when ``mix.yaml`` exists) and returns the mixture path.
+
+  ``long_video_minutes`` > 0: the ``videos`` clips are that long, 1280x720, 30 fps.
+  """
   mix = os.path.join(root, "mix.yaml")
   if os.path.exists(mix):
     return mix
   rng = np.random.default_rng(seed)
   os.makedirs(root, exist_ok=True)
-  ph, vi = _photos(root, rng, photos), _videos(root, rng, videos)
+  ph = _photos(root, rng, photos)
+  vi = (_long_videos(root, videos, long_video_minutes) if long_video_minutes
+        else _videos(root, rng, videos))
 
   def conv(media_tag):
     return [{"from": "human", "value": media_tag + _text(rng, 10, 40)},
