@@ -89,7 +89,13 @@ def make_mesh(shape: dict[str, int], devices: Sequence[Any] | None = None,
     raise ValueError("The TPU devices span several slices and dcn_mesh is all 1. " + hint)
   if math.prod(dcn) > 1:
     ici = resolve_mesh_shape(shape, len(devices) // num_slices)
-    arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+    try:
+      arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+    except NotImplementedError:
+      # An ICI axis that is no product of whole torus axes (e.g. fsdp=16 on 4x8x8): split
+      # physical axes, as MaxText's allow_split_physical_axes does.
+      arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
+                                                 allow_split_physical_axes=True)
   else:
     sizes = resolve_mesh_shape(shape, len(devices))
     try:
