@@ -16,8 +16,9 @@ Every step is one ``gcloud compute tpus tpu-vm {scp,ssh} TPU --worker=all`` per 
 (slices in parallel). ``--setup``: a tarball of the checkout (git's tracked and untracked,
 not ignored files; never ``.git`` / ``.venv``) plus ``requirements-pod.txt`` (the lock file
 without torch, ``launch/pod_requirements.py``) is copied to every worker and unpacked into
-``~/<remote_dir>`` (previous code removed, ``.venv`` kept), then ``launch/pod_worker.py
-setup`` builds the environment. The start runs ``pod_worker.py start`` on every worker
+``~/<remote_dir>`` (the files the previous ``--setup`` shipped, listed in
+``.shipped_files``, are removed first; ``.venv`` and anything a job wrote stay), then
+``launch/pod_worker.py setup`` builds the environment. The start runs ``pod_worker.py start`` on every worker
 (stale TPU processes and the libtpu lock file cleared; the trainer detached, logs in
 ``~/neo_jax_jobs/<job>/train.log`` and ``<workdir>/logs/<job>/``). ``--status`` /
 ``--logs`` / ``--stop`` (SIGTERM: the job saves a checkpoint and exits) act on the job.
@@ -41,6 +42,7 @@ sys.path.insert(0, HERE)
 import pod_requirements  # noqa: E402  pylint: disable=g-import-not-at-top
 
 MEGASCALE_PORT = 8080
+SHIPPED = ".shipped_files"  # on a worker: the files the last --setup unpacked
 
 
 def _where(a) -> list[str]:
@@ -100,8 +102,9 @@ def commands(a, train_args: list[str], tarball: str = "neo_jax.tar.gz",
   if a.setup:
     remote_tar = f"~/{a.remote_dir}.tar.gz"
     d = f"~/{a.remote_dir}"
-    unpack = (f"mkdir -p {d} && find {d} -mindepth 1 -maxdepth 1 ! -name .venv -exec rm -rf {{}} + "
-              f"&& tar -xzf {remote_tar} -C {d} && rm -f {remote_tar} && ")
+    unpack = (f"mkdir -p {d} && cd {d} && {{ [ ! -f {SHIPPED} ] || xargs -d '\\n' rm -f "
+              f"< {SHIPPED} || true; }} && tar -xzf {remote_tar} && tar -tzf {remote_tar} > {SHIPPED} "
+              f"&& rm -f {remote_tar} && ")
     steps.append([scp(a, t, tarball, remote_tar) for t in a.tpu])
     steps.append([ssh(a, t, unpack + worker(a, "setup")) for t in a.tpu])
   n = len(a.tpu)

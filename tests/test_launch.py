@@ -46,8 +46,10 @@ def test_tpu_pod_dry_run_ships_code_and_starts_detached():
   for cmd in (scp, setup, start):
     assert {"--worker=all", "--zone=us-east5-a", "--project=p"} <= set(cmd)
   remote = [a for a in setup if a.startswith("--command=")][0][len("--command="):]
-  # Unpacked into the named folder (not ~), the previous code but not .venv removed first.
-  assert "tar -xzf ~/neo_jax.tar.gz -C ~/neo_jax" in remote and "! -name .venv" in remote
+  # Unpacked into the named folder (not ~); the files of the previous --setup removed first.
+  assert remote.startswith("mkdir -p ~/neo_jax && cd ~/neo_jax && { [ ! -f .shipped_files ] || "
+                           "xargs -d '\\n' rm -f < .shipped_files || true; } && "
+                           "tar -xzf ~/neo_jax.tar.gz && tar -tzf ~/neo_jax.tar.gz > .shipped_files")
   assert remote.endswith("cd ~/neo_jax && python3 launch/pod_worker.py setup")
   remote = [a for a in start if a.startswith("--command=")][0][len("--command="):]
   assert shlex.split(remote) == [

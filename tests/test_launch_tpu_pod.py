@@ -91,6 +91,13 @@ def test_two_workers_setup_train_status_logs_stop(pod):
   for i in range(2):  # a stale libtpu lock file on each worker
     os.makedirs(pod.home("pod", i), exist_ok=True)
     open(os.path.join(pod.home("pod", i), "libtpu_lockfile"), "w").close()
+  # Worker 0 has code of an earlier --setup (old.py) and a file a job wrote (runs/keep.txt).
+  old = os.path.join(pod.home("pod", 0), "neo_jax")
+  os.makedirs(os.path.join(old, "runs"))
+  for rel in ("old.py", "runs/keep.txt"):
+    open(os.path.join(old, rel), "w").close()
+  with open(os.path.join(old, ".shipped_files"), "w") as f:
+    f.write("old.py\n")
   r = pod.run("--setup", f"--workdir={workdir}", "--job=t", "--log_sync_s=2", "--",
               "--config", "configs/smoke.py:steps=100000", "--config.checkpoint.every_steps=100000")
   for i in range(2):
@@ -99,11 +106,15 @@ def test_two_workers_setup_train_status_logs_stop(pod):
     assert os.path.exists(os.path.join(code, "launch", "pod_worker.py"))
     assert not os.path.exists(os.path.join(home, "neo_jax.tar.gz"))   # unpacked, removed
     assert not os.path.exists(os.path.join(code, ".git"))
+    with open(os.path.join(code, ".shipped_files")) as f:
+      assert "launch/pod_worker.py" in f.read().split("\n")
     with open(os.path.join(code, "requirements-pod.txt")) as f:
       assert "jax==0.10.2" in f.read().split("\n")
     # The env check ran the worker's own copy of the package.
     assert f"neo_jax from {code}/neo_jax/__init__.py" in r.stdout
     assert not os.path.exists(os.path.join(home, "libtpu_lockfile"))  # cleared before start
+  assert not os.path.exists(os.path.join(old, "old.py"))
+  assert os.path.exists(os.path.join(old, "runs", "keep.txt"))
   uv = [json.loads(l)["argv"] for l in open(pod.root / "uv.log")]
   for i in range(2):
     code = os.path.join(pod.home("pod", i), "neo_jax")

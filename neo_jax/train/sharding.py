@@ -80,7 +80,8 @@ def make_mesh(shape: dict[str, int], devices: Sequence[Any] | None = None,
   dcn = (resolve_mesh_shape(dcn_shape, num_slices) if -1 in dcn_shape.values()
          else tuple(int(dcn_shape.get(a, 1)) for a in MESH_AXES))
   hint = (f"Multislice: set --config.dcn_mesh.data={num_slices} (or another axis) so that "
-          f"dcn_mesh multiplies to the {num_slices} slices the devices span (slice_index).")
+          f"dcn_mesh multiplies to the {num_slices} slices the devices span (slice_index)."
+          if num_slices > 1 else "The devices form one slice: leave dcn_mesh at 1.")
   if math.prod(dcn) > 1 and math.prod(dcn) != num_slices:
     raise ValueError(f"dcn_mesh {dict(zip(MESH_AXES, dcn))} multiplies to {math.prod(dcn)} "
                      f"slices; the {len(devices)} devices span {num_slices}. " + hint)
@@ -92,8 +93,8 @@ def make_mesh(shape: dict[str, int], devices: Sequence[Any] | None = None,
     try:
       arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
     except NotImplementedError:
-      # An ICI axis that is no product of whole torus axes (e.g. fsdp=16 on 4x8x8): split
-      # physical axes, as MaxText's allow_split_physical_axes does.
+      # A per-slice shape that is no product of whole torus axes (fsdp=16, tensor=4,
+      # context=2 on a 4x4x8 slice): split physical axes (MaxText's allow_split_physical_axes).
       arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
                                                  allow_split_physical_axes=True)
   else:
