@@ -222,6 +222,9 @@ def main(argv=None) -> int:
   a = parse_args(argv)
   starting = not (a.status or a.logs or a.stop)
   coordinator = "COORDINATOR_IP"
+  if starting and len(a.tpu) > 1 and not any("dcn_mesh" in t for t in a.train_args):
+    print(f"Note: {len(a.tpu)} slices; the config must set dcn_mesh to multiply to "
+          f"{len(a.tpu)} (e.g. --config.dcn_mesh.data={len(a.tpu)}).", file=sys.stderr)
   if starting and len(a.tpu) > 1:
     print(shlex.join(describe_coordinator(a)), flush=True)
     if not a.dry_run:

@@ -230,6 +230,7 @@ def test_real_gcloud_parses_every_command(tmp_path):
     b = tpu_pod.parse_args(["--tpu=s0", "--zone=us-east5-a", flag])
     cmds += tpu_pod.commands(b, [])[0]
   env = dict(os.environ, CLOUDSDK_CONFIG=str(tmp_path / "gcloud"), CLOUDSDK_CORE_DISABLE_PROMPTS="1",
+             CLOUDSDK_CORE_CHECK_GCE_METADATA="false",  # no probe of the metadata server
              CLOUDSDK_COMPONENT_MANAGER_DISABLE_UPDATE_CHECK="1",
              CLOUDSDK_CORE_DISABLE_USAGE_REPORTING="1")
   bad = subprocess.run(cmds[0] + ["--no-such-flag"], env=env, capture_output=True, text=True,
