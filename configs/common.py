@@ -48,7 +48,9 @@ def base_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.train.seed = 0
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "context": 1})
-  c.dcn_mesh = ml_collections.ConfigDict()
+  # Axis sizes across slices (DCN), multiplying to the number of slices; all 1 = one slice.
+  # Multislice: e.g. --config.dcn_mesh.data=2 (data parallel across 2 slices).
+  c.dcn_mesh = ml_collections.ConfigDict({"data": 1, "fsdp": 1, "tensor": 1, "context": 1})
   c.sharding_rules = [list(r) for r in sharding.DEFAULT_RULES]
 
   c.checkpoint = ml_collections.ConfigDict()

@@ -63,18 +63,40 @@ def make_mesh(shape: dict[str, int], devices: Sequence[Any] | None = None,
   Args:
     shape: per-slice sizes (ICI), e.g. ``{"data": -1, "fsdp": 2, "tensor": 2}``.
     devices: defaults to ``jax.devices()``.
-    dcn_shape: sizes across slices / hosts (DCN) for multi-slice meshes
-      (``mesh_utils.create_hybrid_device_mesh``); None = single slice.
+    dcn_shape: sizes across slices (DCN), multiplying to the number of slices the
+      devices span (their ``slice_index``); the mesh axis ``a`` then has size
+      ``shape[a] * dcn_shape[a]`` and ``mesh_utils.create_hybrid_device_mesh`` keeps
+      each slice's devices in one ICI block of it (MaxText's ``dcn_*_parallelism``).
+      None or all 1 = a single slice.
 
   Raises:
-    ValueError: sizes inconsistent with the devices.
+    ValueError: sizes inconsistent with the devices, a ``dcn_shape`` (> 1) that does not
+      multiply to the number of slices, or TPU devices of several slices without one.
   """
   from jax.experimental import mesh_utils  # pylint: disable=g-import-not-at-top
   devices = list(devices if devices is not None else jax.devices())
-  if dcn_shape:
-    dcn = resolve_mesh_shape(dcn_shape, len({getattr(d, "slice_index", 0) for d in devices}))
-    ici = resolve_mesh_shape(shape, len(devices) // math.prod(dcn))
-    arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+  num_slices = len({getattr(d, "slice_index", 0) for d in devices})
+  dcn_shape = dict(dcn_shape or {})
+  dcn = (resolve_mesh_shape(dcn_shape, num_slices) if -1 in dcn_shape.values()
+         else tuple(int(dcn_shape.get(a, 1)) for a in MESH_AXES))
+  hint = (f"Multislice: set --config.dcn_mesh.data={num_slices} (or another axis) so that "
+          f"dcn_mesh multiplies to the {num_slices} slices the devices span (slice_index)."
+          if num_slices > 1 else "The devices form one slice: leave dcn_mesh at 1.")
+  if math.prod(dcn) > 1 and math.prod(dcn) != num_slices:
+    raise ValueError(f"dcn_mesh {dict(zip(MESH_AXES, dcn))} multiplies to {math.prod(dcn)} "
+                     f"slices; the {len(devices)} devices span {num_slices}. " + hint)
+  if math.prod(dcn) == 1 and num_slices > 1 and getattr(devices[0], "platform", "") == "tpu":
+    # One ICI mesh over several TPU slices would put DCN links inside the inner axes.
+    raise ValueError("The TPU devices span several slices and dcn_mesh is all 1. " + hint)
+  if math.prod(dcn) > 1:
+    ici = resolve_mesh_shape(shape, len(devices) // num_slices)
+    try:
+      arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices)
+    except NotImplementedError:
+      # A per-slice shape that is no product of whole torus axes (fsdp=16, tensor=4,
+      # context=2 on a 4x4x8 slice): split physical axes (MaxText's allow_split_physical_axes).
+      arr = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
+                                                 allow_split_physical_axes=True)
   else:
     sizes = resolve_mesh_shape(shape, len(devices))
     try:
