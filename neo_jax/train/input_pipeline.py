@@ -24,9 +24,12 @@ def data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return mixture.apply_mixture(config.data)
 
 
-def make_data_iterator(config: ml_collections.ConfigDict):
+def make_data_iterator(config: ml_collections.ConfigDict, seq_len: int | None = None):
   """The process-local, checkpointable training iterator named by ``config.data.kind``.
 
+  Args:
+    seq_len: [tokens per row], default ``config.seq_len`` (a context-schedule phase's
+      length otherwise: ``context_schedule.py``).
   Returns:
     A Grain ``DatasetIterator`` of batch dicts (``neo_jax.core.batch``).
 
@@ -37,21 +40,34 @@ def make_data_iterator(config: ml_collections.ConfigDict):
   if config.batch_size % pc:
     raise ValueError(f"batch_size={config.batch_size} is not divisible by {pc} processes.")
   local_bs = config.batch_size // pc
+  seq_len = int(seq_len or config.seq_len)
   m = config.model
   if config.data.kind == "random":
     from neo_jax.data import random_batches  # pylint: disable=g-import-not-at-top
     return random_batches.make_random_iterator(
-        batch_size=local_bs, seq_len=config.seq_len, vocab_size=m.vocab_size,
+        batch_size=local_bs, seq_len=seq_len, vocab_size=m.vocab_size,
         img_start_id=m.img_start_token_id, img_context_id=m.img_context_token_id,
         img_end_id=m.img_end_token_id, seed=config.train.seed, process_index=pi)
   if config.data.kind == "pipeline":
     from neo_jax.data import pipeline  # pylint: disable=g-import-not-at-top
     return pipeline.make_train_iterator(
-        data_config(config), seq_len=config.seq_len, batch_size=local_bs,
+        data_config(config), seq_len=seq_len, batch_size=local_bs,
         max_supervised_tokens=m.max_supervised_tokens, seed=config.train.seed,
         process_index=pi, process_count=pc, max_sample_tokens=m.get("max_sample_tokens", 0),
         max_visual_tokens=m.get("max_visual_tokens", 0))
   raise ValueError(f"Unknown data.kind {config.data.kind!r}; use 'pipeline' or 'random'.")
+
+
+def switch_seq_len(data_iter, config: ml_collections.ConfigDict, seq_len: int):
+  """The iterator of a new context phase: built at ``seq_len`` and set to ``data_iter``'s
+  state, so it continues with the same records, packed (and fitted) at the new length.
+  ``data_iter`` is closed."""
+  state = data_iter.get_state()
+  if hasattr(data_iter, "close"):
+    data_iter.close()
+  new = make_data_iterator(config, seq_len)
+  new.set_state(state)
+  return new
 
 
 def pipeline_metrics(data_iter) -> dict:
