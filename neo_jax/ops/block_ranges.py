@@ -236,8 +236,9 @@ def flat_schedule(lo: jax.Array, hi: jax.Array, capacity: int, n_inner: int) -> 
   ends = jnp.cumsum(counts)
   total = ends[-1].astype(jnp.int32)
   t = jnp.minimum(jnp.arange(capacity, dtype=jnp.int32), jnp.maximum(total - 1, 0))
-  p = jnp.minimum(jnp.searchsorted(ends, t, side="right"), lo.shape[0] - 1)
-  x = jnp.clip(lo[p] + t - (ends[p] - counts[p]), 0, n_inner - 1)
+  p = jnp.minimum(jnp.searchsorted(ends, t, side="right", method="sort"), lo.shape[0] - 1)
+  # Entry t of outer block p is inner block lo[p] + (t - first entry of p): one gather.
+  x = jnp.clip(t + (lo - ends + counts)[p], 0, n_inner - 1)
   return Schedule(p.astype(jnp.int32), x.astype(jnp.int32),
                   jnp.minimum(total, capacity).astype(jnp.int32), total)
 
