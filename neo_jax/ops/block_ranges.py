@@ -151,8 +151,10 @@ def q_step_bound(max_sample_tokens: int, block_q: int, block_kv: int, nq: int) -
 def pair_bound(max_sample_tokens: int, block_q: int, block_kv: int, nq: int, nk: int) -> int:
   """The most (q block, kv block) pairs one batch row visits when no sample exceeds ``L``.
 
-  Sizes the flattened schedule of the Mosaic kernels (``flat_schedule``): a row whose
-  ranges hold more pairs than this broke the cap, and the kernels NaN its result.
+  Sizes the flattened schedules of the Mosaic kernels (``flat_schedule``, ``B`` times
+  this): a batch whose ranges hold more pairs broke the cap, and the kernels NaN the
+  result. The kv-major list holds the same pairs as the q-major one (by (a), the
+  mirror ranges ``q_lo / q_hi`` are the same set), so one bound sizes both.
 
   Invariants used (all hold for the kernels' inputs, whole rows, rows padded by
   ``pad_bounds`` and context shards alike):
@@ -178,7 +180,7 @@ def pair_bound(max_sample_tokens: int, block_q: int, block_kv: int, nq: int, nk:
   block) this is about ``L`` tokens per q block: a q block straddling two samples
   sees both, but the jumps of ``start`` over the whole row add up to one sequence.
   Nearly attained: back-to-back ``L``-token samples that are one image each,
-  starting off a kv block boundary (``tests/test_grid_bound.py``).
+  starting off a kv block boundary (``tests/test_flash_schedule.py``).
 
   Args:
     max_sample_tokens: ``L`` [tokens], 0 = no cap (the result is ``nq * nk``); for
