@@ -6,15 +6,21 @@ trailing padding) it reports:
 
 * kv blocks the kernel visits vs blocks holding >= 1 visible pair (goal <= 1.05x) vs
   all blocks (dense), and the blocks that skip the mask arithmetic;
-* the TPU grids' steps (forward / dQ: q blocks x kv steps; dK / dV: kv blocks x q
-  steps) without a sample cap and with the cap of the mix (the longest sample its
-  generator can make, rounded up to 512: ``model.max_sample_tokens``), against the
-  visited blocks (``block_ranges.kv_step_bound`` / ``q_step_bound``);
+* the TPU kernels' grid steps per (batch row, query head) against the visited
+  blocks: before the flattened schedule (issue 28) the grids walked q blocks x
+  ``block_ranges.kv_step_bound`` steps (forward / dQ) and kv blocks x
+  ``q_step_bound`` (dK / dV), without a sample cap and with the cap of the mix (the
+  longest sample its generator can make, rounded up to 512:
+  ``model.max_sample_tokens``); now each runs its schedule's real count of pairs
+  (``block_ranges.flat_schedule``, built here exactly as the kernels build it) out
+  of a static list of ``block_ranges.pair_bound`` entries (the capacity, with the
+  cap);
 * the XLA ``cost_analysis()`` of forward + backward compiled for one TPU chip (AOT,
   ``jax.experimental.topologies``, needs libtpu) for the kernel and for the dense
   masked reference compiled the same way. The kernel's custom calls carry a static
-  causal-pattern hint (``flash_mixed_tpu._cost``), so the table also gives the
-  data-dependent figure: visited blocks x per-block flops.
+  causal-pattern hint capped by the schedule's capacity
+  (``flash_mixed_tpu_common.cost``), so the table also gives the data-dependent
+  figure: visited blocks x per-block flops.
 
 Usage:
   JAX_PLATFORMS=cpu python bench/attention_blocks.py [--topology v5p:1x1x1]
@@ -82,9 +88,28 @@ MIX_CAP = {"image": 4096, "video": 9216, "mixed": 9216}
 
 
 def grid_steps(seq: int, bq: int, bk: int, cap: int) -> tuple[int, int]:
-  """(forward / dQ grid steps, dK / dV grid steps) per (batch row, head) for ``cap``."""
+  """Before the flattened schedule: (forward / dQ grid steps, dK / dV grid steps) per
+  (batch row, head) for ``cap`` (q blocks x kv steps, kv blocks x q steps)."""
   nq, nk = seq // bq, seq // bk
   return nq * br.kv_step_bound(cap, bq, bk, nk), nk * br.q_step_bound(cap, bq, bk, nq)
+
+
+def schedule_steps(seg, unit, bq: int, bk: int, cap: int) -> tuple[int, int, int]:
+  """Now: (q-major steps, kv-major steps, capacity) per (batch row, head) for ``cap``.
+
+  The kernels' grids are (query head, q-major count) for the forward and dQ and
+  (kv head, kv-major count, group) for dK / dV: per query head, the count. Raises if
+  the schedule overflows (the kernels would NaN).
+  """
+  seq = seg.shape[1]
+  nq, nk = seq // bq, seq // bk
+  r = br.block_ranges(br.token_bounds(jnp.asarray(seg), jnp.asarray(unit)), bq, bk)
+  capacity = br.pair_bound(cap, bq, bk, nq, nk)
+  by_q = br.flat_schedule(r.kv_lo, r.kv_hi, capacity, nk)
+  by_kv = br.flat_schedule(r.q_lo, r.q_hi, capacity, nq)
+  for s in (by_q, by_kv):
+    assert int(s.total) <= capacity, (int(s.total), capacity)
+  return int(by_q.count), int(by_kv.count), capacity
 
 
 def compiled_cost(topology: str, fn, *shapes):
@@ -130,16 +155,23 @@ def main():
             f"{c['visited']:>8} {c['nonempty']:>8} {c['visited'] / c['nonempty']:>6.3f} "
             f"{c['full']:>6} {c['dense']:>7} {c['visited'] / c['dense']:>11.3f}")
       longest = health.longest_sample(seg)
-      grids.append((seq, mix, longest, c["visited"], grid_steps(seq, bq, bk, 0),
-                    grid_steps(seq, bq, bk, MIX_CAP[mix])))
-  print("\nTPU grid steps per (row, head): forward / dQ and dK / dV, without a sample cap "
-        "and with the mix's cap, vs the visited blocks")
-  print(f"{'seq':>6} {'mix':>6} {'longest':>7} {'cap':>5} {'visited':>7} {'fwd no cap':>10} "
-        f"{'fwd cap':>8} {'dkv no cap':>10} {'dkv cap':>8} {'visited/fwd cap':>15}")
-  for seq, mix, longest, visited, (f0, d0), (f1, d1) in grids:
+      grids.append((seq, mix, longest, c["nonempty"], grid_steps(seq, bq, bk, 0),
+                    grid_steps(seq, bq, bk, MIX_CAP[mix]),
+                    schedule_steps(seg, unit, bq, bk, MIX_CAP[mix]),
+                    schedule_steps(seg, unit, bq, bk, 0)[2]))
+  print("\nTPU grid steps per (row, head) vs the blocks with a visible pair. Before "
+        "(bounded grids): forward / dQ and dK / dV without a sample cap and with the "
+        "mix's cap. Now (flattened schedule, with the cap): steps of forward = dQ "
+        "(q-major) and dK / dV (kv-major), the schedule's static capacity")
+  print(f"{'seq':>6} {'mix':>6} {'longest':>7} {'cap':>5} {'visited':>7} "
+        f"{'fwd no cap':>10} {'fwd cap':>8} {'dkv no cap':>10} {'dkv cap':>8} "
+        f"{'before/vis':>10} {'fwd,dq now':>10} {'dkv now':>8} {'now/vis':>7} "
+        f"{'capacity':>8} {'no cap':>7}")
+  for seq, mix, longest, visited, (f0, d0), (f1, d1), (fq, fk, capacity), cap0 in grids:
     assert longest <= MIX_CAP[mix], (mix, longest)
     print(f"{seq:>6} {mix:>6} {longest:>7} {MIX_CAP[mix]:>5} {visited:>7} {f0:>10} {f1:>8} "
-          f"{d0:>10} {d1:>8} {visited / f1:>15.3f}")
+          f"{d0:>10} {d1:>8} {f1 / visited:>10.2f} {fq:>10} {fk:>8} "
+          f"{max(fq, fk) / visited:>7.3f} {capacity:>8} {cap0:>7}")
   if a.no_compile:
     return
   print(f"\nXLA cost_analysis, fwd+bwd AOT-compiled for {a.topology} (one chip)")

@@ -54,11 +54,17 @@ def widest(r: br.BlockRanges) -> tuple[int, int]:
   return kv, q
 
 
+def most_pairs(r: br.BlockRanges, batch: int) -> int:
+  """The most (q block, kv block) pairs one batch row visits."""
+  return int(np.max((np.asarray(r.kv_hi) - np.asarray(r.kv_lo) + 1).reshape(batch, -1).sum(1)))
+
+
 @pytest.mark.parametrize("bq,bk", [(16, 16), (16, 32), (32, 16), (24, 8)])
 @pytest.mark.parametrize("cap", [1, 5, 16, 40])
 def test_step_bounds_hold_for_every_capped_packing(bq, bk, cap):
   """Whole sequences, rows padded past the end (as ``run_padded``) and context shards
-  whose first row is not on a block multiple: the widest range never exceeds the bound."""
+  whose first row is not on a block multiple: the widest range never exceeds the
+  per-block bounds, a row's pairs never ``pair_bound`` (the schedules' capacity)."""
   rng = np.random.default_rng(cap * 100 + bq + bk)
   seq = 240
   for _ in range(25):
@@ -74,15 +80,19 @@ def test_step_bounds_hold_for_every_capped_packing(bq, bk, cap):
       if n % bq:
         continue
       c = eff if rows == "padded" else cap
-      kv, q = widest(br.block_ranges(bounds, bq, bk, kv_len=k_len if k_len >= seq else None))
+      r = br.block_ranges(bounds, bq, bk, kv_len=k_len if k_len >= seq else None)
+      kv, q = widest(r)
       assert kv <= br.kv_step_bound(c, bq, bk, k_len // bk), (rows, kv)
       assert q <= br.q_step_bound(c, bq, bk, n // bq), (rows, q)
+      assert most_pairs(r, 2) <= br.pair_bound(c, bq, bk, n // bq, k_len // bk), rows
     # A context shard: 4 * bq rows starting at an offset that is not a block multiple.
     off = int(rng.integers(1, seq - 4 * bq))
     shard = br.TokenBounds(tb.start[:, off:off + 4 * bq], tb.limit[:, off:off + 4 * bq])
-    kv, q = widest(br.block_ranges(shard, bq, bk, kv_len=k_len))
+    r = br.block_ranges(shard, bq, bk, kv_len=k_len)
+    kv, q = widest(r)
     assert kv <= br.kv_step_bound(cap, bq, bk, k_len // bk)
     assert q <= br.q_step_bound(cap, bq, bk, 4)
+    assert most_pairs(r, 2) <= br.pair_bound(cap, bq, bk, 4, k_len // bk)
 
 
 @pytest.mark.parametrize("bq,bk,cap", [(16, 16, 40), (32, 16, 24), (16, 32, 50)])
@@ -155,9 +165,11 @@ def _kernel_vs_reference(cap, seg, unit, bq=16, bk=16, seed=0):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_kernel_with_a_bounded_grid_equals_the_reference(seed):
-  """Samples of at most 20 tokens in 160-token rows, blocks of 16: the grids walk
-  5 of 10 steps (forward / dQ) and 5 of 10 (dK / dV); forward and gradients <= 2e-5."""
+  """Samples of at most 20 tokens in 160-token rows, blocks of 16: the schedules hold
+  10 * (1 + ceil(19 / 16)) + 9 = 39 of a row's 100 block pairs (the grids before them
+  walked 5 of 10 steps per block); forward and gradients <= 2e-5."""
   cap = 20
+  assert br.pair_bound(cap, 16, 16, 10, 10) == 39
   assert br.kv_step_bound(cap, 16, 16, 10) == 5 and br.q_step_bound(cap, 16, 16, 10) == 5
   seg, unit = capped_packing(np.random.default_rng(seed), 2, 150, cap)   # rows padded inside
   got, want = _kernel_vs_reference(cap, seg, unit, seed=seed)
@@ -169,8 +181,22 @@ def test_kernel_with_a_bounded_grid_equals_the_reference(seed):
 
 
 def test_a_sample_longer_than_the_cap_gives_nan_not_a_wrong_result():
-  seg = np.ones((1, 160), np.int32)              # one 160-token sample, cap 20
+  """Cap 20, blocks of 16, 160-token rows: capacity 39 pairs per row. One 160-token
+  causal sample holds 55 pairs: NaN everywhere, forward and gradients."""
+  seg = np.ones((1, 160), np.int32)
   got, _ = _kernel_vs_reference(20, seg, np.zeros_like(seg))
+  assert all(np.isnan(np.asarray(a)).all() for a in got)
+
+
+def test_nan_exactly_when_the_batch_overflows_the_schedule():
+  """The guard is on the batch's pair count against its capacity (2 rows x 39): a long
+  sample (55 pairs) next to a padding row (10 pairs) fits, and the result is exact,
+  nothing missing; two long samples (110 pairs) do not, and everything is NaN."""
+  long_row, pad_row = np.ones(160, np.int32), np.zeros(160, np.int32)
+  got, want = _kernel_vs_reference(20, np.stack([long_row, pad_row]), np.zeros((2, 160), np.int32))
+  for name, a, b in zip(("out", "dq", "dk", "dv"), got, want):
+    np.testing.assert_allclose(np.asarray(a)[0], np.asarray(b)[0], atol=2e-5, err_msg=name)
+  got, _ = _kernel_vs_reference(20, np.stack([long_row, long_row]), np.zeros((2, 160), np.int32))
   assert all(np.isnan(np.asarray(a)).all() for a in got)
 
 

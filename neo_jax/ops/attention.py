@@ -43,7 +43,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array,
 
   Args: as ``reference_attention``; ``impl`` in {"xla", "xla_blockwise", "pallas",
     "auto"}, ``block_q`` / ``block_kv`` the block sizes in tokens (blockwise and kernel),
-    ``max_sample_tokens`` the packer's sample cap that bounds the Pallas kernel's grid
+    ``max_sample_tokens`` the packer's sample cap that sizes the Pallas kernel's schedule
     (0 = none; ``flash_mixed.flash_mixed_attention``; the other paths need no bound).
 
   Returns:

@@ -17,9 +17,11 @@ visible pair (the union of the rows' intervals is contiguous), and the q blocks 
 see one kv block form an interval too (the mirror image, used by dK / dV).
 
 Everything here is plain ``jnp`` run before the kernel; the kernel receives the ranges
-by scalar prefetch. ``kv_step_bound`` / ``q_step_bound`` are the static side: with every
-packed sample at most ``L`` tokens long (the packer's cap), how many blocks one q block
-(one kv block) can visit, which sizes the TPU kernels' grids.
+(the Triton kernels) or their flattened list (``flat_schedule``, the Mosaic kernels) by
+scalar prefetch. The static side, with every packed sample at most ``L`` tokens long (the
+packer's cap): ``kv_step_bound`` / ``q_step_bound``, how many blocks one q block (one kv
+block) can visit, and ``pair_bound``, how many (q block, kv block) pairs a whole row of
+blocks can visit, which sizes the Mosaic kernels' schedules.
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ def pad_bounds(bounds: TokenBounds, seq_pad: int) -> TokenBounds:
   That key is real (never a padded one), so the padded rows' softmax is well defined
   and their outputs (discarded) finite; the ranges stay non-decreasing
   (``start_last <= limit_last``); a padded row ``P`` rows past the end sees a key at
-  most ``P`` rows before it, like a sample of ``P + 1`` tokens (``q_step_bound``).
+  most ``P`` rows before it, like a sample of ``P + 1`` tokens (``q_step_bound``); its
+  interval is one key wide (``pair_bound``'s invariant (c)).
   """
   b, s = bounds.start.shape
   extra = seq_pad - s
@@ -117,7 +120,8 @@ def kv_step_bound(max_sample_tokens: int, block_q: int, block_kv: int, nk: int) 
     block_q, block_kv: block sizes [tokens]; nk: kv blocks in the sequence.
 
   Returns:
-    The step count of the forward / dQ grid's last axis, ``<= nk``.
+    ``<= nk`` (the forward / dQ grids' step axis before the flattened schedule; a term
+    of ``pair_bound``).
   """
   if max_sample_tokens <= 0:
     return nk
@@ -136,12 +140,109 @@ def q_step_bound(max_sample_tokens: int, block_q: int, block_kv: int, nq: int) -
   Args: as ``kv_step_bound``, with ``nq`` the q blocks of the rows.
 
   Returns:
-    The step count of the dK / dV grid's last axis, ``<= nq``.
+    ``<= nq`` (the dK / dV grid's step axis before the flattened schedule).
   """
   if max_sample_tokens <= 0:
     return nq
   n = block_q + block_kv + 2 * max_sample_tokens - 3
   return max(1, min(nq, -(-n // block_q)))
+
+
+def pair_bound(max_sample_tokens: int, block_q: int, block_kv: int, nq: int, nk: int) -> int:
+  """The most (q block, kv block) pairs one batch row visits when no sample exceeds ``L``.
+
+  Sizes the flattened schedules of the Mosaic kernels (``flat_schedule``, ``B`` times
+  this): a batch whose ranges hold more pairs broke the cap, and the kernels NaN the
+  result. The kv-major list holds the same pairs as the q-major one (by (a), the
+  mirror ranges ``q_lo / q_hi`` are the same set), so one bound sizes both.
+
+  Invariants used (all hold for the kernels' inputs, whole rows, rows padded by
+  ``pad_bounds`` and context shards alike):
+    (a) ``start`` and ``limit`` are non-decreasing along the rows;
+    (b) ``start_r <= limit_r`` and both lie in ``[0, nk * block_kv)``;
+    (c) ``limit_r - start_r <= L - 1``: a real row's interval lies inside its sample
+        (at most ``L`` tokens); a padding row and a row added by ``pad_bounds`` see
+        one key (width 0).
+
+  Proof. Write ``x_i`` / ``e_i`` for the first / last row of q block ``i``; it visits
+  ``lo_i = start(x_i) // bk`` .. ``hi_i = limit(e_i) // bk``. With
+  ``s_i = start(e_i) // bk``, ``hi_i - lo_i = (hi_i - s_i) + (s_i - lo_i)``:
+    * ``hi_i - s_i <= ceil((limit(e_i) - start(e_i)) / bk) <= ceil((L - 1) / bk)``
+      by (c) (``a // k - c // k <= ceil((a - c) / k)`` for ``a >= c``);
+    * ``s_i <= lo_{i+1}`` by (a) (``e_i < x_{i+1}``), so the second terms telescope:
+      ``sum_i (s_i - lo_i) <= s_{nq-1} - lo_0 <= nk - 1`` by (b).
+  Summing ``hi_i - lo_i + 1`` over the ``nq`` q blocks:
+  ``pairs <= nq * (1 + ceil((L - 1) / bk)) + nk - 1``. The per-block bound gives
+  ``nq * kv_step_bound`` (tighter for a shard of few rows against many keys) and
+  there are ``nq * nk`` pairs in all; the result is the least of the three.
+
+  Against the per-block bound (``2L + bq`` tokens ahead of and behind every q
+  block) this is about ``L`` tokens per q block: a q block straddling two samples
+  sees both, but the jumps of ``start`` over the whole row add up to one sequence.
+  Nearly attained: back-to-back ``L``-token samples that are one image each,
+  starting off a kv block boundary (``tests/test_flash_schedule.py``).
+
+  Args:
+    max_sample_tokens: ``L`` [tokens], 0 = no cap (the result is ``nq * nk``); for
+      rows padded past the end use ``max(L, P + 1)`` as for ``kv_step_bound``.
+    block_q, block_kv: block sizes [tokens]; nq, nk: q / kv blocks of the row.
+
+  Returns:
+    A static int in ``[1, nq * nk]``.
+  """
+  if max_sample_tokens <= 0:
+    return nq * nk
+  total = nq * (1 + -(-(max_sample_tokens - 1) // block_kv)) + nk - 1
+  per_block = nq * kv_step_bound(max_sample_tokens, block_q, block_kv, nk)
+  return max(1, min(nq * nk, total, per_block))
+
+
+class Schedule(NamedTuple):
+  """The visited block pairs of a batch as one list (scalar prefetch of the Mosaic kernels).
+
+  Entry ``t`` is the pair (``outer[t]``, ``inner[t]``): ``outer`` a flat block index
+  ``b * n_outer + block`` of the axis the list is sorted by, ``inner`` a block of the
+  other axis in the same row. q-major (forward, dQ): outer = q block, inner = kv
+  block; kv-major (dK / dV): outer = kv block, inner = q block. Entries of one
+  ``outer`` are consecutive, ``inner`` increasing; entries past ``count`` repeat
+  entry ``count - 1`` (an index map on them asks for no new block).
+
+  Attributes:
+    outer, inner: ``[capacity] int32``.
+    count: ``[] int32``, the entries to run, ``min(total, capacity)`` (the grid size).
+    total: ``[] int32``, the pairs of the ranges; ``> capacity`` means entries are
+      missing and the result must be poisoned (``flash_mixed_tpu_common.poison_if_over``).
+  """
+  outer: jax.Array
+  inner: jax.Array
+  count: jax.Array
+  total: jax.Array
+
+
+def flat_schedule(lo: jax.Array, hi: jax.Array, capacity: int, n_inner: int) -> Schedule:
+  """Lists the pairs ``(p, x)`` with ``lo[p] <= x <= hi[p]``, ``p``-major, ``x`` ascending.
+
+  The megablox ``gmm`` recipe (``make_group_metadata``): a static-length list and a
+  real count that becomes a dynamic grid size.
+
+  Args:
+    lo, hi: ``[P] int32`` inclusive ranges per flat outer block (``hi < lo``: none),
+      e.g. ``BlockRanges.kv_lo / kv_hi`` (q-major) or ``q_lo / q_hi`` (kv-major).
+    capacity: static list length (``B * pair_bound``).
+    n_inner: blocks of the inner axis (indices are clipped into ``[0, n_inner)``).
+
+  Returns:
+    ``Schedule`` (see its docstring).
+  """
+  counts = jnp.maximum(hi - lo + 1, 0)
+  ends = jnp.cumsum(counts)
+  total = ends[-1].astype(jnp.int32)
+  t = jnp.minimum(jnp.arange(capacity, dtype=jnp.int32), jnp.maximum(total - 1, 0))
+  p = jnp.minimum(jnp.searchsorted(ends, t, side="right", method="sort"), lo.shape[0] - 1)
+  # Entry t of outer block p is inner block lo[p] + (t - first entry of p): one gather.
+  x = jnp.clip(t + (lo - ends + counts)[p], 0, n_inner - 1)
+  return Schedule(p.astype(jnp.int32), x.astype(jnp.int32),
+                  jnp.minimum(total, capacity).astype(jnp.int32), total)
 
 
 def block_ranges(bounds: TokenBounds, block_q: int, block_kv: int,

@@ -38,8 +38,11 @@ class Config:
     interpret: run the Pallas kernels in interpret mode.
     residual_names: ``jax.checkpoint`` names of the saved output and logsumexp.
     max_sample_tokens: the longest packed sample [tokens] (0 = no cap); bounds the
-      TPU grids' step axes (``block_ranges.kv_step_bound``); the Triton kernels loop
+      TPU kernels' schedules (``block_ranges.pair_bound``); the Triton kernels loop
       over each range and ignore it.
+    whole_sequence: the query rows are all the key positions (``Sq == Sk``), so every
+      real key's kv block is visited by its own row; False (a context shard) makes
+      the TPU dK / dV zero the kv blocks the rows do not see.
   """
   scale: float
   block_q: int
@@ -50,6 +53,7 @@ class Config:
   interpret: bool
   residual_names: tuple[str, str]
   max_sample_tokens: int = 0
+  whole_sequence: bool = True
 
 
 def differentiable(fwd_call, bwd_call):
@@ -103,7 +107,7 @@ def run_padded(flash, cfg: Config, q: jax.Array, k: jax.Array, v: jax.Array,
   giving padded rows the last row's limit (``block_ranges.pad_bounds``: padded keys are
   never seen), and returns the real rows, ``[B, Sq, Hq, Dv]``. With a sample cap ``L``
   the kernels get ``max(L, P + 1)`` for ``P`` padded rows (a padded row sees a key up
-  to ``P`` rows back, ``block_ranges.q_step_bound``).
+  to ``P`` rows back: ``block_ranges.kv_step_bound``, one term of ``pair_bound``).
   """
   sq, sk = q.shape[1], k.shape[1]
   q_pad = -(-sq // q_multiple) * q_multiple

@@ -55,8 +55,8 @@ def flash_mixed_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     platform: the target platform for that choice (default: the mesh in context's,
       else the default backend).
     max_sample_tokens: the longest packed sample [tokens] the batch can hold (the
-      packer's cap, ``model.max_sample_tokens``); 0 = no cap. Bounds the Mosaic grids'
-      step axes (``block_ranges.kv_step_bound``); a batch that breaks the cap gets NaN
+      packer's cap, ``model.max_sample_tokens``); 0 = no cap. Sizes the Mosaic kernels'
+      block schedules (``block_ranges.pair_bound``); a batch that breaks the cap gets NaN
       outputs, never silently dropped blocks.
 
   Returns:
@@ -132,5 +132,6 @@ def flash_mixed_attention_bounds(q: jax.Array, k: jax.Array, v: jax.Array,
     flash_mixed_tpu.check_blocks(block_q, block_kv, block_q_bwd, block_kv_bwd)
   cfg = flash_common.Config(float(scale), block_q, block_kv, block_q_bwd, block_kv_bwd,
                             q.shape[2] // k.shape[2], kernels == "interpret",
-                            tuple(residual_names), int(max_sample_tokens))
+                            tuple(residual_names), int(max_sample_tokens),
+                            q.shape[1] == k.shape[1])
   return flash_mixed_tpu.flash_mixed_attention_tpu_bounds(q, k, v, bounds, cfg)

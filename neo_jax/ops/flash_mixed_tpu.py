@@ -6,15 +6,17 @@ Design (after jax.experimental.pallas.ops.tpu.flash_attention and splash_attenti
 * Three kernels: forward (online softmax, FlashAttention-2, Dao 2023, Alg. 1), dQ and
   dK/dV (Alg. 2 split in two passes, as in the JAX TPU flash attention), glued into
   one ``custom_vjp`` by ``flash_common.differentiable``.
-* The grid's last axis walks "steps"; per q block the kv blocks visited are
-  ``kv_lo + step`` for ``step <= kv_hi - kv_lo`` (per kv block, in dK/dV, the q blocks
-  ``q_lo + step``). The ranges come by scalar prefetch (``block_ranges.py``). A step
-  past the range runs no compute (``pl.when``) and its index map returns the last
-  block of the range again, so the pipeline issues no new DMA.
-* The step axis has ``block_ranges.kv_step_bound`` steps (``q_step_bound`` in dK/dV):
-  the whole block count by default, fewer when ``Config.max_sample_tokens`` caps the
-  packed samples' length (the packer enforces the cap; a wider range NaNs the
-  result instead of dropping blocks). Padding rows see their diagonal only.
+* The grid walks a flattened schedule of exactly the visited (q block, kv block)
+  pairs (``block_ranges.flat_schedule``, the megablox ``gmm`` recipe): forward and dQ
+  go q-major (grid: query head, pair), dK / dV kv-major (grid: kv head, pair, query
+  head of the GQA group). The list comes by scalar prefetch; its static length is
+  ``B * block_ranges.pair_bound`` (the sample cap ``Config.max_sample_tokens`` bounds
+  it; ``nq * nk`` per row without a cap) and the pair axis is a dynamic grid
+  dimension of the real count, so no grid step is empty. An accumulator starts at
+  the first pair of its output block and is written at the last (the output block
+  index changes along the axis). A batch with more pairs than the capacity (a sample
+  longer than the cap) gets NaN, never a result with blocks missing.
+* Padding rows see their diagonal only.
 * A (q, kv) block pair whose pairs are all visible runs without mask arithmetic.
 * GQA: query head ``h`` reads kv head ``h // group`` through the index map (no repeated
   k / v in HBM); dK / dV accumulate over the group's query heads inside the kernel.
@@ -51,14 +53,14 @@ def _visible(start_ref, limit_ref, j, bq, bk):
   return (kpos >= start_ref[:, :1]) & (kpos <= limit_ref[:, :1])
 
 
-def _fwd_kernel(kv_lo_ref, kv_hi_ref, qms_ref, qml_ref,            # scalar prefetch
+def _fwd_kernel(sched_ref, qms_ref, qml_ref,                        # scalar prefetch
                 q_ref, k_ref, v_ref, start_ref, limit_ref,            # inputs
                 o_ref, lse_ref,                                       # outputs
                 m_sc, l_sc, acc_sc,                                   # scratch
-                *, scale, bq, bk, nq):
-  t, blk, j, hi = tc.kv_step(kv_lo_ref, kv_hi_ref, nq)
+                *, scale, bq, bk, nk):
+  p, j, first, last = tc.schedule_step(sched_ref, 1, nk)
 
-  @pl.when(t == 0)
+  @pl.when(first)
   def _init():
     m_sc[...] = jnp.full_like(m_sc, MASK_VALUE)
     l_sc[...] = jnp.zeros_like(l_sc)
@@ -72,19 +74,19 @@ def _fwd_kernel(kv_lo_ref, kv_hi_ref, qms_ref, qml_ref,            # scalar pref
       s = jnp.where(vis, s, MASK_VALUE)
     m_prev = m_sc[...]                                   # [bq, LANES]
     m_next = jnp.maximum(m_prev, s.max(axis=-1, keepdims=True))
-    p = jnp.exp(s - m_next[:, :1])
+    p_ = jnp.exp(s - m_next[:, :1])
     if masked:
-      p = jnp.where(vis, p, 0.0)
+      p_ = jnp.where(vis, p_, 0.0)
     alpha = jnp.exp(m_prev - m_next)
-    l_sc[...] = alpha * l_sc[...] + p.sum(axis=-1, keepdims=True)
+    l_sc[...] = alpha * l_sc[...] + p_.sum(axis=-1, keepdims=True)
     m_sc[...] = m_next
     v = v_ref[...]
     acc_sc[...] = acc_sc[...] * alpha[:, :1] + jnp.dot(
-        p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        p_.astype(v.dtype), v, preferred_element_type=jnp.float32)
 
-  tc.dispatch_step(step, j <= hi, tc.is_full(qms_ref[blk], qml_ref[blk], j, bk))
+  tc.dispatch_step(step, tc.is_full(qms_ref[p], qml_ref[p], j, bk))
 
-  @pl.when(t == pl.num_programs(3) - 1)
+  @pl.when(last)
   def _finish():
     l = l_sc[...]
     o_ref[...] = (acc_sc[...] / l[:, :1]).astype(o_ref.dtype)
@@ -95,28 +97,42 @@ def _fwd_kernel(kv_lo_ref, kv_hi_ref, qms_ref, qml_ref,            # scalar pref
 
 def _fwd(cfg: Config, q, k, v, start, limit, r: br.BlockRanges):
   """Forward kernel call. q ``[B,Hq,Sq,Dqk]``, k ``[B,Hkv,Sk,Dqk]``, v ``[B,Hkv,Sk,Dv]``,
-  start / limit ``[B, Sq] int32``; returns ``(o, lse [B, Hq, Sq] float32)``, NaN where
-  a q block's range is wider than the grid's ``kv_step_bound`` steps."""
+  start / limit ``[B, Sq] int32``; returns ``(o, lse [B, Hq, Sq] float32)``, NaN when
+  the ranges hold more pairs than the schedule's capacity."""
   b, hq, s, dqk = q.shape
   sk, dv = k.shape[2], v.shape[-1]
   bq, bk, g = cfg.block_q, cfg.block_kv, cfg.group
   nq, nk = s // bq, sk // bk
-  steps = br.kv_step_bound(cfg.max_sample_tokens, bq, bk, nk)
+  cap = tc.capacity(cfg.max_sample_tokens, b, bq, bk, nq, nk)
+  sched = br.flat_schedule(r.kv_lo, r.kv_hi, cap, nk)
 
-  def kv_block(b_, i, t, kv_lo, kv_hi):
-    blk = b_ * nq + i
-    return jnp.minimum(kv_lo[blk] + t, kv_hi[blk])
+  def blocks(t, sched):
+    """(batch row, q block, kv block) of step ``t``."""
+    p, j = tc.unpack(sched, t, nk)
+    return (*tc.split(p, nq, b), j)
 
-  q_map = lambda b_, h, i, t, *_: (b_, h, i, 0)
-  q_map_t = lambda b_, h, i, t, *_: (b_, h, 0, i)
-  kv_map = lambda b_, h, i, t, lo, hi, *_: (b_, tc.div(h, g), kv_block(b_, i, t, lo, hi), 0)
-  row_map = lambda b_, h, i, t, *_: (b_, i, 0)
-  kernel = functools.partial(_fwd_kernel, scale=cfg.scale, bq=bq, bk=bk, nq=nq)
+  def q_map(h, t, sched, *_):
+    b_, i, _ = blocks(t, sched)
+    return b_, h, i, 0
+
+  def q_map_t(h, t, sched, *_):
+    b_, i, _ = blocks(t, sched)
+    return b_, h, 0, i
+
+  def kv_map(h, t, sched, *_):
+    b_, _, j = blocks(t, sched)
+    return b_, tc.div(h, g), j, 0
+
+  def row_map(h, t, sched, *_):
+    b_, i, _ = blocks(t, sched)
+    return b_, i, 0
+
+  kernel = functools.partial(_fwd_kernel, scale=cfg.scale, bq=bq, bk=bk, nk=nk)
   o, lse = pl.pallas_call(
       kernel,
       grid_spec=pltpu.PrefetchScalarGridSpec(
-          num_scalar_prefetch=4,
-          grid=(b, hq, nq, steps),
+          num_scalar_prefetch=3,
+          grid=(hq, sched.count),
           in_specs=[
               pl.BlockSpec((None, None, bq, dqk), q_map),
               pl.BlockSpec((None, None, bk, dqk), kv_map),
@@ -137,16 +153,16 @@ def _fwd(cfg: Config, q, k, v, start, limit, r: br.BlockRanges):
           jax.ShapeDtypeStruct((b, hq, s, dv), q.dtype),
           jax.ShapeDtypeStruct((b, hq, SUBLANES, s), jnp.float32),
       ],
-      compiler_params=pltpu.CompilerParams(
-          dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
+      compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
       interpret=cfg.interpret,
       cost_estimate=tc.cost(b, hq, s, sk, bq, bk, matmul_width=dqk + dv,
                             streamed_bytes=bk * (dqk + dv) * k.dtype.itemsize,
                             fixed_bytes=b * hq * s * (dqk + dv) * q.dtype.itemsize,
-                            max_blocks=b * hq * nq * steps),
+                            max_blocks=hq * cap),
       name="flash_mixed_fwd",
-  )(r.kv_lo, r.kv_hi, r.q_max_start, r.q_min_limit, q, k, v, tc.lanes(start), tc.lanes(limit))
-  return tc.poison_if_wider(r.kv_lo, r.kv_hi, steps, o, lse[:, :, 0])
+  )(tc.packed(sched, nk), r.q_max_start, r.q_min_limit,
+    q, k, v, tc.lanes(start), tc.lanes(limit))
+  return tc.poison_if_over(sched, o, lse[:, :, 0])
 
 
 _flash = flash_common.differentiable(_fwd, flash_mixed_tpu_bwd.bwd_calls)
@@ -179,7 +195,7 @@ def flash_mixed_attention_tpu_bounds(q: jax.Array, k: jax.Array, v: jax.Array,
 
   Args / returns: as ``flash_mixed.flash_mixed_attention_bounds``; ``cfg`` holds the
   scale, block sizes (q blocks multiples of 8 and 128, kv blocks of 8), GQA group and
-  the sample-length cap that bounds the grids (``max_sample_tokens``, 0 = none).
+  the sample-length cap that sizes the schedules (``max_sample_tokens``, 0 = none).
   Rows are padded to a multiple of the q blocks, keys of the kv blocks.
   """
   return flash_common.run_padded(_flash, cfg, q, k, v, bounds,

@@ -1,10 +1,11 @@
 """Backward of the mixed-mask flash attention: the Mosaic dQ and dK / dV kernels.
 
 FlashAttention-2's backward (Dao 2023, Alg. 2) split in two passes as in the JAX TPU
-flash attention: dQ walks each q block's kv range (``kv_lo + step``), dK / dV each kv
-block's q range (``q_lo + step``), accumulating over the GQA group's query heads
-inside the kernel. The step axes are bounded by ``Config.max_sample_tokens``. The
-forward and the entry point are in ``flash_mixed_tpu``.
+flash attention: dQ walks the q-major schedule of visited (q block, kv block) pairs
+(as the forward), dK / dV the kv-major one, accumulating over the GQA group's query
+heads inside the kernel (``block_ranges.flat_schedule``; both lists have the static
+length ``B * block_ranges.pair_bound`` and run exactly their real count of steps).
+The forward and the entry point are in ``flash_mixed_tpu``.
 """
 
 from __future__ import annotations
@@ -43,12 +44,13 @@ def _probs_t(q, k_ref, v_ref, do, lse_ref, di_ref, start_ref, limit_ref, j, mask
   return p, p * (dp - di_ref[:1, :])
 
 
-def _dq_kernel(kv_lo_ref, kv_hi_ref, qms_ref, qml_ref,
+def _dq_kernel(sched_ref, qms_ref, qml_ref,
                q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, start_ref, limit_ref,
-               dq_ref, dq_sc, *, scale, bq, bk, nq):
-  t, blk, j, hi = tc.kv_step(kv_lo_ref, kv_hi_ref, nq)
+               dq_ref, dq_sc, *, scale, bq, bk, nq, nk):
+  del nq
+  p, j, first, last = tc.schedule_step(sched_ref, 1, nk)
 
-  @pl.when(t == 0)
+  @pl.when(first)
   def _init():
     dq_sc[...] = jnp.zeros_like(dq_sc)
 
@@ -59,48 +61,64 @@ def _dq_kernel(kv_lo_ref, kv_hi_ref, qms_ref, qml_ref,
     dq_sc[...] += lax.dot_general(ds.astype(k.dtype), k, tc.TN,
                                   preferred_element_type=jnp.float32)
 
-  tc.dispatch_step(step, j <= hi, tc.is_full(qms_ref[blk], qml_ref[blk], j, bk))
+  tc.dispatch_step(step, tc.is_full(qms_ref[p], qml_ref[p], j, bk))
 
-  @pl.when(t == pl.num_programs(3) - 1)
+  @pl.when(last)
   def _finish():
     dq_ref[...] = (dq_sc[...] * scale).astype(dq_ref.dtype)
 
 
-def _dkv_kernel(q_lo_ref, q_hi_ref, qms_ref, qml_ref,
+def _dkv_kernel(sched_ref, qms_ref, qml_ref,
                 q_ref, k_ref, v_ref, do_ref, lse_ref, di_ref, start_ref, limit_ref,
-                dk_ref, dv_ref, dk_sc, dv_sc, *, scale, bq, bk, nq, nk):
-  b, j, gi, t = pl.program_id(0), pl.program_id(2), pl.program_id(3), pl.program_id(4)
-  lo, hi = q_lo_ref[b * nk + j], q_hi_ref[b * nk + j]
-  i = lo + t
-  blk = b * nq + jnp.clip(i, 0, nq - 1)
+                dk_ref, dv_ref, dk_sc, dv_sc, *, scale, bq, bk, nq, nk, batch):
+  pk, i, first, last = tc.schedule_step(sched_ref, 1, nq)
+  gi = pl.program_id(2)
+  b, j = tc.split(pk, nk, batch)
+  p = b * nq + i
 
-  @pl.when((gi == 0) & (t == 0))
+  @pl.when(first & (gi == 0))
   def _init():
     dk_sc[...] = jnp.zeros_like(dk_sc)
     dv_sc[...] = jnp.zeros_like(dv_sc)
 
   def step(masked):
     q, do = q_ref[...], do_ref[...]
-    p, ds = _probs_t(q, k_ref, v_ref, do, lse_ref, di_ref, start_ref, limit_ref, j,
-                     masked, scale=scale, bq=bq, bk=bk)
-    dv_sc[...] += jnp.dot(p.astype(do.dtype), do, preferred_element_type=jnp.float32)
+    p_, ds = _probs_t(q, k_ref, v_ref, do, lse_ref, di_ref, start_ref, limit_ref, j,
+                      masked, scale=scale, bq=bq, bk=bk)
+    dv_sc[...] += jnp.dot(p_.astype(do.dtype), do, preferred_element_type=jnp.float32)
     dk_sc[...] += jnp.dot(ds.astype(q.dtype), q, preferred_element_type=jnp.float32)
 
-  tc.dispatch_step(step, i <= hi, tc.is_full(qms_ref[blk], qml_ref[blk], j, bk))
+  tc.dispatch_step(step, tc.is_full(qms_ref[p], qml_ref[p], j, bk))
 
-  @pl.when((gi == pl.num_programs(3) - 1) & (t == pl.num_programs(4) - 1))
+  @pl.when(last & (gi == pl.num_programs(2) - 1))
   def _finish():
     dk_ref[...] = (dk_sc[...] * scale).astype(dk_ref.dtype)
     dv_ref[...] = dv_sc[...].astype(dv_ref.dtype)
+
+
+def _zero_unvisited(r: br.BlockRanges, bk: int, *arrays):
+  """Zeros the kv blocks no q block visits (``[B, H, Sk, D]`` arrays).
+
+  The dK / dV kernel writes only the kv blocks of its schedule. With the rows the
+  whole sequence every real key is seen by its own row, so only blocks of padded keys
+  (sliced off) go unwritten; a context shard's rows see a part of the keys and the
+  other blocks must be zero, as megablox zeroes the groups its grid skips
+  (``_zero_uninitialized_memory``).
+  """
+  b = arrays[0].shape[0]
+  seen = (r.q_hi >= r.q_lo).reshape(b, -1)
+  rows = jnp.repeat(seen, bk, axis=1, total_repeat_length=arrays[0].shape[2])
+  return tuple(jnp.where(rows[:, None, :, None], a, jnp.zeros((), a.dtype)) for a in arrays)
 
 
 def bwd_calls(cfg: Config, q, k, v, do, lse, di, start, limit, r: br.BlockRanges):
   """dQ and dK/dV kernel calls (block sizes ``block_*_bwd``; ``r`` made for them).
 
   ``q``, ``do``: ``[B, Hq, Sq, .]``; ``k``, ``v``: ``[B, Hkv, Sk, .]``; ``lse``,
-  ``di``: ``[B, Hq, Sq] float32``; ``start``, ``limit``: ``[B, Sq] int32``. The grids'
-  step axes are bounded by ``cfg.max_sample_tokens`` (``block_ranges.kv_step_bound``,
-  ``q_step_bound``); a wider range makes the gradients NaN (``tc.poison_if_wider``).
+  ``di``: ``[B, Hq, Sq] float32``; ``start``, ``limit``: ``[B, Sq] int32``. The
+  schedules hold ``B * block_ranges.pair_bound(cfg.max_sample_tokens, ...)`` pairs; a
+  batch with more makes the gradients NaN (``tc.poison_if_over``). Unless
+  ``cfg.whole_sequence``, kv blocks the rows do not see get zero dK / dV.
 
   Returns:
     ``(dq, dk, dv)`` shaped and typed like ``q``, ``k``, ``v``.
@@ -109,12 +127,13 @@ def bwd_calls(cfg: Config, q, k, v, do, lse, di, start, limit, r: br.BlockRanges
   hkv, sk, dv = k.shape[1], k.shape[2], v.shape[-1]
   bq, bk, g = cfg.block_q_bwd, cfg.block_kv_bwd, cfg.group
   nq, nk = s // bq, sk // bk
-  kv_steps = br.kv_step_bound(cfg.max_sample_tokens, bq, bk, nk)
-  q_steps = br.q_step_bound(cfg.max_sample_tokens, bq, bk, nq)
+  cap = tc.capacity(cfg.max_sample_tokens, b, bq, bk, nq, nk)
+  by_q = br.flat_schedule(r.kv_lo, r.kv_hi, cap, nk)
+  by_kv = br.flat_schedule(r.q_lo, r.q_hi, cap, nq)
   start_r, limit_r = tc.sublanes(start), tc.sublanes(limit)
   lse_r = jnp.broadcast_to(lse[:, :, None], (b, hq, tc.SUBLANES, s))
   di_r = jnp.broadcast_to(di[:, :, None], (b, hq, tc.SUBLANES, s))
-  common = dict(scale=cfg.scale, bq=bq, bk=bk, nq=nq)
+  common = dict(scale=cfg.scale, bq=bq, bk=bk, nq=nq, nk=nk)
 
   def in_specs(q_map, kv_map, qt_map, row_map):
     """Both kernels read q, k, v, dO, lse, D_i, start, limit; only the maps differ."""
@@ -127,48 +146,74 @@ def bwd_calls(cfg: Config, q, k, v, do, lse, di, start, limit, r: br.BlockRanges
             pl.BlockSpec((None, tc.SUBLANES, bq), row_map),
             pl.BlockSpec((None, tc.SUBLANES, bq), row_map)]
 
-  # dQ: grid (b, q head, q block, kv step), as the forward, over kv_steps steps.
-  def kv_block(b_, i, t, lo, hi):
-    return jnp.minimum(lo[b_ * nq + i] + t, hi[b_ * nq + i])
-  q_map = lambda b_, h, i, t, *_: (b_, h, i, 0)
-  qt_map = lambda b_, h, i, t, *_: (b_, h, 0, i)
-  kv_map = lambda b_, h, i, t, lo, hi, *_: (b_, tc.div(h, g), kv_block(b_, i, t, lo, hi), 0)
-  row_map = lambda b_, h, i, t, *_: (b_, 0, i)
+  # dQ: grid (q head, pair) over the q-major schedule, as the forward.
+  def q_blocks(t, sched):
+    """(batch row, q block, kv block) of step ``t``."""
+    p, j = tc.unpack(sched, t, nk)
+    return (*tc.split(p, nq, b), j)
+
+  def q_map(h, t, sched, *_):
+    b_, i, _ = q_blocks(t, sched)
+    return b_, h, i, 0
+
+  def qt_map(h, t, sched, *_):
+    b_, i, _ = q_blocks(t, sched)
+    return b_, h, 0, i
+
+  def kv_map(h, t, sched, *_):
+    b_, _, j = q_blocks(t, sched)
+    return b_, tc.div(h, g), j, 0
+
+  def row_map(h, t, sched, *_):
+    b_, i, _ = q_blocks(t, sched)
+    return b_, 0, i
+
   dq = pl.pallas_call(
       functools.partial(_dq_kernel, **common),
       grid_spec=pltpu.PrefetchScalarGridSpec(
-          num_scalar_prefetch=4,
-          grid=(b, hq, nq, kv_steps),
+          num_scalar_prefetch=3,
+          grid=(hq, by_q.count),
           in_specs=in_specs(q_map, kv_map, qt_map, row_map),
           out_specs=pl.BlockSpec((None, None, bq, dqk), q_map),
           scratch_shapes=[pltpu.VMEM((bq, dqk), jnp.float32)]),
       out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-      compiler_params=pltpu.CompilerParams(
-          dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
+      compiler_params=pltpu.CompilerParams(dimension_semantics=("parallel", "arbitrary")),
       interpret=cfg.interpret,
       cost_estimate=tc.cost(b, hq, s, sk, bq, bk, matmul_width=2 * dqk + dv,
                             streamed_bytes=bk * (dqk + dv) * k.dtype.itemsize,
                             fixed_bytes=b * hq * s * (2 * dqk + dv) * q.dtype.itemsize,
-                            max_blocks=b * hq * nq * kv_steps),
+                            max_blocks=hq * cap),
       name="flash_mixed_dq",
-  )(r.kv_lo, r.kv_hi, r.q_max_start, r.q_min_limit,
+  )(tc.packed(by_q, nk), r.q_max_start, r.q_min_limit,
     q, k, v, do, lse_r, di_r, start_r, limit_r)
 
-  # dK/dV: grid (b, kv head, kv block, query head in group, q step), q_steps steps.
-  def q_block(b_, j, t, lo, hi):
-    lo_, hi_ = lo[b_ * nk + j], hi[b_ * nk + j]
-    return jnp.minimum(lo_ + t, jnp.maximum(hi_, lo_))
-  qq_map = lambda b_, h, j, gi, t, lo, hi, *_: (
-      b_, h * g + gi, q_block(b_, j, t, lo, hi), 0)
-  qqt_map = lambda b_, h, j, gi, t, lo, hi, *_: (
-      b_, h * g + gi, 0, q_block(b_, j, t, lo, hi))
-  qrow_map = lambda b_, h, j, gi, t, lo, hi, *_: (b_, 0, q_block(b_, j, t, lo, hi))
-  k_map = lambda b_, h, j, gi, t, *_: (b_, h, j, 0)
+  # dK/dV: grid (kv head, pair, query head in the group) over the kv-major schedule.
+  def kv_blocks(t, sched):
+    """(batch row, kv block, q block) of step ``t``."""
+    pk, i = tc.unpack(sched, t, nq)
+    return (*tc.split(pk, nk, b), i)
+
+  def qq_map(h, t, gi, sched, *_):
+    b_, _, i = kv_blocks(t, sched)
+    return b_, h * g + gi, i, 0
+
+  def qqt_map(h, t, gi, sched, *_):
+    b_, _, i = kv_blocks(t, sched)
+    return b_, h * g + gi, 0, i
+
+  def qrow_map(h, t, gi, sched, *_):
+    b_, _, i = kv_blocks(t, sched)
+    return b_, 0, i
+
+  def k_map(h, t, gi, sched, *_):
+    b_, j, _ = kv_blocks(t, sched)
+    return b_, h, j, 0
+
   dk, dv_ = pl.pallas_call(
-      functools.partial(_dkv_kernel, nk=nk, **common),
+      functools.partial(_dkv_kernel, batch=b, **common),
       grid_spec=pltpu.PrefetchScalarGridSpec(
-          num_scalar_prefetch=4,
-          grid=(b, hkv, nk, g, q_steps),
+          num_scalar_prefetch=3,
+          grid=(hkv, by_kv.count, g),
           in_specs=in_specs(qq_map, k_map, qqt_map, qrow_map),
           out_specs=[
               pl.BlockSpec((None, None, bk, dqk), k_map),
@@ -179,15 +224,16 @@ def bwd_calls(cfg: Config, q, k, v, do, lse, di, start, limit, r: br.BlockRanges
       out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype),
                  jax.ShapeDtypeStruct(v.shape, v.dtype)],
       compiler_params=pltpu.CompilerParams(
-          dimension_semantics=("parallel", "parallel", "parallel", "arbitrary",
-                               "arbitrary")),
+          dimension_semantics=("parallel", "arbitrary", "arbitrary")),
       interpret=cfg.interpret,
       cost_estimate=tc.cost(b, hq, s, sk, bq, bk, matmul_width=2 * (dqk + dv),
                             streamed_bytes=bq * (dqk + dv) * q.dtype.itemsize,
                             fixed_bytes=2 * b * hkv * sk * (dqk + dv) * k.dtype.itemsize,
-                            max_blocks=b * hq * nk * q_steps),
+                            max_blocks=hq * cap),
       name="flash_mixed_dkv",
-  )(r.q_lo, r.q_hi, r.q_max_start, r.q_min_limit,
+  )(tc.packed(by_kv, nq), r.q_max_start, r.q_min_limit,
     q, k, v, do, lse_r, di_r, start_r, limit_r)
-  dq, = tc.poison_if_wider(r.kv_lo, r.kv_hi, kv_steps, dq)
-  return (dq,) + tc.poison_if_wider(r.q_lo, r.q_hi, q_steps, dk, dv_)
+  if not cfg.whole_sequence:
+    dk, dv_ = _zero_unvisited(r, bk, dk, dv_)
+  dq, = tc.poison_if_over(by_q, dq)
+  return (dq,) + tc.poison_if_over(by_kv, dk, dv_)
