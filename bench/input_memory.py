@@ -96,7 +96,7 @@ def main():
   ap.add_argument("--batch_size", type=int, default=1)
   ap.add_argument("--duration_s", type=float, default=600)
   ap.add_argument("--consumer_s", type=float, default=5.0)
-  ap.add_argument("--legacy", action="store_true", help="also run the count-bounded settings")
+  ap.add_argument("--settings", default="bytes", help="bytes and / or count (comma-separated)")
   ap.add_argument("--child", action="store_true")
   ap.add_argument("--setting", default="bytes")
   ap.add_argument("--worker_count", type=int, default=0)
@@ -109,7 +109,7 @@ def main():
   mix = realistic_corpus.build(a.corpus, photos=24, videos=a.videos, records=200,
                                long_video_minutes=a.minutes)
   rows = []
-  for setting in ["bytes"] + (["count"] if a.legacy else []):
+  for setting in a.settings.split(","):
     for w in [int(x) for x in a.workers.split(",")]:
       r = benchlib.run_fresh(__file__, [
           "--child", f"--setting={setting}", f"--worker_count={w}", f"--mix={mix}",

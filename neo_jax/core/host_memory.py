@@ -53,12 +53,20 @@ def _status_kib(pid: int | str, field: str) -> int:
 
 
 def _children(pid: int) -> list[int]:
+  """Descendant process ids of ``pid`` (children of any of its threads: Grain starts its
+  workers from a thread, whose children the main thread's list does not show)."""
+  import os  # pylint: disable=import-outside-toplevel
   out = []
   try:
-    with open(f"/proc/{pid}/task/{pid}/children") as f:
-      out = [int(x) for x in f.read().split()]
-  except (OSError, ValueError):
+    tasks = os.listdir(f"/proc/{pid}/task")
+  except OSError:
     return []
+  for t in tasks:
+    try:
+      with open(f"/proc/{pid}/task/{t}/children") as f:
+        out += [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+      continue
   return out + [g for c in out for g in _children(c)]
 
 
