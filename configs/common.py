@@ -1,7 +1,8 @@
 """Shared pieces of the training configs (big_vision style).
 
 ``base_config(preset)`` returns the full schema of a training run; the
-per-model files fill in sizes and the recipe of NEO_SPEC §4. Any field can be
+per-model files fill in sizes and the recipe (``recipe_config``, values in
+``configs/recipe_values.py``). Any field can be
 overridden on the command line: ``--config.train.lr=1e-4``.
 """
 
