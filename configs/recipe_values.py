@@ -27,8 +27,9 @@ from __future__ import annotations
 
 PAPER_DEVICES = 128  # the paper's 16 nodes x 8 GPUs; the scripts run torchrun --nproc_per_node=8
 
-# Values every script shares (one citation per script family below, where a line differs).
-_ADAMW = dict(
+# What every script shares: the AdamW defaults it does not pass, the gradient clipping that ran,
+# and one packed row per device and micro-step on the paper's 128 devices.
+_SHARED = dict(
     b1=0.9,      # not passed: argument.py:50 adam_beta1 = 0.9
     b2=0.95,     # not passed: argument.py:51 adam_beta2 = 0.95
     eps=1e-8,    # not passed: argument.py:52 adam_epsilon = 1e-8
@@ -45,7 +46,7 @@ _ADAMW = dict(
 RELEASE = {
     "2B": {
         "stage1": dict(
-            _ADAMW,
+            _SHARED,
             # --train_buffer True (2B_1PT.sh:48) asks for set_model's filter (train.py:28-48),
             # which the shipped train.py never calls (it would train everything): the filter
             # is what the script asks for. BUILD_NOTES.md §0i.
@@ -63,7 +64,7 @@ RELEASE = {
             weight_decay=0.01,                 # 2B_1PT.sh:60
         ),
         "stage2": dict(
-            _ADAMW,
+            _SHARED,
             trainable="all",                   # no --train_buffer (argument.py:26 False)
             lr=5e-5,                           # 2B_2MTsi.sh:18 lr=5e-5
             lr_schedule="cosine_with_min_lr",  # not passed: argument.py:53
@@ -78,7 +79,7 @@ RELEASE = {
             weight_decay=0.01,                 # 2B_2MTsi.sh:56
         ),
         "stage3": dict(
-            _ADAMW,
+            _SHARED,
             trainable="all",                   # no --train_buffer (argument.py:26 False)
             lr=6e-5,                           # 2B_3SFTsi.sh:18 lr=6e-5
             lr_schedule="cosine_with_min_lr",  # not passed: argument.py:53
@@ -95,7 +96,7 @@ RELEASE = {
     },
     "8B": {
         "stage1": dict(
-            _ADAMW,
+            _SHARED,
             trainable="release_stage1",        # 8B_1PT.sh:45 --train_buffer True (see 2B stage 1)
             lr=8e-4,                           # 8B_1PT.sh:17 lr=8e-4
             lr_schedule="cosine_with_min_lr",  # not passed: argument.py:53
@@ -110,7 +111,7 @@ RELEASE = {
             weight_decay=0.01,                 # 8B_1PT.sh:57
         ),
         "stage2": dict(
-            _ADAMW,
+            _SHARED,
             trainable="all",                   # no --train_buffer (argument.py:26 False)
             lr=5e-5,                           # 8B_2MTsi.sh:18 lr=5e-5
             lr_schedule="cosine_with_min_lr",  # 8B_2MTsi.sh:59
@@ -125,7 +126,7 @@ RELEASE = {
             weight_decay=0.01,                 # 8B_2MTsi.sh:57
         ),
         "stage3": dict(
-            _ADAMW,
+            _SHARED,
             trainable="all",                   # no --train_buffer (argument.py:26 False)
             lr=6e-5,                           # 8B_3SFTsi.sh:18 lr=6e-5
             lr_schedule="cosine",              # 8B_3SFTsi.sh:58: decays to 0
