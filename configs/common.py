@@ -1,7 +1,8 @@
 """Shared pieces of the training configs (big_vision style).
 
 ``base_config(preset)`` returns the full schema of a training run; the
-per-model files fill in sizes and the recipe of NEO_SPEC §4. Any field can be
+per-model files fill in sizes and the recipe (``recipe_config``, values in
+``configs/recipe_values.py``). Any field can be
 overridden on the command line: ``--config.train.lr=1e-4``.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from configs import recipe_values
 from neo_jax.model import config as model_config
 from neo_jax.train import sharding
 
@@ -35,6 +37,7 @@ def base_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.train.lr = 5e-5
   c.train.warmup_steps = 0
   c.train.warmup_ratio = 0.01
+  c.train.lr_schedule = "warmup_cosine"  # | "cosine_with_min_lr" | "cosine" (optimizer.py)
   c.train.min_lr_ratio = 0.1
   c.train.b1 = 0.9
   c.train.b2 = 0.95
@@ -70,14 +73,6 @@ def base_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   return c
 
 
-# NEO_SPEC §4: stage -> (trainable set, peak LR, sequence length).
-STAGES = {
-    "stage1": dict(trainable="stage1", lr=8e-4, seq_len=16384),
-    "stage2": dict(trainable="all", lr=5e-5, seq_len=16384),
-    "stage3": dict(trainable="all", lr=5e-5, seq_len=36864),
-}
-
-
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Parses a config argument ``"stage2,seq_len=8192"`` into a ConfigDict.
 
@@ -102,25 +97,34 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def recipe_config(preset: str, arg: str | None, *, ov: bool) -> ml_collections.ConfigDict:
-  """A released-size training config for one stage of NEO_SPEC §4.
+  """A released-size training config for one stage (values: ``configs/recipe_values.py``).
 
   Args:
-    preset: model preset ("neo_2b", "neo_9b", "neo_ov_2b", "neo_ov_9b").
-    arg: "stage1" | "stage2" | "stage3" [+ ",batch_size=...", ",data=mix.yaml" (the data
-      mixture file, required: data/mixture.py)].
-    ov: NEO-ov recipe (stage-1 LR 2e-4, video in the mixture, 36K stage 3).
+    preset: model preset ("neo_2b", "neo_9b", "neo_ov_2b", "neo_ov_9b"); NEO 9B is the
+      release's 8B scripts.
+    arg: "stage1" | "stage2" | "stage3", then optionally ",values=release|paper" (NEO: the
+      authors' scripts, default, or the paper's values where they differ; NEO-ov: paper
+      only), ",devices=N" (data-parallel devices, the mesh's data x fsdp; default 128, the
+      paper's 16 x 8 GPUs: one packed row per device and micro-step, so
+      ``grad_accum_steps = rows / N``), ",batch_size=R" (global batch in rows; 0 = the
+      recipe's), ",data=mix.yaml" (the data mixture file, required: data/mixture.py).
+    ov: NEO-ov recipe (video in the mixture).
 
   Raises:
-    ValueError: unknown stage.
+    ValueError: unknown stage or value set; rows not a multiple of ``devices`` x rows per
+      device.
   """
-  a = parse_arg(arg, stage="stage2", batch_size=128, data="")
-  if a.stage not in STAGES:
-    raise ValueError(f"Unknown stage {a.stage!r}; choose one of {sorted(STAGES)}.")
-  st = dict(STAGES[a.stage])
-  if ov and a.stage == "stage1":
-    st["lr"] = 2e-4
-  if not ov and a.stage == "stage3":
-    st["seq_len"] = 18432  # NEO's SFT context in the release
+  a = parse_arg(arg, stage="stage2", batch_size=0, data="", values="paper" if ov else "release",
+                devices=0)
+  size = "8B" if "9b" in preset else "2B"
+  v = recipe_values.values(size, a.stage, a["values"], ov=ov)
+  devices = a.devices or v["devices"]
+  rows = a.batch_size or v["rows"]
+  per_step = devices * v["rows_per_device"]
+  if devices <= 0 or rows % per_step:
+    raise ValueError(f"batch_size={rows} rows is not a multiple of devices={devices} x "
+                     f"{v['rows_per_device']} row(s) per device and micro-step; pass "
+                     f"devices=N (the run's data x fsdp devices) or batch_size=R.")
   c = base_config(preset)
   c.model.dtype = "bfloat16"
   # The fastest policy that fits NEO-ov 9B stage 3 at 36K on v5p-256 (BUILD_NOTES §0g):
@@ -128,12 +132,12 @@ def recipe_config(preset: str, arg: str | None, *, ov: bool) -> ml_collections.C
   c.model.remat_policy = "minimal_flash"
   c.model.attention_impl = "auto"
   c.model.max_supervised_tokens = 4096
-  c.seq_len = st["seq_len"]
-  c.batch_size = a.batch_size
-  c.train.trainable = st["trainable"]
-  c.train.lr = st["lr"]
-  c.train.warmup_steps = 1000
-  c.train.num_steps = 100_000
+  c.seq_len = v["seq_len"]
+  c.batch_size = rows
+  c.train.grad_accum_steps = rows // per_step
+  for k in ("trainable", "lr", "lr_schedule", "min_lr_ratio", "warmup_steps", "warmup_ratio",
+            "num_steps", "weight_decay", "b1", "b2", "eps", "grad_clip"):
+    c.train[k] = v[k]
   c.data = embedded_data_config()
   # Released sizes train on the user's data: a mixture file is required (data=...).
   c.data.mixture = a.data
@@ -141,8 +145,8 @@ def recipe_config(preset: str, arg: str | None, *, ov: bool) -> ml_collections.C
   # Stage data defaults (NEO_SPEC §3.2, §4): pre-training 256^2..2048^2 pixels; mid-training
   # and SFT up to 4096^2; NEO-ov videos up to 128 frames and text : image : multi-image :
   # video = 2 : 4 : 1 : 1 for mixture sources that give a modality and no weight.
-  c.data.options.min_pixels = 65536
-  c.data.options.max_pixels = 4194304 if a.stage == "stage1" else 16777216
+  c.data.options.min_pixels = v["min_pixels"]
+  c.data.options.max_pixels = v["max_pixels"]
   c.data.options.video_max_pixels = c.data.options.max_pixels
   if ov:
     c.data.options.max_frames = 128

@@ -1,12 +1,17 @@
-"""NEO-9B training recipe (NEO_SPEC §1.6 sizes, §4 stages).
+"""NEO 9B training recipe: the release's 8B scripts, value by value (``configs/recipe_values.py``).
 
-    python -m neo_jax.train --config configs/neo_9b.py:stage2 --workdir gs://.../neo_9b-s2
-    python -m neo_jax.aot --config configs/neo_9b.py:stage2 --topology v5p-64
+    python -m neo_jax.train --config configs/neo_9b.py:stage2,data=mix.yaml --workdir gs://.../neo_9b-s2
+    python -m neo_jax.train --config configs/neo_9b.py:stage2,values=paper,data=mix.yaml ...
+    python -m neo_jax.aot --config configs/neo_9b.py:stage2,devices=32 --topology v5p-64
 
-The argument is the stage (``stage1`` | ``stage2`` | ``stage3``), optionally
-with ``,batch_size=N``. Mesh, remat policy and gradient accumulation are
-per-pod choices: the AOT-checked plans are in BUILD_NOTES.md §5; pass them as
-``--config.mesh.fsdp=... --config.train.grad_accum_steps=...``.
+The argument is the stage (``stage1`` | ``stage2`` | ``stage3``), then optionally
+``,values=paper`` (the NEO paper's values where they differ from the authors' scripts
+``VLMTrainKit/scripts/8B_{1PT,2MTsi,3SFTsi}.sh``; default ``release``),
+``,devices=N`` (the run's data x fsdp devices: one packed row per device and
+micro-step, ``grad_accum_steps = rows / N``; default 128, the paper's 16 nodes x 8
+GPUs), ``,batch_size=R`` (rows), ``,data=...``. Remat policy and mesh are per-pod
+choices: the AOT-checked plans are in BUILD_NOTES.md §5; pass them as
+``--config.mesh.fsdp=... --config.mesh.tensor=...``.
 """
 
 from configs import common

@@ -1,12 +1,14 @@
-"""NEO-ov 2B training recipe (NEO_SPEC §1.6 sizes, §4 stages).
+"""NEO-ov 2B training recipe: the NEO-ov paper's values (``configs/recipe_values.py``).
 
-    python -m neo_jax.train --config configs/neo_ov_2b.py:stage2 --workdir gs://.../neo_ov_2b-s2
-    python -m neo_jax.aot --config configs/neo_ov_2b.py:stage2 --topology v5p-64
+    python -m neo_jax.train --config configs/neo_ov_2b.py:stage2,data=mix.yaml --workdir gs://.../neo_ov_2b-s2
+    python -m neo_jax.aot --config configs/neo_ov_2b.py:stage2,devices=32 --topology v5p-64
 
-The argument is the stage (``stage1`` | ``stage2`` | ``stage3``), optionally
-with ``,batch_size=N``. Mesh, remat policy and gradient accumulation are
-per-pod choices: the AOT-checked plans are in BUILD_NOTES.md §5; pass them as
-``--config.mesh.fsdp=... --config.train.grad_accum_steps=...``.
+The argument is the stage (``stage1`` | ``stage2`` | ``stage3``), then optionally
+``,devices=N`` (the run's data x fsdp devices: one packed row per device and micro-step,
+``grad_accum_steps = rows / N``; default 128), ``,batch_size=R`` (rows), ``,data=...``.
+The release ships no NEO-ov training scripts, so there is no ``values=release``.
+Remat policy and mesh are per-pod choices: the AOT-checked plans are in BUILD_NOTES.md
+§5; pass them as ``--config.mesh.fsdp=... --config.mesh.tensor=...``.
 """
 
 from configs import common

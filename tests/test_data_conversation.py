@@ -100,15 +100,22 @@ def test_video_tag_defaults_to_first_user_turn_and_prompt_only(tmp_path):
 
 
 def test_single_image_gets_default_tag():
-  turns = conversation.add_default_image_tag([("system", "s"), ("user", "hi"), ("assistant", "x")], 1)
-  assert turns[1] == ("user", "<image>\nhi")
+  turns = conversation.add_default_image_tag([("user", "hi"), ("assistant", "x")], 1)
+  assert turns == [("user", "<image>\nhi"), ("assistant", "x")]
   assert conversation.add_default_image_tag([("user", "hi")], 2) == [("user", "hi")]
+  # Only the first turn is looked at (the release's loop breaks after it).
+  first_system = [("system", "s"), ("user", "hi"), ("assistant", "x")]
+  assert conversation.add_default_image_tag(first_system, 1) == first_system
 
 
 @pytest.mark.parametrize("conv,reason", [
     ([], "empty_conversation"),
     ([{"from": "human", "value": "hi"}], "no_supervised_token"),
-    ([{"from": "robot", "value": "hi"}], "bad_record"),
+    ([{"from": "robot", "value": "hi"}], "empty_conversation"),
+    ([{"from": "human", "value": "hi"}, {"from": "robot", "value": "x"}], "no_supervised_token"),
+    ([{"from": "human", "value": "hi"}, {"from": "gpt", "value": "x", "is_input": True}],
+     "no_supervised_token"),
+    ([{"from": "human", "value": 3}, {"from": "gpt", "value": "x"}], "bad_record"),
 ])
 def test_bad_conversations(conv, reason):
   with pytest.raises(BadSample) as e:

@@ -10,6 +10,7 @@ import sklearn.datasets
 from PIL import Image
 
 from testlib import data as ref
+from testlib import release_trainkit
 from neo_jax.data import images
 from neo_jax.data import processor as processor_lib
 from neo_jax.data.errors import BadSample
@@ -102,3 +103,27 @@ def test_modes_convert_to_rgb(mode):
   assert out.mode == "RGB" and out.size == (50, 40)
   if mode == "I;16":  # 16-bit scaled down, not clipped
     np.testing.assert_allclose(np.asarray(out)[..., 0].astype(int), base[..., 0].astype(int), atol=1)
+
+
+def test_16bit_grey_is_scaled_where_the_release_clips(tmp_path):
+  """The release opens images with ``Image.open(path).convert("RGB")``
+  (data_processor.py:158): Pillow clips a 16-bit grey image at 255. ``to_rgb`` scales it
+  (the deviation documented there); 32-bit values within 0..255 stay as they are in both."""
+  vals = np.array([[0, 1, 128, 255, 256, 4095, 32768, 65535]], np.uint16)
+  path = tmp_path / "grey16.png"
+  Image.fromarray(vals).save(path)
+  release = np.asarray(Image.open(path).convert("RGB"))
+  np.testing.assert_array_equal(release, np.repeat(np.minimum(vals, 255)[..., None], 3, -1))
+  ours = np.asarray(images.open_image(path.read_bytes()))
+  want = np.floor(vals.astype(np.float64) / 65535.0 * 255.0 + 0.5).astype(np.uint8)
+  np.testing.assert_array_equal(ours, np.repeat(want[..., None], 3, -1))
+  small = Image.fromarray(np.array([[0, 7, 200, 255]], np.int32))
+  np.testing.assert_array_equal(np.asarray(images.to_rgb(small)), np.asarray(small.convert("RGB")))
+
+
+@pytest.mark.skipif(release_trainkit.trainkit_dir() is None,
+                    reason="set NEO_RELEASE_DIR to the extracted release")
+def test_release_opens_images_with_pillow_convert_rgb():
+  root = release_trainkit.trainkit_dir()
+  assert 'Image.open(image_path).convert("RGB")' in release_trainkit.line(
+      root / "neo/data/data_processor.py", 158)

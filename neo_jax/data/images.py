@@ -77,9 +77,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
   """Converts any Pillow mode to 8-bit RGB.
 
   L, P, RGBA, LA, CMYK, YCbCr, ... use Pillow's ``convert("RGB")`` (alpha is
-  dropped, as the release does); 16-bit and 32-bit integer / float modes
-  (``I;16*``, ``I``, ``F``) are scaled by their maximum to 0..255 first, since
-  Pillow's own conversion clips them.
+  dropped), as the release does (``Image.open(path).convert("RGB")``,
+  VLMTrainKit/neo/data/data_processor.py:158). Single-channel 16-bit and 32-bit
+  integer / float modes (``I;16*``, ``I``, ``F``) are scaled to 0..255 first:
+  ``round(x * 255 / 65535)`` for ``I;16*`` or any value above 255, else ``x`` as is.
+  **Deviation:** the release's ``convert("RGB")`` clips them (``min(x, 255)``), which
+  turns a 16-bit picture that uses its range into a nearly white page (every value
+  above 255 becomes 255); scaling keeps the picture. (16-bit-per-channel colour PNGs
+  open as 8-bit RGB in Pillow and are not affected.)
   """
   if img.mode == "RGB":
     return img

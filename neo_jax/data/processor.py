@@ -15,6 +15,7 @@ Per-sample output (``process`` / ``__call__``)::
   pixel_values [m, 4, 768] uint8, m = number of <IMG_CONTEXT> tokens, in order
   num_supervised  int         positions i with labels[i + 1] != -100
   record_id    str
+  skipped_turns   int         turns left out for an unknown role (only when > 0)
 
 A bad record becomes ``{"skip": reason, "record_id": ..., "detail": ...}`` so
 that skips cross worker processes and are counted by the packer; with
@@ -174,6 +175,8 @@ class SampleProcessor:
            "num_supervised": num_sup, "record_id": str(record.get("_id", "?"))}
     if fitted:
       out["fitted"] = fitted
+    if conv_lib.unknown_turns(turns):  # turns left out for their role, as the release does
+      out["skipped_turns"] = conv_lib.unknown_turns(turns)
     if prompt_only:
       out["num_supervised"] = 0
       out["answer"] = [v for r, v in turns if r == "assistant"][-1]

@@ -1,4 +1,4 @@
-"""AdamW, the learning-rate schedule and the per-stage trainable sets (NEO_SPEC §4).
+"""AdamW, the learning-rate schedules and the per-stage trainable sets (NEO_SPEC §4).
 
 Frozen parameters go through ``optax.set_to_zero`` inside
 ``optax.multi_transform``, so they carry no optimizer state and never change;
@@ -7,10 +7,12 @@ the global-norm clip sees the trainable gradients only.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 from flax import traverse_util
@@ -136,17 +138,80 @@ def weight_decay_mask(train_cfg: ml_collections.ConfigDict, params: Any,
   raise ValueError(f"train.weight_decay_mask={kind!r} is not one of {DECAY_MASKS}.")
 
 
-def learning_rate_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
-  """Linear warm-up from ``lr / warmup`` (so step 0 already updates), cosine decay to ``lr * min_lr_ratio`` at ``num_steps``.
+# ``train.lr_schedule``: "warmup_cosine" is the project's own schedule (the smoke, demo and
+# ablation configs); the other two are transformers 4.57.1's, as the release's Trainer runs
+# them (``SchedulerType`` names, ``transformers/optimization.py``).
+SCHEDULES = ("warmup_cosine", "cosine_with_min_lr", "cosine")
 
-  Warm-up length: ``warmup_steps`` if > 0, else ``warmup_ratio * num_steps``.
+
+def warmup_steps(train_cfg: ml_collections.ConfigDict) -> int:
+  """[steps] of linear warm-up: ``warmup_steps`` if > 0, else ``ceil(warmup_ratio * num_steps)``.
+
+  transformers 4.57.1 ``TrainingArguments.get_warmup_steps`` (training_args.py:2551-2558);
+  the ``warmup_cosine`` schedule rounds instead and keeps at least one step.
   """
+  if int(train_cfg.warmup_steps) > 0:
+    return int(train_cfg.warmup_steps)
   total = int(train_cfg.num_steps)
-  warm = int(train_cfg.warmup_steps) or int(round(train_cfg.warmup_ratio * total))
+  if train_cfg.get("lr_schedule", "warmup_cosine") == "warmup_cosine":
+    return int(round(train_cfg.warmup_ratio * total))
+  return math.ceil(total * float(train_cfg.warmup_ratio))
+
+
+def _transformers_cosine(lr: float, warm: int, total: int, min_lr_rate: float) -> optax.Schedule:
+  """transformers 4.57.1 ``_get_cosine_schedule_with_warmup_lr_lambda`` (optimization.py:324-332,
+  ``num_cycles`` 0.5) times ``lr``, at optimizer step ``count`` (0 = the first update).
+
+  ``count < warm``: ``lr * count / max(1, warm)`` (the first update has lr 0 when ``warm`` > 0);
+  then ``lr * max(0, c * (1 - r) + r)`` with ``c = 0.5 * (1 + cos(pi * p))``,
+  ``p = (count - warm) / max(1, total - warm)``, ``r = min_lr_rate``. Like transformers it is
+  not clamped past ``total`` (the run stops there). ``min_lr_rate`` 0 is
+  ``get_cosine_schedule_with_warmup`` (optimization.py:141-172; the module's second
+  definition of the lambda, at 324, replaces the first, at 132: the same values). float32.
+  """
+  warm_div, decay_div = float(max(1, warm)), float(max(1, total - warm))
+
+  def schedule(count):
+    s = jnp.asarray(count, jnp.float32)
+    progress = (s - warm) / decay_div
+    factor = 0.5 * (1.0 + jnp.cos(jnp.pi * 0.5 * 2.0 * progress))
+    factor = jnp.maximum(0.0, factor * (1.0 - min_lr_rate) + min_lr_rate)
+    return lr * jnp.where(s < warm, s / warm_div, factor)
+  return schedule
+
+
+def learning_rate_schedule(train_cfg: ml_collections.ConfigDict) -> optax.Schedule:
+  """The learning rate at optimizer step ``count`` (0 = the first update), ``train.lr_schedule``:
+
+  * "warmup_cosine" (default): linear warm-up from ``lr / warmup`` (so step 0 already
+    updates) to ``lr``, cosine decay to ``lr * min_lr_ratio`` at ``num_steps``
+    (``optax.warmup_cosine_decay_schedule``).
+  * "cosine_with_min_lr": transformers' ``get_cosine_with_min_lr_schedule_with_warmup`` as
+    the release runs it: ``min_lr = lr * min_lr_ratio`` (VLMTrainKit/neo/train/argument.py:70-73),
+    so ``min_lr_rate = min_lr / lr`` (optimization.py:373); warm-up from 0.
+  * "cosine": transformers' ``get_cosine_schedule_with_warmup``: decays to 0; ``min_lr_ratio``
+    is ignored, as the release ignores ``--min_lr_ratio`` with this schedule.
+
+  Warm-up length: ``warmup_steps``.
+
+  Raises:
+    ValueError: an unknown ``lr_schedule``.
+  """
+  kind = train_cfg.get("lr_schedule", "warmup_cosine")
+  total = int(train_cfg.num_steps)
+  lr = float(train_cfg.lr)
+  if kind == "cosine_with_min_lr":
+    return _transformers_cosine(lr, warmup_steps(train_cfg), total,
+                                (lr * float(train_cfg.min_lr_ratio)) / lr if lr else 0.0)
+  if kind == "cosine":
+    return _transformers_cosine(lr, warmup_steps(train_cfg), total, 0.0)
+  if kind != "warmup_cosine":
+    raise ValueError(f"train.lr_schedule={kind!r} is not one of {SCHEDULES}.")
+  warm = warmup_steps(train_cfg)
   warm = max(1, min(warm, total - 1)) if total > 1 else 0
   return optax.warmup_cosine_decay_schedule(
-      init_value=train_cfg.lr / max(warm, 1), peak_value=train_cfg.lr, warmup_steps=warm,
-      decay_steps=max(total, warm + 1), end_value=train_cfg.lr * train_cfg.min_lr_ratio)
+      init_value=lr / max(warm, 1), peak_value=lr, warmup_steps=warm,
+      decay_steps=max(total, warm + 1), end_value=lr * train_cfg.min_lr_ratio)
 
 
 def make_optimizer(train_cfg: ml_collections.ConfigDict, params: Any,
