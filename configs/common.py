@@ -152,9 +152,13 @@ def recipe_config(preset: str, arg: str | None, *, ov: bool) -> ml_collections.C
     c.data.options.max_frames = 128
     c.data.modality_weights = ml_collections.ConfigDict(
         {"text": 2.0, "image": 4.0, "multi_image": 1.0, "video": 1.0})
-  # The patch embedder's 2D RoPE base, stated per recipe: the release's config class
-  # default (10000); its training-argument default is 1000 (NEO_SPEC §1.1).
-  c.model.rope_theta_vision = 10_000.0
+  # The patch embedder's 2D RoPE base: what the release's training code builds from scratch
+  # (recipe_values.py), not its config class's default 10000.
+  c.model.rope_theta_vision = v["rope_theta_vision"]
+  if not ov and size == "2B" and a.stage == "stage3":
+    # 34,816 tokens, one row per chip on v5p-256: minimal_flash needs 103.2 of 95 GiB per
+    # device, full 17.7 GiB (AOT, BUILD_NOTES.md §0i).
+    c.model.remat_policy = "full"
   c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1, "context": 1})
   c.checkpoint.every_steps = 1000
   c.log_every = 10

@@ -15,7 +15,8 @@ Fields: ``trainable`` (``optimizer.trainable_patterns``), ``lr`` (peak), ``lr_sc
 [packed rows per optimizer step]), ``rows_per_device`` [packed rows per device and
 micro-step], ``devices`` (the data-parallel devices the rows were stated for),
 ``min_pixels`` / ``max_pixels`` [pixels per image], ``weight_decay``, ``b1`` / ``b2`` /
-``eps`` (AdamW), ``grad_clip`` (global norm; 0 = off).
+``eps`` (AdamW), ``grad_clip`` (global norm; 0 = off), ``rope_theta_vision`` (the patch
+embedder's 2D RoPE base).
 
 The paper's 16 nodes x 8 GPUs = 128 devices: each script's comment "Global batch size =
 batch_size * grad_accum_steps * num_gpus" (e.g. 2B_1PT.sh:23) with ``batch_size=64``
@@ -33,6 +34,9 @@ _SHARED = dict(
     b1=0.9,      # not passed: argument.py:50 adam_beta1 = 0.9
     b2=0.95,     # not passed: argument.py:51 adam_beta2 = 0.95
     eps=1e-8,    # not passed: argument.py:52 adam_epsilon = 1e-8
+    # not passed: argument.py:17 rope_theta_vision = 1000.0, used from scratch (build.py:40);
+    # the config class's 10000 (configuration_neo_vit.py:17) is not what trained.
+    rope_theta_vision=1000.0,
     # --max_grad_norm 1 (e.g. 2B_1PT.sh:63) never reaches DeepSpeed: zero2.json / zero3.json
     # have no "gradient_clipping" key; transformers fills only "auto" keys
     # (integrations/deepspeed.py:105-131, 158) and accelerate's DeepSpeed clip_grad_norm_
@@ -158,10 +162,12 @@ NEO_PAPER = {
 # 0.01, grad clip 1.0, AdamW 0.9 / 0.95 / 1e-8, weight decay 0.01, 256^2 .. 4096^2 pixels in
 # mid-training and SFT. Kept from the NEO recipe (the NEO-ov paper states no other value):
 # the stage-1 pixel budget (65,536 .. 4,194,304), cosine to min_lr_ratio 0.1 with transformers'
-# schedule, the paper's stage-1 trainable set. No source, to set per run: num_steps, rows.
+# schedule, the paper's stage-1 trainable set, the training code's rope_theta_vision (1000,
+# argument.py:17). No source, to set per run: num_steps, rows.
 # Sequence lengths: 16K / 16K / 36K for now; the context schedule (16K -> 36K in
 # mid-training) will replace the stage-2 value.
 _OV_COMMON = dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01, grad_clip=1.0,
+                  rope_theta_vision=1000.0,
                   lr_schedule="cosine_with_min_lr", min_lr_ratio=0.1, warmup_steps=0,
                   warmup_ratio=0.01, num_steps=100_000, rows=128, rows_per_device=1,
                   devices=128, min_pixels=65536)
@@ -174,7 +180,7 @@ NEO_OV_PAPER = {
 STAGES = ("stage1", "stage2", "stage3")
 FIELDS = ("trainable", "lr", "lr_schedule", "min_lr_ratio", "warmup_steps", "warmup_ratio",
           "num_steps", "seq_len", "rows", "rows_per_device", "devices", "min_pixels",
-          "max_pixels", "weight_decay", "b1", "b2", "eps", "grad_clip")
+          "max_pixels", "weight_decay", "b1", "b2", "eps", "grad_clip", "rope_theta_vision")
 
 
 def values(size: str, stage: str, which: str, *, ov: bool) -> dict:

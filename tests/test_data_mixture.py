@@ -224,7 +224,7 @@ def test_recipes_state_stage_defaults_and_modality_weights(tmp_path):
       f"  extra: {{annotation_path: {tmp_path / '0.jsonl'}, modality: video, weight: 3}}\n")
   c = neo_ov_2b.get_config(f"stage2,data={tmp_path / 'mix.yaml'}")
   assert (c.data.options.min_pixels, c.data.options.max_pixels) == (65536, 16777216)
-  assert c.data.options.max_frames == 128 and c.model.rope_theta_vision == 10000.0
+  assert c.data.options.max_frames == 128 and c.model.rope_theta_vision == 1000.0
   weights = {k: v.weight for k, v in input_pipeline.data_config(c).sources.items()}
   assert weights == {"s0": 2.0, "s1": 2.0, "s2": 2.0, "s3": 1.0, "extra": 3.0}
   c1 = neo_2b.get_config(f"stage1,data={tmp_path / 'mix.yaml'}")

@@ -18,7 +18,10 @@ ARG = "neo/train/argument.py"
 # Defaults the scripts do not pass (argument.py; rows shared by every stage).
 ADAMW = [("train.b1", 0.9, ARG, 50, "adam_beta1: float = field(default=0.9)"),
          ("train.b2", 0.95, ARG, 51, "adam_beta2: float = field(default=0.95)"),
-         ("train.eps", 1e-8, ARG, 52, "adam_epsilon: float = field(default=1e-8)")]
+         ("train.eps", 1e-8, ARG, 52, "adam_epsilon: float = field(default=1e-8)"),
+         # used from scratch at neo/model/build.py:40
+         ("model.rope_theta_vision", 1000.0, ARG, 17,
+          "rope_theta_vision: float = field(default=1000.0)")]
 DEFAULT_SCHEDULE = ("train.lr_schedule", "cosine_with_min_lr", ARG, 53,
                     'lr_scheduler_type: str = field(default="cosine_with_min_lr")')
 NO_WARMUP_RATIO = ("train.warmup_ratio", 0.0, ARG, 55, "warmup_ratio: float = field(default=0.0)")

@@ -186,6 +186,8 @@ class PackDatasetIterator(grain.DatasetIterator):
         continue
       if el.get("fitted"):
         self._counts["fit/" + el["fitted"]] += 1
+      if el.get("skipped_turns"):  # turns with an unknown role, dropped as the release does
+        self._counts["skipped_turns"] += int(el["skipped_turns"])
       self._monitor.kept(src, len(el["input_ids"]), len(el["pixel_values"]), el.get("fitted", ""))
       b = self._place(el, used)
       if b >= 0:
