@@ -30,6 +30,9 @@ def base_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.model = model_config.get_model_config(preset)
   c.data = ml_collections.ConfigDict({"kind": "random"})
   c.seq_len = 256
+  # Context phases [[start step (or fraction of num_steps), seq_len], ...]; empty = seq_len
+  # throughout (neo_jax/train/context_schedule.py); the last length must equal seq_len.
+  c.seq_len_schedule = []
   c.batch_size = 8
 
   c.train = ml_collections.ConfigDict()
@@ -133,6 +136,7 @@ def recipe_config(preset: str, arg: str | None, *, ov: bool) -> ml_collections.C
   c.model.attention_impl = "auto"
   c.model.max_supervised_tokens = 4096
   c.seq_len = v["seq_len"]
+  c.seq_len_schedule = [list(x) for x in v["seq_len_schedule"]]
   c.batch_size = rows
   c.train.grad_accum_steps = rows // per_step
   for k in ("trainable", "lr", "lr_schedule", "min_lr_ratio", "warmup_steps", "warmup_ratio",
@@ -155,9 +159,11 @@ def recipe_config(preset: str, arg: str | None, *, ov: bool) -> ml_collections.C
   # The patch embedder's 2D RoPE base: what the release's training code builds from scratch
   # (recipe_values.py), not its config class's default 10000.
   c.model.rope_theta_vision = v["rope_theta_vision"]
-  if not ov and size == "2B" and a.stage == "stage3":
-    # 34,816 tokens, one row per chip on v5p-256: minimal_flash needs 103.2 of 95 GiB per
-    # device, full 17.7 GiB (AOT, BUILD_NOTES.md §0i).
+  if size == "2B" and c.seq_len >= 32768:
+    # 34,816 tokens (NEO 2B stage 3), one row per chip on v5p-256: minimal_flash needs 103.2
+    # of 95 GiB per device (temporaries grow with the row: 32,768 needs about 97), full 17.7
+    # GiB (AOT, BUILD_NOTES.md §0i). So NEO 2B stages 2-3 and NEO-ov 2B at 36,864 (its
+    # stage 3 and the last phase of stage 2) recompute everything.
     c.model.remat_policy = "full"
   c.mesh = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1, "context": 1})
   c.checkpoint.every_steps = 1000

@@ -16,7 +16,8 @@ Fields: ``trainable`` (``optimizer.trainable_patterns``), ``lr`` (peak), ``lr_sc
 micro-step], ``devices`` (the data-parallel devices the rows were stated for),
 ``min_pixels`` / ``max_pixels`` [pixels per image], ``weight_decay``, ``b1`` / ``b2`` /
 ``eps`` (AdamW), ``grad_clip`` (global norm; 0 = off), ``rope_theta_vision`` (the patch
-embedder's 2D RoPE base).
+embedder's 2D RoPE base), ``seq_len_schedule`` (``[(start, seq_len)]`` phases, empty = one
+length; ``neo_jax/train/context_schedule.py``).
 
 The paper's 16 nodes x 8 GPUs = 128 devices: each script's comment "Global batch size =
 batch_size * grad_accum_steps * num_gpus" (e.g. 2B_1PT.sh:23) with ``batch_size=64``
@@ -45,6 +46,7 @@ _SHARED = dict(
     grad_clip=0.0,
     rows_per_device=1,
     devices=PAPER_DEVICES,
+    seq_len_schedule=(),   # one length per stage: --max_seq_length
 )
 
 RELEASE = {
@@ -164,23 +166,30 @@ NEO_PAPER = {
 # the stage-1 pixel budget (65,536 .. 4,194,304), cosine to min_lr_ratio 0.1 with transformers'
 # schedule, the paper's stage-1 trainable set, the training code's rope_theta_vision (1000,
 # argument.py:17). No source, to set per run: num_steps, rows.
-# Sequence lengths: 16K / 16K / 36K for now; the context schedule (16K -> 36K in
-# mid-training) will replace the stage-2 value.
+# Sequence lengths: 16K / 16K -> 36K (OV_CONTEXT_SCHEDULE) / 36K.
 _OV_COMMON = dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01, grad_clip=1.0,
                   rope_theta_vision=1000.0,
                   lr_schedule="cosine_with_min_lr", min_lr_ratio=0.1, warmup_steps=0,
                   warmup_ratio=0.01, num_steps=100_000, rows=128, rows_per_device=1,
-                  devices=128, min_pixels=65536)
+                  devices=128, min_pixels=65536, seq_len_schedule=())
+# NEO-ov mid-training "progressively extends the context length from 16K to 36K tokens"
+# (NEO-ov paper): the paper gives no boundaries. 16K for the first 40% of the steps (image
+# data, where most samples fit 16K), 24K to 70%, then 36K (stage 3's length, so SFT starts
+# at the length mid-training ended with). Starts below 1 are fractions of num_steps
+# (neo_jax/train/context_schedule.py).
+OV_CONTEXT_SCHEDULE = ((0, 16384), (0.4, 24576), (0.7, 36864))
 NEO_OV_PAPER = {
     "stage1": dict(_OV_COMMON, trainable="stage1", lr=2e-4, seq_len=16384, max_pixels=4194304),
-    "stage2": dict(_OV_COMMON, trainable="all", lr=5e-5, seq_len=16384, max_pixels=16777216),
+    "stage2": dict(_OV_COMMON, trainable="all", lr=5e-5, seq_len=36864, max_pixels=16777216,
+                   seq_len_schedule=OV_CONTEXT_SCHEDULE),
     "stage3": dict(_OV_COMMON, trainable="all", lr=5e-5, seq_len=36864, max_pixels=16777216),
 }
 
 STAGES = ("stage1", "stage2", "stage3")
 FIELDS = ("trainable", "lr", "lr_schedule", "min_lr_ratio", "warmup_steps", "warmup_ratio",
           "num_steps", "seq_len", "rows", "rows_per_device", "devices", "min_pixels",
-          "max_pixels", "weight_decay", "b1", "b2", "eps", "grad_clip", "rope_theta_vision")
+          "max_pixels", "weight_decay", "b1", "b2", "eps", "grad_clip", "rope_theta_vision",
+          "seq_len_schedule")
 
 
 def values(size: str, stage: str, which: str, *, ov: bool) -> dict:

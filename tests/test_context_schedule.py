@@ -21,6 +21,9 @@ def test_phases_and_phase_at():
   got = [context_schedule.phase_at(c, s).seq_len for s in (0, 9, 10, 24, 25, 10_000)]
   assert got == [256, 256, 384, 384, 512, 512]
   assert context_schedule.phases(_cfg([], 512)) == [context_schedule.Phase(0, 0, 512)]
+  c = _cfg([[0, 256], [0.4, 384], [0.7, 512]], 512)
+  c.train = ml_collections.ConfigDict({"num_steps": 1000})
+  assert [p.start for p in context_schedule.phases(c)] == [0, 400, 700]
 
 
 @pytest.mark.parametrize("bad,match", [([[5, 256], [10, 512]], "start at 0"),

@@ -120,9 +120,15 @@ def _load(spec):
   return importlib.import_module(path[:-3].replace("/", ".")).get_config(arg)
 
 
-def _processor(config):
+def _processors(config):
+  """One processor per context phase (the shortest phase is the tightest limit)."""
+  from neo_jax.train import context_schedule  # pylint: disable=import-outside-toplevel
+  return [_processor(config, p.seq_len) for p in context_schedule.phases(config)]
+
+
+def _processor(config, seq_len):
   m = config.model
-  limit = pipeline.sample_limit(config.seq_len, m.get("max_sample_tokens", 0))
+  limit = pipeline.sample_limit(seq_len, m.get("max_sample_tokens", 0))
   src = ml_collections.ConfigDict({"options": {}})
   opts = pipeline.source_options(config.data, src, max_tokens=limit,
                                  max_visual_tokens=m.get("max_visual_tokens", 0))
@@ -135,8 +141,14 @@ def _conv(q):
 
 @pytest.mark.parametrize("spec", RECIPES)
 def test_released_stages_fit_long_video_and_large_photos(spec, media):
+  """Every phase of every released stage takes a 60-s 720p clip, four 4-MP photos and a
+  16-MP photo as a fitted sample within its limits."""
   config = _load(spec)
-  proc, limit = _processor(config)
+  for proc, limit in _processors(config):
+    _check_stage(spec, config, proc, limit, media)
+
+
+def _check_stage(spec, config, proc, limit, media):
   max_vis = config.model.get("max_visual_tokens", 0)
   records = {
       "video": {"video": media["clip"], "conversations": _conv("<video>\nWhat happens?")},
@@ -199,6 +211,6 @@ def test_text_that_cannot_fit_is_still_a_skip():
 def test_ten_minute_clip_fits_every_stage(tmp_path):
   clip = _write_clip(tmp_path / "clip600.mp4", 600, fps=2)
   for spec in RECIPES:
-    proc, limit = _processor(_load(spec))
-    out = proc({"video": clip, "conversations": _conv("<video>\nSummarise."), "_id": spec})
-    assert "skip" not in out and len(out["input_ids"]) <= limit, (spec, out.get("skip"))
+    for proc, limit in _processors(_load(spec)):
+      out = proc({"video": clip, "conversations": _conv("<video>\nSummarise."), "_id": spec})
+      assert "skip" not in out and len(out["input_ids"]) <= limit, (spec, out.get("skip"))

@@ -3,9 +3,10 @@
 NEO-ov's mid-training "progressively extends the context length from 16K to 36K
 tokens" (NEO-ov paper, §4 training recipe). A run gives it as
 ``config.seq_len_schedule = [[0, 16384], [k, 24576], [m, 36864]]``: from step ``k``
-on, batches are packed at 24,576 tokens per row, and so on; an empty schedule means
-``config.seq_len`` throughout. The batch keeps its rows (``batch_size``), so the
-tokens per step grow with the phase.
+on, batches are packed at 24,576 tokens per row, and so on; a start below 1 that is
+not 0 (``0.4``) is a fraction of ``train.num_steps`` (rounded to a step), so the phases
+follow a changed run length. An empty schedule means ``config.seq_len`` throughout.
+The batch keeps its rows (``batch_size``), so the tokens per step grow with the phase.
 
 Each phase has its own train step, compiled once when the phase starts (a new
 ``[batch, seq_len]`` shape), and its own input pipeline: at the boundary the
@@ -41,9 +42,12 @@ def phases(config: Any) -> list[Phase]:
   if not sched:
     return [Phase(0, 0, int(config.seq_len))]
   out = []
+  num_steps = int(config.get("train", {}).get("num_steps", 0) or 0)
   for i, item in enumerate(sched):
     try:
-      start, length = (int(x) for x in item)
+      start, length = item
+      start = round(float(start) * num_steps) if 0 < float(start) < 1 else int(start)
+      length = int(length)
     except (TypeError, ValueError) as e:
       raise ValueError(f"seq_len_schedule entry {item!r} is not a [step, seq_len] pair.") from e
     if length <= 0:
