@@ -12,7 +12,7 @@ Exit statuses of ``python -m neo_jax.train`` (what a pod restarter keys on):
 * ``1``: any other error (Python's traceback says which).
 
 An exception may carry its status (``exit_status``; ``status_of``).
-``end(line, status)`` prints the line on stdout and stderr and leaves the process at
+``end(line, status)`` prints the line on stdout and leaves the process at
 once (``os._exit``: no Python clean-up, no JAX shutdown barrier that would wait for a
 dead peer), from any thread.
 """
@@ -62,11 +62,12 @@ def status_of(exc: BaseException | None) -> int:
 
 
 def end(line: str, status: int) -> None:
-  """Prints ``line`` (stdout and stderr, flushed) and exits the process with ``status``."""
-  for stream in (sys.stdout, sys.stderr):
-    try:
-      stream.write(line + "\n")
-      stream.flush()
-    except Exception:  # pylint: disable=broad-except
-      pass
+  """Prints ``line`` (stdout, flushed; stderr flushed too) and exits the process with
+  ``status``."""
+  try:
+    sys.stderr.flush()
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+  except Exception:  # pylint: disable=broad-except
+    pass
   os._exit(status)  # pylint: disable=protected-access

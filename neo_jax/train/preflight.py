@@ -103,7 +103,7 @@ def _probe_gcs(workdir: str, bucket: str, prefix: str, key: str, timeout_s: floa
   got = kv.read(name).result(timeout=timeout_s).value
   if got != b"neo_jax preflight\n":
     raise PreflightError(f"tensorstore read back {got[:40]!r} from gs://{bucket}/{prefix}{name}.")
-  kv.delete(name).result(timeout=timeout_s)
+  kv.delete_range(ts.KvStore.KeyRange(name, name + "\0")).result(timeout=timeout_s)
 
 
 def check_workdir(workdir: str, timeout_s: float = 15.0) -> None:

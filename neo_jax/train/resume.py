@@ -75,7 +75,7 @@ def set_aside(workdir: str, step: int, why: str) -> str:
 
 def _reason(exc: BaseException) -> str:
   text = str(exc).strip().splitlines()
-  return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+  return f"{type(exc).__name__}: {text[0][:500] if text else ''}"
 
 
 def _restore(setup: Any, manager, workdir: str, data_iter: Any, step: int) -> Any:

@@ -84,8 +84,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
       train_step = setup.compile_train_step(
           log=(lambda s: print(s, flush=True)) if distributed.is_main_process() else
           (lambda s: None))
-    return _loop(config, workdir, setup, manager, state, train_step,
-                 HostPrefetch(data_iter), preemption)
+    with preemption.stage("running train steps"):
+      return _loop(config, workdir, setup, manager, state, train_step,
+                   HostPrefetch(data_iter), preemption)
 
 
 def _loop(config, workdir, setup, manager, state, train_step, batches, preemption) -> dict:

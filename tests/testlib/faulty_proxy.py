@@ -13,7 +13,7 @@ gcsfs's multipart uploads whose object name travels in the body, ``name=<object>
   ``retry_after`` is given, without forwarding;
 * ``reset``: forwards nothing and closes the connection with a TCP reset (SO_LINGER 0);
 * ``truncate``: forwards, then sends the headers and only the first half of the body
-  (the ``Content-Length`` still announces all of it) and closes;
+  (the ``Content-Length`` still announces all of it) and closes the connection;
 * ``stall``: waits ``stall_s`` seconds, then forwards (or, with ``then="reset"``, resets).
 
 ``every`` > 1 takes only every n-th match (1st, n+1-th, ...), so a client's retry of
@@ -120,8 +120,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     if self.command != "HEAD":
       self.wfile.write(data[:len(data) // 2] if truncate else data)
     self.wfile.flush()
-    if truncate:
-      self._reset()
+    if truncate:                  # a clean close in the middle of the body
+      self.close_connection = True
+      self.connection.shutdown(socket.SHUT_WR)
 
   def _handle(self):
     body = self._body()
