@@ -2,7 +2,7 @@
 the fault-injecting proxy (``testlib/faulty_proxy.py``, all on loopback).
 
 * The proxy itself: each kind of fault, on the requests its rule matches only.
-* A training run whose checkpoint uploads get 503 (with ``Retry-After``), 429, connection
+* (slow) A training run whose checkpoint uploads get 503 (with ``Retry-After``), 429, connection
   resets, truncated answers, and whose ``metrics.jsonl`` upload is refused once, finishes
   (the clients' own retries: tensorstore for Orbax's arrays, gcsfs for the rest); killed
   while its last checkpoint upload stalls, the half-written step is not restored: the
@@ -90,6 +90,7 @@ def _commit_markers(emulator, bucket, prefix):
   return {n for n in emulator.list_objects(bucket, prefix) if n.endswith("commit_success.txt")}
 
 
+@pytest.mark.slow
 def test_fault_transient_store_errors_during_saves_and_a_half_written_checkpoint(faulty_gcs,
                                                                                  tmp_path):
   emu = faulty_gcs.emulator
