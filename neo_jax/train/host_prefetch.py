@@ -43,6 +43,11 @@ class ConsumedState:
     return json.dumps(self.state, indent=4).encode()
 
   def stats(self) -> dict:
+    """The iterator's ``stats()`` recorded with the last batch consumed.
+
+    Raises:
+      AttributeError: the iterator has no ``stats()`` (random batches).
+    """
     if self._stats is None:
       raise AttributeError("the iterator has no stats()")
     return dict(self._stats)

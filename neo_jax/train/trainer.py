@@ -90,6 +90,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _loop(config, workdir, setup, manager, state, train_step, batches, preemption) -> dict:
+  """The step loop from the restored ``state`` to ``train.num_steps`` or a preemption."""
   tc = config.train
   meter = Throughput(config, setup.abstract_state.params, setup.trainable)
   writer = MetricWriter(workdir, enabled=config.get("tensorboard", True))

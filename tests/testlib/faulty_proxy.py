@@ -179,17 +179,21 @@ class FaultyProxy:
 
   @property
   def env(self) -> dict:
+    """The variables that point gcsfs and tensorstore at the proxy."""
     return {"STORAGE_EMULATOR_HOST": self.url, "TENSORSTORE_GCS_HTTP_URL": self.url}
 
   def add(self, *faults: Fault) -> None:
+    """Appends rules (the first rule that takes a request wins)."""
     with self._lock:
       self.faults.extend(faults)
 
   def clear(self) -> None:
+    """Removes every rule: requests pass through."""
     with self._lock:
       self.faults.clear()
 
   def match(self, method: str, path: str) -> Fault | None:
+    """Records the request; the rule that takes it, or None."""
     with self._lock:
       self.requests.append((method, path))
       for f in self.faults:
@@ -198,5 +202,6 @@ class FaultyProxy:
     return None
 
   def stop(self) -> None:
+    """Stops listening (a stalled handler thread is left to finish: a daemon)."""
     self.server.shutdown()
     self.server.server_close()
