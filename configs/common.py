@@ -52,6 +52,10 @@ def base_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.train.weight_decay_mask = "norms_and_biases"
   c.train.loss_normalization = "global"
   c.train.seed = 0
+  # Faults (README "When things fail"): [s] from a preemption notice to the forced end
+  # when no save is possible; [s] until the others leave after a process died.
+  c.train.signal_grace_s = 30.0
+  c.train.peer_timeout_s = 30.0
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1, "context": 1})
   # Axis sizes across slices (DCN), multiplying to the number of slices; all 1 = one slice.
@@ -64,6 +68,7 @@ def base_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.checkpoint.keep = 3
   c.checkpoint.async_save = True
   c.checkpoint.init_from = ""
+  c.checkpoint.restore_step = 0    # 0 = the newest readable checkpoint
 
   c.log_every = 10
   c.eval_every = 0

@@ -47,3 +47,18 @@ def gcs_emulator():
       os.environ.pop(k, None)
     else:
       os.environ[k] = v
+
+
+@pytest.fixture
+def faulty_gcs(gcs_emulator):
+  """A fault-injecting proxy (``testlib/faulty_proxy.py``) in front of the session's
+  emulator; while the test runs, ``os.environ`` (inherited by the CLIs it starts) points
+  gcsfs and tensorstore at the proxy. Add rules with ``faulty_gcs.add(Fault(...))``."""
+  from testlib import faulty_proxy  # pylint: disable=import-outside-toplevel
+  proxy = faulty_proxy.FaultyProxy(gcs_emulator.url)
+  proxy.emulator = gcs_emulator
+  saved = {k: os.environ.get(k) for k in proxy.env}
+  os.environ.update(proxy.env)
+  yield proxy
+  proxy.stop()
+  os.environ.update({k: v for k, v in saved.items() if v is not None})

@@ -62,3 +62,51 @@ def test_pipeline_switch_equals_a_resume_at_the_boundary_and_inside_the_phase():
   assert_batches_equal(second[3:], take(r4, 4))
   tokens = [int((b["segment_ids"] > 0).sum()) for b in first + second]
   assert np.mean(tokens[5:]) > np.mean(tokens[:5])   # longer rows hold more
+
+
+def _smoke(workdir_steps=8):
+  from configs import smoke  # pylint: disable=import-outside-toplevel
+  c = smoke.get_config(f"steps={workdir_steps},seq_len=128,batch_size=8")
+  c.seq_len_schedule = [[0, 64], [4, 128]]
+  c.checkpoint.every_steps = 2
+  c.checkpoint.keep = 10
+  c.checkpoint.async_save = False
+  return c
+
+
+def _losses(workdir):
+  import json  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+  out = {}
+  for line in open(os.path.join(workdir, "metrics.jsonl")):
+    r = json.loads(line)
+    if r["kind"] == "train":
+      out[r["step"]] = r["loss"]
+  return out
+
+
+def test_trainer_switches_phase_and_resumes_before_and_after_the_switch(tmp_path, capsys):
+  """Smoke model, 64-token rows for steps 1-4, 128 from step 5: a resume from step 2 (before
+  the switch) and from step 6 (after it) give the uninterrupted run's losses bit for bit."""
+  import os  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  from neo_jax.train import trainer  # pylint: disable=import-outside-toplevel
+  full = str(tmp_path / "full")
+  trainer.run(_smoke(), full)
+  out = capsys.readouterr().out
+  assert "Context schedule: 64 tokens from step 0, 128 tokens from step 4" in out
+  assert "Compiling the train step for 64-token rows" in out
+  assert "Context phase: 128 tokens per row from here." in out
+  ref = _losses(full)
+  assert sorted(ref) == list(range(1, 9))
+  for resume_at in (2, 6):
+    d = str(tmp_path / f"from{resume_at}")
+    shutil.copytree(full, d)
+    os.remove(os.path.join(d, "metrics.jsonl"))
+    c = _smoke()
+    c.checkpoint.restore_step = resume_at
+    trainer.run(c, d)
+    got = _losses(d)
+    assert sorted(got) == list(range(resume_at + 1, 9))
+    for step, loss in got.items():
+      assert loss == ref[step], (resume_at, step, loss, ref[step])

@@ -15,6 +15,12 @@ process in tests). After ``initialize``:
 Detection order: explicit coordinator / count / id; otherwise JAX's cluster
 auto-detection (TPU VM metadata, SLURM ``SLURM_*`` variables, Open MPI, GKE
 JobSet environment). On CPU the collectives use gloo.
+
+Failures (``peers.py``): the trainer turns on JAX's recoverable mode (``recoverable``)
+and passes ``heartbeat_timeout_s = train.peer_timeout_s - 5`` (JAX's default is 100 s),
+so a dead process is noticed in that time and the others leave with one line instead
+of JAX's abort. Recoverable mode drops JAX's shutdown barrier: only a caller that
+orders its own end (``peers.PeerWatch``) should turn it on.
 """
 
 from __future__ import annotations
@@ -36,7 +42,8 @@ def in_cluster() -> bool:
 
 def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
                process_id: int | None = None, *, local_device_ids: list[int] | None = None,
-               initialization_timeout: int = 300) -> None:
+               initialization_timeout: int = 300, heartbeat_timeout_s: int = 100,
+               recoverable: bool = False) -> None:
   """Joins the job's processes; a no-op for a single process.
 
   Args:
@@ -45,6 +52,10 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     process_id: this process's index in ``[0, num_processes)`` (None = auto).
     local_device_ids: devices of this process (GPU: one process per GPU).
     initialization_timeout: [s] wait for every process to connect.
+    heartbeat_timeout_s: [s] without a heartbeat before the coordination service
+      declares a process dead (``peers.heartbeat_timeout_s``).
+    recoverable: JAX's ``jax_enable_recoverability`` (a dead process is recorded, not
+      fatal for the others).
 
   Raises:
     ValueError: only some of coordinator / count / id given outside a cluster
@@ -61,9 +72,12 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
   if jax.config.jax_platforms and "cpu" in jax.config.jax_platforms.split(","):
     # CPU devices of different processes talk through gloo (TCP).
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if recoverable:
+    jax.config.update("jax_enable_recoverability", True)
   jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
                              process_id=process_id, local_device_ids=local_device_ids,
-                             initialization_timeout=initialization_timeout)
+                             initialization_timeout=initialization_timeout,
+                             heartbeat_timeout_seconds=int(heartbeat_timeout_s))
   logging.info("jax.distributed: process %d of %d, %d local / %d global devices",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count())

@@ -5,6 +5,14 @@ held-out split); the answer is generated greedily with the KV-cache decoder
 (``infer/decode.py``, under the training mesh: the parameters stay sharded) until
 ``<|im_end|>`` and compared with the reference string by ``scoring.exact_match``
 (after normalisation).
+
+Every prompt gets the host-side checks a training batch gets (``health.check_prompts``)
+when the evaluator is built: one longer than ``model.max_sample_tokens`` or with more
+visual tokens than ``model.max_visual_tokens`` would come back as NaN activations and
+meaningless answers, so it is a named error (``health.EvalPromptError``) before the
+first step. ``run(..., stop=)`` asks ``stop()`` before every batch (the trainer passes
+the preemption check, called in lockstep on every process) and returns None when told
+to stop.
 """
 
 from __future__ import annotations
@@ -12,13 +20,14 @@ from __future__ import annotations
 import collections
 import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
 
 from neo_jax.core import paths
 from neo_jax.infer import decode, scoring
+from neo_jax.train import health
 
 
 class Evaluator:
@@ -32,22 +41,29 @@ class Evaluator:
     self.examples = pipeline.make_eval_examples(config.data, split="heldout",
                                                 limit=ec.limit_per_task or None)
     self.tokenizer = pipeline.get_tokenizer(config.data.tokenizer)
+    health.check_prompts(self.examples, config.model)
     self.generator = decode.Generator(config.model, mesh=setup.mesh, rules=setup.rules)
 
-  def predictions(self, params: Any) -> list[tuple[dict, str]]:
-    """(example, predicted answer string) for every example."""
+  def predictions(self, params: Any,
+                  stop: Callable[[], bool] | None = None) -> list[tuple[dict, str]] | None:
+    """(example, predicted answer string) for every example; None when ``stop()``
+    turned True before a batch."""
     ec = self.config.eval
     out = []
     bs = ec.batch_size
     for i in range(0, len(self.examples), bs):
+      if stop is not None and stop():
+        return None
       chunk = self.examples[i:i + bs]
       gen = self.generator.generate(params, chunk, max_new_tokens=ec.max_new_tokens,
                                     stop_ids=(self.tokenizer.im_end_id,))
       out += [(ex, self.tokenizer.decode(g)) for ex, g in zip(chunk, gen)]
     return out
 
-  def run(self, params: Any, step: int | None = None, workdir: str | None = None) -> dict:
-    """Exact-match accuracy per task (``acc/<task>``), overall ``acc``, and time.
+  def run(self, params: Any, step: int | None = None, workdir: str | None = None,
+          stop: Callable[[], bool] | None = None) -> dict | None:
+    """Exact-match accuracy per task (``acc/<task>``), overall ``acc``, and time; None
+    when ``stop()`` (asked before every batch) turned True.
 
     With ``workdir`` and ``step``, process 0 also writes every prediction to
     ``{workdir}/eval/predictions_<step>.jsonl`` (task, record, prediction, answer,
@@ -56,7 +72,10 @@ class Evaluator:
     t0 = time.perf_counter()
     hits, counts = collections.Counter(), collections.Counter()
     rows = []
-    for ex, pred in self.predictions(params):
+    predictions = self.predictions(params, stop)
+    if predictions is None:
+      return None
+    for ex, pred in predictions:
       ok = scoring.exact_match(pred, ex["answer"])
       counts[ex["task"]] += 1
       hits[ex["task"]] += int(ok)

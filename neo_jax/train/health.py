@@ -5,7 +5,8 @@ or parameter stops the run without saving, so the newest checkpoint stays the
 last good one. ``check_supervised_fit`` stops a run whose supervised tokens were
 silently cut by ``model.max_supervised_tokens``. ``check_sample_lengths`` refuses a
 host batch holding a sample longer than ``model.max_sample_tokens`` (the TPU kernel's
-grid is sized by it) before it reaches the step.
+grid is sized by it) before it reaches the step. ``check_prompts`` applies the same two
+limits (sample length, visual tokens per sequence) to evaluation prompts.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ import numpy as np
 
 class NonFiniteLossError(RuntimeError):
   """Raised when a step's loss, gradient norm or parameters are NaN / inf."""
+
+
+class EvalPromptError(ValueError):
+  """An evaluation prompt the model cannot take whole (too long, too many visual tokens)."""
 
 
 def check_finite(metrics: dict, step: int, last_good_step: int | None) -> None:
@@ -81,3 +86,30 @@ def check_sample_lengths(segment_ids: np.ndarray, max_sample_tokens: int, step: 
     raise ValueError(f"The batch of step {step + 1} holds a sample of {n} tokens, longer than "
                      f"model.max_sample_tokens={max_sample_tokens}; raise the cap or let the "
                      "packer (data.kind=pipeline) drop such samples.")
+
+
+def check_prompts(examples, model_cfg) -> None:
+  """Raises ``EvalPromptError`` for the first evaluation prompt the model would get
+  wrong silently: longer than ``model.max_sample_tokens`` (each prompt is one sample of
+  the prefill) or holding more ``<IMG_CONTEXT>`` tokens than ``model.max_visual_tokens``
+  (the patch embedder's per-sequence gather). 0 = no cap.
+
+  Args:
+    examples: dicts with ``input_ids [n]`` (and ``task``, ``record_id`` for the message).
+    model_cfg: the model config (``max_sample_tokens``, ``max_visual_tokens``,
+      ``img_context_token_id``).
+  """
+  max_len = int(model_cfg.get("max_sample_tokens", 0) or 0)
+  max_vis = int(model_cfg.get("max_visual_tokens", 0) or 0)
+  for ex in examples:
+    ids = np.asarray(ex["input_ids"])
+    name = f"task {ex.get('task')!r}, record {ex.get('record_id')!r}"
+    if max_len and ids.size > max_len:
+      raise EvalPromptError(f"Evaluation prompt ({name}) has {ids.size} tokens, more than "
+                            f"model.max_sample_tokens={max_len}; raise the cap or drop the "
+                            "example from the held-out split.")
+    visual = int((ids == model_cfg.img_context_token_id).sum())
+    if max_vis and visual > max_vis:
+      raise EvalPromptError(f"Evaluation prompt ({name}) has {visual} visual tokens, more than "
+                            f"model.max_visual_tokens={max_vis}; raise the cap or lower the "
+                            "images' max_pixels.")

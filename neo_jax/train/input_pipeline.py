@@ -73,16 +73,18 @@ def switch_seq_len(data_iter, config: ml_collections.ConfigDict, seq_len: int):
 def pipeline_metrics(data_iter) -> dict:
   """The pipeline's counters for the logs: ``skipped/<reason>`` (records skipped so
   far), ``fitted_frames`` / ``fitted_pixels`` (samples fitted to the run's limits so
-  far), ``skipped_turns`` (turns with an unknown role dropped) and ``packing_efficiency`` (non-padding tokens / positions of the batches
-  yielded so far); {} for random data (an iterator without ``stats``)."""
-  if not hasattr(data_iter, "stats"):
+  far), ``skipped_turns`` (turns with an unknown role dropped) and
+  ``packing_efficiency`` (non-padding tokens / positions of the batches yielded so
+  far); {} for random data (an iterator without ``stats``)."""
+  try:
+    st = data_iter.stats()
+  except AttributeError:
     return {}
-  from neo_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  out = {f"skipped/{k}": v for k, v in pipeline.skip_counts(data_iter).items()}
-  out.update({f"fitted_{k}": v for k, v in pipeline.fit_counts(data_iter).items()})
-  if data_iter.stats().get("skipped_turns"):
-    out["skipped_turns"] = data_iter.stats()["skipped_turns"]
-  out["packing_efficiency"] = pipeline.packing_efficiency(data_iter)
+  out = {f"skipped/{k.split('/', 1)[1]}": v for k, v in st.items() if k.startswith("skip/")}
+  out.update({f"fitted_{k.split('/', 1)[1]}": v for k, v in st.items() if k.startswith("fit/")})
+  if st.get("skipped_turns"):
+    out["skipped_turns"] = st["skipped_turns"]
+  out["packing_efficiency"] = st.get("tokens", 0) / max(st.get("capacity", 0), 1)
   return out
 
 

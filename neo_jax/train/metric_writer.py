@@ -6,6 +6,11 @@ writer is inactive, so every process may call it. The work directory may be a UR
 kept in memory (the existing object read at start) and rewritten at most every
 ``flush_every_s`` seconds and on close; TensorBoard event files are written through
 ``epath`` the same way (a tensorboardX writer factory for the URL's scheme).
+
+An object store that fails a write after its client's own retries (gcsfs: 6 tries with
+backoff on 429 / 5xx / resets) loses no line: the whole text stays in memory, a warning
+says so, and the next flush (or the one at close, tried 5 times)
+rewrites it all; TensorBoard's event object likewise.
 """
 
 from __future__ import annotations
@@ -14,11 +19,27 @@ import io
 import json
 import os
 import time
+from typing import Callable
 
 from absl import logging
 
 from neo_jax.core import paths
 from neo_jax.train import distributed
+
+
+def _rewrite(write: Callable[[], None], what: str, tries: int = 1, wait_s: float = 2.0) -> bool:
+  """``write()``; on an error logs a warning (the caller keeps the text) and returns False
+  after ``tries`` attempts ``wait_s`` [s] apart."""
+  for i in range(tries):
+    try:
+      write()
+      return True
+    except Exception as e:  # pylint: disable=broad-except  (any client error: retry later)
+      logging.warning("Could not write %s (%s: %s); the lines are kept and written at the "
+                      "next flush.", what, type(e).__name__, str(e)[:300])
+      if i + 1 < tries:
+        time.sleep(wait_s)
+  return False
 
 
 class _ObjectLog:
@@ -45,14 +66,16 @@ class _ObjectLog:
       self.file.write(line)
       self.file.flush()
 
-  def flush(self) -> None:
+  def flush(self, tries: int = 1) -> None:
     if self.remote and self.dirty:
-      paths.resolve(self.path).write_text("".join(self.text))
-      self.dirty, self.t_flush = False, time.monotonic()
+      text = "".join(self.text)
+      self.t_flush = time.monotonic()
+      if _rewrite(lambda: paths.resolve(self.path).write_text(text), self.path, tries):
+        self.dirty = False
 
-  def close(self) -> None:
+  def close(self, tries: int = 5) -> None:
     if self.remote:
-      self.flush()
+      self.flush(tries)
     else:
       self.file.close()
 
@@ -66,11 +89,12 @@ class _EpathRecordWriter:
   def write(self, data: bytes) -> None:
     self.buffer.write(data)
 
-  def flush(self) -> None:
-    paths.resolve(self.path).write_bytes(self.buffer.getvalue())
+  def flush(self, tries: int = 1) -> None:
+    data = self.buffer.getvalue()
+    _rewrite(lambda: paths.resolve(self.path).write_bytes(data), self.path, tries)
 
   def close(self) -> None:
-    self.flush()
+    self.flush(tries=5)
 
 
 class _EpathWriterFactory:

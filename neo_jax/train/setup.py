@@ -115,24 +115,35 @@ class Setup:
                    out_shardings=(self.state_shardings, sharding.replicated(self.mesh)),
                    donate_argnums=(0,))
 
-  def abstract_batch(self) -> dict:
-    """``ShapeDtypeStruct``s of one global batch with the step's shardings."""
+  def abstract_batch(self, seq_len: int | None = None) -> dict:
+    """``ShapeDtypeStruct``s of one global batch with the step's shardings.
+
+    Args:
+      seq_len: [tokens per row], default ``config.seq_len`` (a context phase's length
+        otherwise, ``context_schedule.py``).
+    """
     c = self.config
     return {k: jax.ShapeDtypeStruct(s, d, sharding=self.batch_shardings[k])
-            for k, (s, d) in batch_shapes(c.batch_size, c.seq_len, c.model.patch_size).items()}
+            for k, (s, d) in batch_shapes(c.batch_size, seq_len or c.seq_len,
+                                          c.model.patch_size).items()}
 
-  def compile_train_step(self, log=print):
+  def compile_train_step(self, log=print, seq_len: int | None = None):
     """Compiles the step ahead of the first batch, saying so and how long it took.
 
+    Args:
+      log: receives the two progress lines; seq_len: as ``abstract_batch``.
     Returns:
-      The ``jax.stages.Compiled`` step (same signature as ``train_step``).
+      The ``jax.stages.Compiled`` step (same signature as ``train_step``) for batches
+      of ``[batch_size, seq_len]``.
     """
-    log("Compiling the train step ...")
+    what = f" for {seq_len}-token rows" if seq_len and seq_len != self.config.seq_len else ""
+    log(f"Compiling the train step{what} ...")
     t0 = time.perf_counter()
-    compiled = self.train_step.lower(self.abstract_state, self.abstract_batch()).compile()
+    compiled = self.train_step.lower(self.abstract_state,
+                                     self.abstract_batch(seq_len)).compile()
     # The compiler's freed host memory goes back to the system before the first step.
     host_memory.release_host_memory()
-    log(f"Compiling the train step ... done in {time.perf_counter() - t0:.1f} s")
+    log(f"Compiling the train step{what} ... done in {time.perf_counter() - t0:.1f} s")
     return compiled
 
   def init_state(self, seed: int) -> TrainState:
