@@ -32,7 +32,7 @@ def base_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.seq_len = 256
   # Context phases [[start step (or fraction of num_steps), seq_len], ...]; empty = seq_len
   # throughout (neo_jax/train/context_schedule.py); the last length must equal seq_len.
-  c.seq_len_schedule = []
+  c.seq_len_schedule = ()
   c.batch_size = 8
 
   c.train = ml_collections.ConfigDict()
@@ -141,7 +141,7 @@ def recipe_config(preset: str, arg: str | None, *, ov: bool) -> ml_collections.C
   c.model.attention_impl = "auto"
   c.model.max_supervised_tokens = 4096
   c.seq_len = v["seq_len"]
-  c.seq_len_schedule = [list(x) for x in v["seq_len_schedule"]]
+  c.seq_len_schedule = tuple(tuple(x) for x in v["seq_len_schedule"])
   c.batch_size = rows
   c.train.grad_accum_steps = rows // per_step
   for k in ("trainable", "lr", "lr_schedule", "min_lr_ratio", "warmup_steps", "warmup_ratio",

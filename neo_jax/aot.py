@@ -187,7 +187,8 @@ class Report:
 
 
 def compile_train_step(config, topology: str, num_slices: int = 1,
-                       hbm_gib: float | None = None) -> tuple[Report, Any]:
+                       hbm_gib: float | None = None,
+                       seq_len: int | None = None) -> tuple[Report, Any]:
   """Compiles ``Setup(config).train_step`` for ``topology``; nothing is allocated.
 
   Args:
@@ -197,6 +198,8 @@ def compile_train_step(config, topology: str, num_slices: int = 1,
     num_slices: DCN-connected slices (then set ``config.dcn_mesh``).
     hbm_gib: memory budget per device [GiB]; default the chip's HBM (a lower
       value keeps headroom, e.g. for XLA's runtime reservations).
+    seq_len: [tokens per row] of the batch, default ``config.seq_len`` (a context
+      phase's length: ``train/context_schedule.py``).
 
   Returns:
     (Report, the ``jax.stages.Compiled``).
@@ -215,17 +218,20 @@ def compile_train_step(config, topology: str, num_slices: int = 1,
   mesh = sharding.make_mesh(dict(config.mesh), devices=devices,
                             dcn_shape=dict(config.get("dcn_mesh", {})) or None)
   setup = trainer.Setup(config, mesh=mesh)
-  compiled = setup.train_step.lower(setup.abstract_state, setup.abstract_batch()).compile()
+  seq_len = int(seq_len or config.seq_len)
+  compiled = setup.train_step.lower(setup.abstract_state,
+                                    setup.abstract_batch(seq_len)).compile()
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  tokens = config.batch_size * config.seq_len
+  tokens = config.batch_size * seq_len
   model_flops = flops.train_flops_per_token(
-      config.model, avg_visible_keys=config.get("avg_visible_keys", 0) or config.seq_len / 4,
-      head_fraction=(config.model.max_supervised_tokens / config.seq_len
+      config.model, avg_visible_keys=config.get("avg_visible_keys", 0) or seq_len / 4,
+      head_fraction=(config.model.max_supervised_tokens / seq_len
                      if config.model.max_supervised_tokens else 1.0)) * tokens / len(devices)
   report = Report(
-      topology=topo.name + (f" x{num_slices} slices" if num_slices > 1 else ""),
+      topology=topo.name + (f" x{num_slices} slices" if num_slices > 1 else "")
+      + (f", {seq_len}-token rows" if seq_len != config.seq_len else ""),
       num_devices=len(devices), mesh=dict(mesh.shape),
       argument_bytes=mem.argument_size_in_bytes, output_bytes=mem.output_size_in_bytes,
       alias_bytes=mem.alias_size_in_bytes, temp_bytes=mem.temp_size_in_bytes,
@@ -244,10 +250,17 @@ def main(argv) -> int:
   fl = flags.FLAGS
   print(f"Compiling the train step for {fl.topology} (x{fl.num_slices} slices) on the CPU; this can take minutes for the released sizes.",
         flush=True)
-  report, compiled = compile_train_step(_CONFIG.value, fl.topology, fl.num_slices,
-                                        fl.hbm_gib or None)
-  del compiled
-  print(report.text(), flush=True)
+  from neo_jax.train import context_schedule  # pylint: disable=g-import-not-at-top
+  phases = context_schedule.phases(_CONFIG.value)
+  if len(phases) > 1:   # one compiled step per context phase: every one must fit
+    print(f"Context schedule: {context_schedule.describe(_CONFIG.value)}", flush=True)
+  for length in sorted({p.seq_len for p in phases}):
+    report, compiled = compile_train_step(_CONFIG.value, fl.topology, fl.num_slices,
+                                          fl.hbm_gib or None, seq_len=length)
+    del compiled
+    print(report.text(), flush=True)
+    if not report.fits:
+      break
   if not report.fits:
     print(f"DOES NOT FIT: the step needs {report.total_bytes / GiB:.2f} GiB per device, the "
           f"{fl.topology} budget is {report.hbm_bytes / GiB:.2f} GiB. Shard more (mesh.fsdp / "

@@ -60,3 +60,15 @@ def test_cli_fails_clearly_when_it_does_not_fit():
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
   assert "DOES NOT FIT" in r.stderr and "total" in r.stdout
+
+
+def test_cli_compiles_every_context_phase():
+  """With a context schedule the CLI compiles one step per phase length (each must fit)."""
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
+  r = subprocess.run([sys.executable, "-m", "neo_jax.aot", f"--config={ROOT}/configs/smoke.py",
+                      "--topology=v5p-8", "--config.seq_len=128",
+                      "--config.seq_len_schedule=((0, 64), (10, 128))"], env=env, cwd=ROOT,
+                     capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+  assert "Context schedule: 64 tokens from step 0, 128 tokens from step 10" in r.stdout
+  assert "64-token rows" in r.stdout and r.stdout.count("per-device memory") == 2

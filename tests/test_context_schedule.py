@@ -67,7 +67,7 @@ def test_pipeline_switch_equals_a_resume_at_the_boundary_and_inside_the_phase():
 def _smoke(workdir_steps=8):
   from configs import smoke  # pylint: disable=import-outside-toplevel
   c = smoke.get_config(f"steps={workdir_steps},seq_len=128,batch_size=8")
-  c.seq_len_schedule = [[0, 64], [4, 128]]
+  c.seq_len_schedule = ((0, 64), (4, 128))
   c.checkpoint.every_steps = 2
   c.checkpoint.keep = 10
   c.checkpoint.async_save = False
