@@ -9,7 +9,8 @@ fresh subprocess (peak RSS from ``os.wait4``, wall time):
 
 1. ``disk``: a plain copy of the shard files to the same disk (read + write of the
    same bytes, 64 MiB blocks, fsync per file), deleted again: the reference time;
-2. ``import-neo``: HF -> Orbax checkpoint (bfloat16);
+2. ``import-neo``: HF -> Orbax checkpoint (bfloat16; ``--import_dtype=float32``, the
+   CLI's default, writes twice the bytes);
 3. ``export``: Orbax -> HF (bfloat16, with the built-in tokenizer files);
 4. with ``--verify``: every exported tensor equals its source byte for byte.
 
@@ -17,8 +18,8 @@ Before each step its input files are fsync'ed and dropped from the page cache
 (``posix_fadvise(DONTNEED)``, per file, no root needed), so each step reads from
 disk, as the reference does; steps 2-3 fsync what they write (tensorstore's file
 driver, the safetensors writer), as the reference does. The files (~20.5 GB each
-for neo_9b; up to 3x that on disk at once with ``--verify``) are deleted at the end
-unless ``--keep``. Ratios are step time / reference time; the goal (issue 28) is
+for neo_9b; 3x that on disk at once with ``--verify``, else 2x) are deleted at the
+end unless ``--keep``. Ratios are step time / reference time; the goal (issue 28) is
 <= 1.5 at <= 2 GB peak RSS. Timings need a quiet machine.
 
     JAX_PLATFORMS=cpu PYTHONPATH=. python bench/convert_memory.py --workdir=/tmp/convert_bench --verify
@@ -168,7 +169,10 @@ def main() -> None:
   ap.add_argument("--layers", type=int, default=0, help="post-LLM layers (0: the preset's)")
   ap.add_argument("--shard_gb", type=float, default=5.0, help="source shard size [GB]")
   ap.add_argument("--pythonpath", default=REPO, help="checkout whose neo_jax runs the steps")
-  ap.add_argument("--verify", action="store_true", help="compare the export with the source")
+  ap.add_argument("--import_dtype", default="bfloat16", choices=["bfloat16", "float32"],
+                  help="dtype import-neo stores (float32 doubles the Orbax checkpoint)")
+  ap.add_argument("--verify", action="store_true", help="compare the export with the source "
+                  "(keeps the source until the end: 3 checkpoints on disk at once)")
   ap.add_argument("--keep", action="store_true", help="keep the files")
   ap.add_argument("--quiet", action="store_true", help="hide the conversions' progress bars")
   ap.add_argument("--out", default="", help="also write the results as JSON here")
@@ -195,9 +199,11 @@ def main() -> None:
   drop_cache(hf)
   # cwd: ``python -m`` puts the current directory first on sys.path.
   res["import_neo"] = run_measured(cli + ["import-neo", f"--src={hf}", f"--dst={ck}",
-                                          "--dtype=bfloat16", "--overwrite"], env,
+                                          f"--dtype={args.import_dtype}", "--overwrite"], env,
                                    args.pythonpath, args.quiet)
-  res["orbax_bytes"] = _size(ck)
+  res["import_dtype"], res["orbax_bytes"] = args.import_dtype, _size(ck)
+  if not args.verify and not args.keep:
+    shutil.rmtree(hf)  # disk: the export needs only the Orbax checkpoint
   drop_cache(ck)
   res["export"] = run_measured(cli + ["export", f"--src={ck}", f"--dst={hf2}",
                                       "--dtype=bfloat16"], env, args.pythonpath, args.quiet)

@@ -154,7 +154,7 @@ class ParamWriter:
     """
     path, shape = tuple(path), tuple(shape)
     array = np.asarray(array)
-    arr = self._arrays.get(path) or self._open(path, shape, array.dtype)
+    arr = self._arrays[path] if path in self._arrays else self._open(path, shape, array.dtype)
     want_shape, want_dtype = self._leaves[path]
     starts = tuple(s.start for s in index)
     if shape != want_shape or array.dtype != want_dtype or (path, starts) in self._done:
@@ -229,6 +229,17 @@ def _write_orbax_metadata(dst: str, leaves: dict[Path, tuple[tuple[int, ...], np
       out.write_bytes(data)
 
 
+def _item_dir(path: str) -> str:
+  """The checkpoint's PyTree item folder: ``state`` (``ocp.partial.save``), else the one
+  subfolder with an Orbax ``_METADATA`` file."""
+  if paths.exists(paths.join(path, ITEM, "_METADATA")):
+    return paths.join(path, ITEM)
+  items = [os.fspath(p) for p in paths.resolve(path).iterdir() if (p / "_METADATA").exists()]
+  if len(items) != 1:
+    raise FileNotFoundError(f"{path}: expected one Orbax PyTree item folder, found {items}.")
+  return items[0]
+
+
 class ParamReader:
   """Reads a parameter checkpoint (ours or any Orbax PyTree checkpoint of arrays)
   piece by piece.
@@ -247,7 +258,7 @@ class ParamReader:
     if not self.path.exists():
       raise FileNotFoundError(f"Checkpoint directory {self.path} does not exist.")
     self._meta = dict(flatten(ocp.metadata(self.path).metadata))
-    item = paths.join(os.fspath(self.path), ITEM)
+    item = _item_dir(os.fspath(self.path))
     flags = json.loads(paths.read_text(paths.join(item, "_METADATA")))
     self._zarr = "zarr3" if flags.get("use_zarr3", True) else "zarr"
     self._ocdbt = flags.get("use_ocdbt", True)
