@@ -33,9 +33,9 @@ import numpy as np
 from neo_jax.convert import hf_config, param_mapping as pm, safetensors_io
 # The export side and the piece streams live in their own modules; this module is
 # the package's one conversion namespace (``from neo_jax.convert import convert as cv``).
-from neo_jax.convert.export import (TreeSource, builtin_tokenizer_mismatch, copy_tokenizer,
-                                    export_pieces, export_plan, export_release, export_tensors,
-                                    save_torch_state_dict)
+from neo_jax.convert.export import (TreeSource, builtin_tokenizer_mismatch, convert_piece,
+                                    copy_tokenizer, export_pieces, export_plan, export_release,
+                                    export_tensors, save_torch_state_dict)
 from neo_jax.convert.leaves import (TOKENIZER_FILES, LeafIter, Path, Piece, PieceIter, assemble,
                                     check_shape, collect, index_shape, leaf_rng, np_dtype,
                                     random_leaf_pieces, random_leaves, random_pieces, total_bytes,
@@ -101,8 +101,8 @@ def _vocab_pieces(reader: safetensors_io.SafetensorsReader, key: str, leaf: pm.L
                          stop - start, init=new_rows, std=cfg.init_std,
                          rng=leaf_rng(seed, leaf.path, b))
     block = index_shape(index)
-    yield Piece(leaf.path, leaf.shape, index,
-                leaf.entry.from_torch(w, cfg, block).astype(dt, copy=False))
+    yield Piece(leaf.path, leaf.shape, index, convert_piece(leaf.entry.from_torch, w, cfg, dt,
+                                                            block))
 
 
 def _layer_piece(reader, leaf: pm.Leaf, j: int, key: str, cfg, dt) -> Piece:
@@ -112,7 +112,7 @@ def _layer_piece(reader, leaf: pm.Leaf, j: int, key: str, cfg, dt) -> Piece:
   check_shape(w.shape, leaf.entry.torch_shape(inner, cfg), key)
   index = (slice(j, j + 1),) + tuple(slice(0, n) for n in inner)
   return Piece(leaf.path, leaf.shape, index,
-               leaf.entry.from_torch(w, cfg, inner).astype(dt, copy=False)[None])
+               convert_piece(leaf.entry.from_torch, w, cfg, dt, inner)[None])
 
 
 def qwen3_pieces(src: str, cfg: ml_collections.ConfigDict, *, dtype: str = "float32",
@@ -153,7 +153,7 @@ def qwen3_pieces(src: str, cfg: ml_collections.ConfigDict, *, dtype: str = "floa
       w = reader.get(key)
       check_shape(w.shape, leaf.entry.torch_shape(leaf.shape, cfg), key)
       yield Piece(leaf.path, leaf.shape, tuple(slice(0, n) for n in leaf.shape),
-                  leaf.entry.from_torch(w, cfg, leaf.shape).astype(dt, copy=False))
+                  convert_piece(leaf.entry.from_torch, w, cfg, dt, leaf.shape))
     elif rel in pm.HW_ONLY:  # post-LLM H / W parts, derived per layer
       d = cfg.head_dim
       for j in range(leaf.shape[0]):
@@ -226,7 +226,7 @@ def release_pieces(src: str, cfg: ml_collections.ConfigDict, *, dtype: str = "fl
       w = reader.get(leaf.keys[0])
       check_shape(w.shape, leaf.entry.torch_shape(leaf.shape, cfg), leaf.keys[0])
       yield Piece(leaf.path, leaf.shape, tuple(slice(0, n) for n in leaf.shape),
-                  leaf.entry.from_torch(w, cfg, leaf.shape).astype(dt, copy=False))
+                  convert_piece(leaf.entry.from_torch, w, cfg, dt, leaf.shape))
 
 
 def release_leaves(src: str, cfg: ml_collections.ConfigDict, **kwargs) -> LeafIter:

@@ -67,6 +67,14 @@ def check_release_compatible(cfg: ml_collections.ConfigDict) -> None:
                      "exported.")
 
 
+def convert_piece(hook, x: np.ndarray, cfg, dtype: np.dtype, *args) -> np.ndarray:
+  """``hook(x, cfg, *args)`` (a layout hook) in ``dtype``, casting first when ``dtype`` is
+  narrower (fewer bytes to transpose), after otherwise."""
+  if dtype.itemsize < x.dtype.itemsize:
+    return hook(x.astype(dtype), cfg, *args)
+  return hook(x, cfg, *args).astype(dtype, copy=False)
+
+
 def export_plan(cfg: ml_collections.ConfigDict, *, dtype: str = "bfloat16",
                 vocab_size: int | None = None) -> list[tuple[str, tuple[int, ...], np.dtype]]:
   """``(release key, PyTorch shape, dtype)`` of every exported tensor, in
@@ -116,9 +124,9 @@ def export_pieces(source: Any, cfg: ml_collections.ConfigDict, *, dtype: str = "
   for (path, index), x in source.iter_reads(requests):
     leaf = by_path[path]
     if leaf.stacked:
-      yield leaf.keys[index[0].start], leaf.entry.to_torch(x[0], cfg).astype(dt, copy=False)
+      yield leaf.keys[index[0].start], convert_piece(leaf.entry.to_torch, x[0], cfg, dt)
       continue
-    rows = leaf.entry.to_torch(x, cfg).astype(dt, copy=False)
+    rows = convert_piece(leaf.entry.to_torch, x, cfg, dt)
     key = leaf.keys[0]
     if vocab_size and key in pm.VOCAB_KEYS:
       axis = pm.VOCAB_AXIS[path]

@@ -304,17 +304,20 @@ class ParamReader:
     """Reads one whole leaf as a numpy array in its stored dtype."""
     return self.read(path)
 
-  def iter_reads(self, requests, ahead: int = 2):
-    """``(request, array)`` for ``(path, index)`` requests, keeping ``ahead`` reads in
-    flight (the next pieces load while the caller converts this one)."""
-    queue = collections.deque()
+  def iter_reads(self, requests, ahead: int = 2, ahead_bytes: int = 256 * 2 ** 20):
+    """``(request, array)`` for ``(path, index)`` requests, keeping up to ``ahead`` reads
+    (at most ``ahead_bytes``, at least one) in flight: the next pieces load while the
+    caller converts this one."""
+    queue: collections.deque = collections.deque()
+    nbytes = lambda req: math.prod(s.stop - s.start for s in req[1]) * self.dtype(req[0]).itemsize
     for req in requests:
-      queue.append((req, self.read_async(*req)))
-      if len(queue) > ahead:
-        r, fut = queue.popleft()
+      while queue and (len(queue) >= ahead or
+                       sum(n for _, _, n in queue) + nbytes(req) > ahead_bytes):
+        r, fut, _ = queue.popleft()
         yield r, np.asarray(fut.result())
+      queue.append((req, self.read_async(*req), nbytes(req)))
     while queue:
-      r, fut = queue.popleft()
+      r, fut, _ = queue.popleft()
       yield r, np.asarray(fut.result())
 
   def _check(self, path: Path) -> Path:
