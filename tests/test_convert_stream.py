@@ -113,6 +113,19 @@ def test_orbax_layout_is_orbaxs_own(tmp_path):
                                 params["llm"]["layers"]["mlp"]["up_proj"]["kernel"][1])
 
 
+def test_prefetch_passes_items_and_errors():
+  from neo_jax.convert.leaves import prefetch  # pylint: disable=import-outside-toplevel
+
+  def items():
+    yield from range(5)
+    raise KeyError("tensor 'x' missing")
+  got = []
+  with pytest.raises(KeyError, match="'x' missing"):
+    for i in prefetch(items()):
+      got.append(i)
+  assert got == list(range(5))
+
+
 def test_writer_refuses_incomplete_and_duplicate_pieces(tmp_path):
   w = orbax_io.ParamWriter(str(tmp_path / "ck"))
   x = np.arange(12, dtype=np.float32).reshape(3, 4)

@@ -135,7 +135,7 @@ class ParamWriter:
   def _open(self, path: Path, shape: tuple[int, ...], dtype: np.dtype) -> ts.TensorStore:
     if path in self._leaves:
       raise ValueError(f"Parameter {'/'.join(path)} written twice.")
-    chunk = tuple(max(1, s.stop - s.start) for s in pm.piece_slices(path, shape)[0]) or ()
+    chunk = tuple(max(1, s.stop - s.start) for s in pm.piece_slices(path, shape)[0])
     spec = {"driver": "zarr3", "kvstore": dict(self._kv, path=param_name(path)),
             "metadata": _zarr3_metadata(shape, chunk, dtype, self.compress),
             "store_data_equal_to_fill_value": True,
