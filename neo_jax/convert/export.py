@@ -99,7 +99,8 @@ def export_pieces(source: Any, cfg: ml_collections.ConfigDict, *, dtype: str = "
   (``source.iter_reads``).
 
   Args:
-    source: ``TreeSource`` or ``orbax_io.ParamReader``.
+    source: ``TreeSource`` or ``orbax_io.ParamReader`` (``shape(path)``,
+      ``iter_reads(requests)``).
     cfg: our config.
     dtype: dtype of the yielded rows.
     vocab_size: crop / zero-pad the vocabulary rows to this many.
