@@ -1,7 +1,8 @@
 """Weights in and out: Qwen3 import, released NEO / NEO-ov import, export to PyTorch.
 
-``param_mapping`` (the one table), ``hf_config`` (config.json <-> ours),
-``safetensors_io`` / ``orbax_io`` (streaming I/O), ``convert`` (the
+``param_mapping`` (the one table and how a leaf is cut into pieces), ``hf_config``
+(config.json <-> ours), ``leaves`` (piece streams), ``safetensors_io`` /
+``orbax_io`` + ``orbax_arrays`` (I/O piece by piece), ``convert`` / ``export`` (the
 conversions), ``__main__`` (the CLI). The trainer uses
 ``orbax_io.save_params`` / ``orbax_io.load_params`` / ``orbax_io.load_config``.
 """

@@ -6,8 +6,12 @@ Commands:
   export        Orbax checkpoint -> the release's Hugging Face dir (+ optional
                 plain ``torch.save`` state dict). Tokenizer files: copied from
                 --tokenizer_dir, else built from the embedded Qwen BPE ranks.
-  random        random weights of a preset -> Orbax, generated leaf by leaf
+  random        random weights of a preset -> Orbax, generated piece by piece
                 (for the 9B memory check; no float32 ``model.init``).
+
+Every command streams: one layer (or one block of vocabulary rows) at a time is
+read, converted and written, so a 9B model converts in under 2 GB of memory
+(BUILD_NOTES §6); the progress bar counts bytes (MB/s).
 
 Paths: ``--src`` / ``--dst`` may be URLs (``gs://bucket/...``): Orbax checkpoints are
 read and written in place; Hugging Face folders are downloaded to / uploaded from a
@@ -38,7 +42,7 @@ _platform.guard_network()
 
 from absl import app, flags, logging
 
-from neo_jax.convert import convert as cv, orbax_io, param_mapping as pm
+from neo_jax.convert import convert as cv, orbax_io
 from neo_jax.core import paths
 
 FLAGS = flags.FLAGS
@@ -72,7 +76,7 @@ flags.DEFINE_integer("min_pixels", 65536, "export: vision_config.min_pixels.")
 flags.DEFINE_integer("max_pixels", 4194304, "export: vision_config.max_pixels.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing Orbax destination.")
 flags.DEFINE_bool("compress", False, "ZSTD-compress Orbax arrays (~20% smaller, 2x slower).")
-flags.DEFINE_bool("progress", True, "Show progress bars.")
+flags.DEFINE_bool("progress", True, "Show a progress bar (bytes written, MB/s).")
 
 COMMANDS = ("import-qwen3", "import-neo", "export", "random")
 
@@ -81,10 +85,6 @@ def _require(*names):
   missing = [n for n in names if not getattr(FLAGS, n)]
   if missing:
     raise app.UsageError(f"Missing required flags: {', '.join('--' + n for n in missing)}.")
-
-
-def _count(cfg):
-  return sum(1 for _ in pm.leaves(cfg))
 
 
 def main(argv):
@@ -96,8 +96,9 @@ def main(argv):
     from neo_jax.model import config as config_lib  # pylint: disable=import-outside-toplevel
     cfg = config_lib.get_model_config(FLAGS.preset, param_dtype=FLAGS.dtype or "float32")
     w = orbax_io.ParamWriter(FLAGS.dst, cfg, overwrite=FLAGS.overwrite, compress=FLAGS.compress)
-    cv.write(cv.random_leaves(cfg, dtype=FLAGS.dtype or "float32", seed=FLAGS.seed), w,
-             total=_count(cfg), desc="random", progress=FLAGS.progress)
+    dtype = FLAGS.dtype or "float32"
+    cv.write(cv.random_pieces(cfg, dtype=dtype, seed=FLAGS.seed), w,
+             total=cv.total_bytes(cfg, dtype), desc="random", progress=FLAGS.progress)
   elif cmd == "import-qwen3":
     _require("src", "dst")
     with paths.local_input(FLAGS.src) as src:
@@ -123,8 +124,8 @@ def _import_qwen3(src: str) -> None:
                         vocab_size=FLAGS.vocab_size, base=FLAGS.base_preset,
                         param_dtype=dtype, **overrides)
   w = orbax_io.ParamWriter(FLAGS.dst, cfg, overwrite=FLAGS.overwrite, compress=FLAGS.compress)
-  cv.write(cv.qwen3_leaves(src, cfg, dtype=dtype, new_rows=FLAGS.new_rows, seed=FLAGS.seed), w,
-           total=_count(cfg), desc="import-qwen3", progress=FLAGS.progress)
+  cv.write(cv.qwen3_pieces(src, cfg, dtype=dtype, new_rows=FLAGS.new_rows, seed=FLAGS.seed), w,
+           total=cv.total_bytes(cfg, dtype), desc="import-qwen3", progress=FLAGS.progress)
 
 
 def _import_neo(src: str) -> None:
@@ -133,8 +134,8 @@ def _import_neo(src: str) -> None:
   overrides = {"vocab_size": FLAGS.vocab_size} if FLAGS.vocab_size else {}
   cfg = cv.release_config(src, base=FLAGS.base_preset, param_dtype=dtype, **overrides)
   w = orbax_io.ParamWriter(FLAGS.dst, cfg, overwrite=FLAGS.overwrite, compress=FLAGS.compress)
-  cv.write(cv.release_leaves(src, cfg, dtype=dtype, new_rows=FLAGS.new_rows, seed=FLAGS.seed), w,
-           total=_count(cfg), desc="import-neo", progress=FLAGS.progress)
+  cv.write(cv.release_pieces(src, cfg, dtype=dtype, new_rows=FLAGS.new_rows, seed=FLAGS.seed), w,
+           total=cv.total_bytes(cfg, dtype), desc="import-neo", progress=FLAGS.progress)
 
 
 def _export(dst: str) -> None:

@@ -1,26 +1,29 @@
 """Export: our parameters -> the release's state dict and Hugging Face directory.
 
-NEO_SPEC §5: ``export_tensors`` streams the release's tensors (names and layouts of
-``param_mapping``), ``export_release`` writes the directory the authors'
-``NEOChatModel`` and VLMEvalKit load (config, safetensors shards, modeling code
-when given, tokenizer files copied or built from the embedded Qwen BPE ranks),
-``save_torch_state_dict`` a plain PyTorch file.
+NEO_SPEC §5: ``export_pieces`` streams the release's tensors (names and layouts of
+``param_mapping``) as blocks of rows, one layer or one block of vocabulary rows at
+a time (``export_tensors``: whole tensors), ``export_release`` writes the
+directory the authors' ``NEOChatModel`` and VLMEvalKit load (config, safetensors
+shards written as the rows arrive, modeling code when given, tokenizer files
+copied or built from the embedded Qwen BPE ranks), ``save_torch_state_dict`` a
+plain PyTorch file.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
+import time
 from typing import Any, Iterator
 
 import ml_collections
 import numpy as np
-import tqdm
 
 from neo_jax.convert import hf_config, param_mapping as pm, safetensors_io
-from neo_jax.convert.leaves import TOKENIZER_FILES, Path, check_shape, np_dtype
-from neo_jax.convert.orbax_io import flatten
+from neo_jax.convert.leaves import (TOKENIZER_FILES, Path, byte_bar, check_shape, flatten,
+                                    np_dtype, prefetch)
 from neo_jax.data import hf_tokenizer, tokenizer as tok_lib
 
 
@@ -43,6 +46,14 @@ class TreeSource:
       raise KeyError(f"Parameter {'/'.join(path)} not in the parameter tree.")
     return np.asarray(self._flat[tuple(path)])
 
+  def shape(self, path: Path) -> tuple[int, ...]:
+    return tuple(self.get(path).shape)
+
+  def iter_reads(self, requests):
+    """``(request, leaf[index])`` for ``(path, index)`` requests."""
+    for path, index in requests:
+      yield (path, index), self.get(path)[index]
+
 
 def check_release_compatible(cfg: ml_collections.ConfigDict) -> None:
   """Raises ValueError for a model variant the release's code cannot load or run
@@ -56,20 +67,47 @@ def check_release_compatible(cfg: ml_collections.ConfigDict) -> None:
                      "exported.")
 
 
-def export_tensors(source: Any, cfg: ml_collections.ConfigDict, *, dtype: str = "bfloat16",
-                   vocab_size: int | None = None, progress: bool = False
-                   ) -> Iterator[tuple[str, np.ndarray]]:
-  """The release's state dict, one tensor at a time.
+def convert_piece(hook, x: np.ndarray, cfg, dtype: np.dtype, *args) -> np.ndarray:
+  """``hook(x, cfg, *args)`` (a layout hook) in ``dtype``, casting first when ``dtype`` is
+  narrower (fewer bytes to transpose), after otherwise."""
+  if dtype.itemsize < x.dtype.itemsize:
+    return hook(x.astype(dtype), cfg, *args)
+  return hook(x, cfg, *args).astype(dtype, copy=False)
+
+
+def export_plan(cfg: ml_collections.ConfigDict, *, dtype: str = "bfloat16",
+                vocab_size: int | None = None) -> list[tuple[str, tuple[int, ...], np.dtype]]:
+  """``(release key, PyTorch shape, dtype)`` of every exported tensor, in
+  ``export_pieces`` order (vocabulary rows cropped / padded to ``vocab_size``)."""
+  dt, out = np_dtype(dtype), []
+  for leaf in pm.leaves(cfg):
+    inner = leaf.shape[1:] if leaf.stacked else leaf.shape
+    shape = tuple(leaf.entry.torch_shape(inner, cfg))
+    for key in leaf.keys:
+      if vocab_size and key in pm.VOCAB_KEYS:
+        shape = (vocab_size,) + shape[1:]
+      out.append((key, shape, dt))
+  return out
+
+
+def export_pieces(source: Any, cfg: ml_collections.ConfigDict, *, dtype: str = "bfloat16",
+                  vocab_size: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
+  """The release's state dict as blocks of rows, in ``export_plan`` order.
+
+  A stacked leaf is read one layer at a time, a vocabulary leaf one block of rows
+  (``param_mapping.piece_slices``), while the next pieces are being read
+  (``source.iter_reads``).
 
   Args:
-    source: ``TreeSource`` or ``orbax_io.ParamReader`` (``get(path)``).
+    source: ``TreeSource`` or ``orbax_io.ParamReader`` (``shape(path)``,
+      ``iter_reads(requests)``).
     cfg: our config.
-    dtype: dtype of the yielded tensors.
+    dtype: dtype of the yielded rows.
     vocab_size: crop / zero-pad the vocabulary rows to this many.
-    progress: show a tqdm bar (tensors).
 
   Yields:
-    ``(release key, numpy array in the PyTorch layout)``.
+    ``(release key, rows)``: consecutive blocks of the leading axis of the tensor in
+    the PyTorch layout (one block for all but the vocabulary tensors).
 
   Raises:
     KeyError: a parameter of ``cfg`` is missing from ``source``.
@@ -79,19 +117,46 @@ def export_tensors(source: Any, cfg: ml_collections.ConfigDict, *, dtype: str = 
   check_release_compatible(cfg)
   dt = np_dtype(dtype)
   all_leaves = list(pm.leaves(cfg))
-  bar = tqdm.tqdm(total=sum(len(l.keys) for l in all_leaves), desc="export", unit="tensor",
-                  disable=not progress)
   for leaf in all_leaves:
-    x = source.get(leaf.path)
-    check_shape(x.shape, leaf.shape, "/".join(leaf.path))
-    for j, key in enumerate(leaf.keys):
-      t = leaf.entry.to_torch(x[j] if leaf.stacked else x, cfg)
-      if vocab_size and key in pm.VOCAB_KEYS:
-        t = pm.resize_rows(t, vocab_size)
-      yield key, t.astype(dt)
-      bar.update(1)
-    del x
-  bar.close()
+    check_shape(source.shape(leaf.path), leaf.shape, "/".join(leaf.path))
+  by_path = {leaf.path: leaf for leaf in all_leaves}
+  requests = ((leaf.path, index) for leaf in all_leaves
+              for index in pm.piece_slices(leaf.path, leaf.shape))
+  for (path, index), x in source.iter_reads(requests):
+    leaf = by_path[path]
+    if leaf.stacked:
+      yield leaf.keys[index[0].start], convert_piece(leaf.entry.to_torch, x[0], cfg, dt)
+      continue
+    rows = convert_piece(leaf.entry.to_torch, x, cfg, dt)
+    key = leaf.keys[0]
+    if vocab_size and key in pm.VOCAB_KEYS:
+      axis = pm.VOCAB_AXIS[path]
+      start, stop = index[axis].start, index[axis].stop
+      rows = rows[: max(0, vocab_size - start)]
+      if stop == leaf.shape[axis] and vocab_size > stop:  # zero rows after the last block
+        if len(rows):
+          yield key, rows
+        block = max(1, pm.PIECE_BYTES // (4 * max(math.prod(rows.shape[1:]), 1)))
+        for r in range(stop, vocab_size, block):
+          yield key, np.zeros((min(block, vocab_size - r),) + rows.shape[1:], dt)
+        continue
+      if not len(rows):
+        continue
+    yield key, rows
+
+
+def export_tensors(source: Any, cfg: ml_collections.ConfigDict, *, dtype: str = "bfloat16",
+                   vocab_size: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
+  """``export_pieces`` joined into whole tensors: ``(release key, array)``."""
+  key, parts = None, []
+  for k, rows in export_pieces(source, cfg, dtype=dtype, vocab_size=vocab_size):
+    if k != key and parts:
+      yield key, parts[0] if len(parts) == 1 else np.concatenate(parts)
+      parts = []
+    key = k
+    parts.append(rows)
+  if parts:
+    yield key, parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def copy_tokenizer(tokenizer_dir: str, dst: str) -> list[str]:
@@ -157,19 +222,26 @@ def export_release(source: Any, cfg: ml_collections.ConfigDict, dst: str, *,
     torch_file: also write a plain ``torch.save`` state dict here (holds the
       whole model in memory; needs torch).
     min_pixels / max_pixels: written into ``vision_config``.
-    progress: tqdm bar.
+    progress: tqdm bar in bytes (MB/s).
 
   Returns:
     ``{"shards": [...], "tokenizer_files": [...], "total_bytes": int}``.
   """
   os.makedirs(dst, exist_ok=True)
-  writer = safetensors_io.ShardedWriter(dst, max_shard_bytes)
+  writer = safetensors_io.ShardedWriter(
+      dst, export_plan(cfg, dtype=dtype, vocab_size=vocab_size), max_shard_bytes)
   state = {} if torch_file else None
-  for key, t in export_tensors(source, cfg, dtype=dtype, vocab_size=vocab_size, progress=progress):
-    writer.add(key, t)
-    if state is not None:
-      state[key] = t
-  shards = writer.close()
+  start = time.perf_counter()
+  with byte_bar(writer.total_bytes, "export", progress) as bar:
+    for key, rows in prefetch(export_pieces(source, cfg, dtype=dtype, vocab_size=vocab_size)):
+      writer.write(key, rows)
+      bar.update(rows.nbytes)
+      if state is not None:
+        state.setdefault(key, []).append(rows)
+    shards = writer.close()
+  sec = time.perf_counter() - start
+  logging.info("export: %.2f GB in %.1f s (%.0f MB/s).", writer.total_bytes / 1e9, sec,
+               writer.total_bytes / 1e6 / max(sec, 1e-9))
   torch_dtype = "bfloat16" if np_dtype(dtype) != np.float32 else "float32"
   hf = hf_config.to_release_config(cfg, vocab_size=vocab_size, torch_dtype=torch_dtype,
                                    min_pixels=min_pixels, max_pixels=max_pixels)
@@ -192,7 +264,8 @@ def export_release(source: Any, cfg: ml_collections.ConfigDict, dst: str, *,
       if name.endswith(".py"):
         shutil.copy(os.path.join(modeling_dir, name), os.path.join(dst, name))
   if state is not None:
-    save_torch_state_dict(state, torch_file)
+    save_torch_state_dict({k: v[0] if len(v) == 1 else np.concatenate(v)
+                           for k, v in state.items()}, torch_file)
   return {"shards": shards, "tokenizer_files": tok, "total_bytes": writer.total_bytes}
 
 
