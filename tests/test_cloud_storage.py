@@ -121,3 +121,19 @@ def test_json_source_in_the_bucket_trains(gcs_emulator):
   out = trainer.run(c, f"{bucket}/json-run")
   assert out["step"] == 2 and out["train"]["visual_tokens"] > 0
   assert not any(k.startswith("skipped/") and v for k, v in out["train"].items())
+  # The run's weights, read back from the bucket as inference reads a work directory
+  # (core/run_layout.py, leaf by leaf), equal what Orbax itself restores; the run's
+  # processing is there.
+  import jax  # pylint: disable=import-outside-toplevel
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  from neo_jax.infer import checkpoints  # pylint: disable=import-outside-toplevel
+  cfg, params, _, desc = checkpoints.load(f"{bucket}/json-run")
+  assert desc.endswith("step 2") and cfg.vocab_size == 151936
+  mgr = ocp.CheckpointManager(paths.resolve(f"{bucket}/json-run/checkpoints"),
+                              item_names=("state", "data"))
+  want = mgr.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  want = want["params"]
+  assert jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(want)
+  for a, b in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(want)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert paths.exists(f"{bucket}/json-run/processing.json")

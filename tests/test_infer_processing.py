@@ -122,3 +122,18 @@ def test_user_mistakes_are_one_line_errors(run_dir, tmp_path, case):
           "not_a_checkpoint": "is not a training work directory", "unknown_source": "'nope'",
           "empty_data": "names no records", "missing_data": "/no/such.jsonl"}[case]
   assert want in lines[-1], lines[-1]
+
+
+def test_export_of_the_run_keeps_its_processing(run_dir, tmp_path):
+  """``convert export --src <work dir>`` writes the run's processing.json into the Hugging
+  Face directory (and its digit budget into vision_config); infer reads it from there."""
+  hf = tmp_path / "hf"
+  _cli("neo_jax.convert", "export", f"--src={run_dir}", f"--dst={hf}", "--dtype=float32",
+       "--noprogress")
+  assert json.load(open(hf / "processing.json")) == json.load(
+      open(os.path.join(run_dir, "processing.json")))
+  vision = json.load(open(hf / "config.json"))["vision_config"]
+  assert vision["min_pixels"] == vision["max_pixels"] == TRAINED_PIXELS
+  _, err = _cli("neo_jax.infer", f"--ckpt={hf}", f"--image={_digit_image()}",
+                f"--prompt={QUESTION}", "--max_new_tokens=1")
+  assert "training source 'digit' (image)" in err and "(4 visual)" in err

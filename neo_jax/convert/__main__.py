@@ -3,9 +3,13 @@
 Commands:
   import-qwen3  Hugging Face Qwen3 dir -> our Orbax checkpoint (NEO_SPEC §2).
   import-neo    released NEO / NEO-ov dir (model_type neo_chat) -> Orbax.
-  export        Orbax checkpoint -> the release's Hugging Face dir (+ optional
-                plain ``torch.save`` state dict). Tokenizer files: copied from
-                --tokenizer_dir, else built from the embedded Qwen BPE ranks.
+  export        Orbax parameter checkpoint, or a training work directory (its newest
+                step, or ``<workdir>/checkpoints/<step>``) -> the release's Hugging
+                Face dir (+ optional plain ``torch.save`` state dict). Tokenizer
+                files: copied from --tokenizer_dir, else built from the embedded Qwen
+                BPE ranks. The run's ``processing.json`` (the processing it trained
+                with) is copied too, and its default image source's pixel bounds
+                become ``vision_config.min_pixels / max_pixels`` unless given.
   random        random weights of a preset -> Orbax, generated piece by piece
                 (for the 9B memory check; no float32 ``model.init``).
 
@@ -72,8 +76,12 @@ flags.DEFINE_string("modeling_dir", None, "export: copy the release's to_hf *.py
                     "(for AutoModel + trust_remote_code).")
 flags.DEFINE_string("torch_file", None, "export: also write a plain torch.save state dict here.")
 flags.DEFINE_float("max_shard_gb", 2.0, "export: safetensors shard size limit [GiB].")
-flags.DEFINE_integer("min_pixels", 65536, "export: vision_config.min_pixels.")
-flags.DEFINE_integer("max_pixels", 4194304, "export: vision_config.max_pixels.")
+flags.DEFINE_integer("min_pixels", 65536, "export: vision_config.min_pixels (default: the "
+                     "trained processing's, else 65536).")
+flags.DEFINE_integer("max_pixels", 4194304, "export: vision_config.max_pixels (default: the "
+                     "trained processing's, else 4194304).")
+flags.DEFINE_string("processing", None, "export: the processing.json to carry (a file or a "
+                    "directory holding one); default: the --src work directory's.")
 flags.DEFINE_bool("overwrite", False, "Replace an existing Orbax destination.")
 flags.DEFINE_bool("compress", False, "ZSTD-compress Orbax arrays (~20% smaller, 2x slower).")
 flags.DEFINE_bool("progress", True, "Show a progress bar (bytes written, MB/s).")
@@ -136,22 +144,63 @@ def _import_neo(src: str) -> None:
   w = orbax_io.ParamWriter(FLAGS.dst, cfg, overwrite=FLAGS.overwrite, compress=FLAGS.compress)
   cv.write(cv.release_pieces(src, cfg, dtype=dtype, new_rows=FLAGS.new_rows, seed=FLAGS.seed), w,
            total=cv.total_bytes(cfg, dtype), desc="import-neo", progress=FLAGS.progress)
+  _carry_processing(src, FLAGS.dst)
+
+
+def _carry_processing(src: str, dst: str) -> None:
+  """Copies ``src``'s ``processing.json`` (or, for a released directory, the one its
+  ``vision_config`` implies) next to the converted weights."""
+  from neo_jax.data import trained_processing as tp  # pylint: disable=import-outside-toplevel
+  doc = tp.read(src)
+  if doc:
+    tp.write(dst, doc)
+
+
+def _export_source():
+  """``(reader, model config, directory of its processing.json)`` of ``--src``: an Orbax
+  parameter checkpoint or a training work directory (``core/run_layout.py``)."""
+  from neo_jax.convert import workdir as workdir_lib  # pylint: disable=import-outside-toplevel
+  from neo_jax.core import run_layout  # pylint: disable=import-outside-toplevel
+  workdir, step = run_layout.split_step(FLAGS.src)
+  if step is not None or run_layout.is_workdir(FLAGS.src):
+    reader, step = workdir_lib.params_reader(workdir, step)
+    logging.info("Exporting step %d of the work directory %s.", step, workdir)
+    return reader, workdir_lib.model_config(workdir), workdir
+  return orbax_io.ParamReader(FLAGS.src), orbax_io.load_config(FLAGS.src), FLAGS.src
+
+
+def _processing(src_dir: str):
+  """The processing document to carry (``--processing``, else ``src_dir``'s), or None."""
+  import json  # pylint: disable=import-outside-toplevel
+  from neo_jax.data import trained_processing as tp  # pylint: disable=import-outside-toplevel
+  where = FLAGS.processing or src_dir
+  if where.endswith(".json"):
+    return json.loads(paths.read_text(where))   # FileNotFoundError: a wrong --processing
+  return tp.read(where)
 
 
 def _export(dst: str) -> None:
-  """Reads the Orbax checkpoint ``--src`` (local or URL, through tensorstore) and writes
-  the release's folder into ``dst`` (a local folder; uploaded after for a URL)."""
-  cfg = orbax_io.load_config(FLAGS.src)
+  """Reads ``--src`` (an Orbax checkpoint or a work directory, local or URL) and writes
+  the release's folder into ``dst`` (a local folder; uploaded after for a URL), with the
+  trained processing (``processing.json``) beside it."""
+  from neo_jax.data import trained_processing as tp  # pylint: disable=import-outside-toplevel
+  reader, cfg, src_dir = _export_source()
+  doc = _processing(src_dir)
+  _, image = tp.choose(doc, num_images=1)
+  pick = lambda name, default: (getattr(FLAGS, name) if FLAGS[name].present
+                                else int(image.get(name, default)))
   info = cv.export_release(
-      orbax_io.ParamReader(FLAGS.src), cfg, dst, dtype=FLAGS.dtype or "bfloat16",
+      reader, cfg, dst, dtype=FLAGS.dtype or "bfloat16",
       max_shard_bytes=int(FLAGS.max_shard_gb * 1024 ** 3), vocab_size=FLAGS.vocab_size,
       tokenizer_dir=FLAGS.tokenizer_dir, write_tokenizer=FLAGS.write_tokenizer,
-      modeling_dir=FLAGS.modeling_dir,
-      torch_file=FLAGS.torch_file, min_pixels=FLAGS.min_pixels, max_pixels=FLAGS.max_pixels,
+      modeling_dir=FLAGS.modeling_dir, torch_file=FLAGS.torch_file,
+      min_pixels=pick("min_pixels", 65536), max_pixels=pick("max_pixels", 4194304),
       progress=FLAGS.progress)
-  logging.info("Exported %.2f GB in %d shard(s) to %s; tokenizer files: %s.",
+  if doc:
+    tp.write(dst, doc)
+  logging.info("Exported %.2f GB in %d shard(s) to %s; tokenizer files: %s; processing: %s.",
                info["total_bytes"] / 1e9, len(info["shards"]), FLAGS.dst,
-               ", ".join(info["tokenizer_files"]) or "none")
+               ", ".join(info["tokenizer_files"]) or "none", tp.FILE_NAME if doc else "none")
 
 
 def run():

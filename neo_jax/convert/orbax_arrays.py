@@ -247,17 +247,26 @@ class ParamReader:
   Args:
     path: checkpoint directory written by ``ParamWriter`` / ``save_params`` (or an
       older Orbax-written one: any chunking reads, but a piece of an array stored
-      as one chunk reads that whole chunk).
+      as one chunk reads that whole chunk), or a training checkpoint
+      (``<workdir>/checkpoints/<step>``) with ``prefix=("params",)``.
+    prefix: read only the leaves under this path of the tree (the parameters of a
+      train state), named without it.
 
   Raises:
-    FileNotFoundError: ``path`` is not an Orbax checkpoint.
+    FileNotFoundError: ``path`` is not an Orbax checkpoint, or has nothing under
+      ``prefix``.
   """
 
-  def __init__(self, path: str):
+  def __init__(self, path: str, prefix: Path = ()):
     self.path = paths.resolve(path)
     if not self.path.exists():
       raise FileNotFoundError(f"Checkpoint directory {self.path} does not exist.")
-    self._meta = dict(flatten(ocp.metadata(self.path).metadata))
+    self._prefix = tuple(prefix)
+    n = len(self._prefix)
+    self._meta = {p[n:]: m for p, m in flatten(ocp.metadata(self.path).metadata)
+                  if tuple(p[:n]) == self._prefix}
+    if not self._meta:
+      raise FileNotFoundError(f"{self.path} holds no arrays under {'/'.join(prefix)}.")
     item = _item_dir(os.fspath(self.path))
     flags = json.loads(paths.read_text(paths.join(item, "_METADATA")))
     self._zarr = "zarr3" if flags.get("use_zarr3", True) else "zarr"
@@ -281,7 +290,7 @@ class ParamReader:
   def _array(self, path: Path) -> ts.TensorStore:
     path = self._check(path)
     if path not in self._arrays:
-      name = param_name(path)
+      name = param_name(self._prefix + path)
       if self._ocdbt:
         kv = dict(_kvstore(self._item, write=False), path=name)
       else:

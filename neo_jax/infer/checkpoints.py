@@ -2,11 +2,10 @@
 
 ``load(path)`` recognises:
 
-* a training work directory (``config.json`` + ``checkpoints/<step>/state``): the
-  newest step's parameters (or ``.../checkpoints/<step>`` for a given one). The
-  Orbax item is read whole (parameters and optimizer state) into host memory,
-  then only the parameters are kept: for the released sizes, export parameters
-  once with ``neo_jax.convert`` instead;
+* a training work directory (``config.json`` + ``checkpoints/<step>/state``,
+  ``core/run_layout.py``), local or ``gs://``: the newest step's parameters (or
+  ``.../checkpoints/<step>`` for a given one), read leaf by leaf without the optimizer
+  state;
 * an Orbax parameter checkpoint of ``neo_jax.convert`` (``model_config.json``);
 * a released NEO / NEO-ov Hugging Face directory (``config.json`` with
   ``model_type`` ``neo_chat``), converted in memory.
@@ -18,36 +17,21 @@ one; else the embedded Qwen3 + NEO tokenizer).
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import ml_collections
 
+from neo_jax.core import paths, run_layout
 from neo_jax.model import config as config_lib
 
 
-def _newest_step(ckpt_dir: str) -> int:
-  steps = [int(d) for d in os.listdir(ckpt_dir)
-           if d.isdigit() and os.path.isdir(os.path.join(ckpt_dir, d, "state"))]
-  if not steps:
-    raise FileNotFoundError(f"No checkpoint step with a 'state' item in {ckpt_dir}.")
-  return max(steps)
-
-
 def _from_workdir(workdir: str, step: int | None) -> tuple:
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import jax  # pylint: disable=g-import-not-at-top
-  with open(os.path.join(workdir, "config.json")) as f:
-    run = json.load(f)
-  cfg = config_lib.get_model_config("neo_2b", **run["model"])
-  ckpt_dir = os.path.join(workdir, "checkpoints")
-  step = _newest_step(ckpt_dir) if step is None else step
-  mgr = ocp.CheckpointManager(os.path.abspath(ckpt_dir), item_names=("state", "data"))
-  state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
-  params = jax.tree_util.tree_map(np.asarray, state["params"])
-  tokenizer = run.get("data", {}).get("tokenizer", "embedded")
+  from neo_jax.convert import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  cfg = workdir_lib.model_config(workdir)
+  reader, step = workdir_lib.params_reader(workdir, step)
+  params = workdir_lib.read_params(reader)
+  tokenizer = workdir_lib.run_config(workdir).get("data", {}).get("tokenizer", "embedded")
   return cfg, params, tokenizer, f"{workdir} step {step}"
 
 
@@ -64,23 +48,26 @@ def load(path: str, *, overrides: dict | None = None) -> tuple[ml_collections.Co
   Raises:
     FileNotFoundError: ``path`` is none of these (the message lists what it looked for).
   """
-  path = os.path.abspath(os.path.expanduser(path))
+  path = path if paths.is_url(path) else os.path.abspath(os.path.expanduser(path))
   overrides = overrides or {}
-  if os.path.basename(os.path.dirname(path)) == "checkpoints" and os.path.basename(path).isdigit():
-    cfg, params, tok, desc = _from_workdir(os.path.dirname(os.path.dirname(path)),
-                                           int(os.path.basename(path)))
-  elif os.path.isdir(os.path.join(path, "checkpoints")):
-    cfg, params, tok, desc = _from_workdir(path, None)
-  elif os.path.exists(os.path.join(path, "model_config.json")):
+  workdir, step = run_layout.split_step(path)
+  has = lambda name: paths.exists(paths.join(path, name))
+  if step is not None or run_layout.is_workdir(path):
+    cfg, params, tok, desc = _from_workdir(workdir, step)
+  elif has("model_config.json"):
     from neo_jax.convert import orbax_io  # pylint: disable=g-import-not-at-top
     cfg, params = orbax_io.load_config(path), orbax_io.load_params(path)
-    tok = path if os.path.exists(os.path.join(path, "tokenizer.json")) else "embedded"
+    tok = path if has("tokenizer.json") else "embedded"
     desc = f"{path} (Orbax parameters)"
-  elif os.path.exists(os.path.join(path, "config.json")):
+  elif has("config.json"):
     from neo_jax.convert import convert as cv  # pylint: disable=g-import-not-at-top
-    cfg = cv.release_config(path)
-    params = cv.collect(cv.release_leaves(path, cfg))
-    tok = path if os.path.exists(os.path.join(path, "tokenizer.json")) else "embedded"
+    with paths.local_input(path) as local:   # safetensors and tokenizers need files
+      cfg = cv.release_config(local)
+      params = cv.collect(cv.release_leaves(local, cfg))
+      tok = local if has("tokenizer.json") else "embedded"
+      if tok != "embedded":
+        from neo_jax.data.tokenizer import get_tokenizer  # pylint: disable=g-import-not-at-top
+        get_tokenizer(tok)   # read while the local copy exists
     desc = f"{path} (Hugging Face NEO directory)"
   else:
     raise FileNotFoundError(
