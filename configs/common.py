@@ -31,7 +31,7 @@ def base_config(preset: str = "tiny") -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict({"kind": "random"})
   c.seq_len = 256
   # Context phases [[start step (or fraction of num_steps), seq_len], ...]; empty = seq_len
-  # throughout (neo_jax/train/context_schedule.py); the last length must equal seq_len.
+  # throughout (neo_jax/core/context_schedule.py); the last length must equal seq_len.
   c.seq_len_schedule = ()
   c.batch_size = 8
 

@@ -17,7 +17,7 @@ micro-step], ``devices`` (the data-parallel devices the rows were stated for),
 ``min_pixels`` / ``max_pixels`` [pixels per image], ``weight_decay``, ``b1`` / ``b2`` /
 ``eps`` (AdamW), ``grad_clip`` (global norm; 0 = off), ``rope_theta_vision`` (the patch
 embedder's 2D RoPE base), ``seq_len_schedule`` (``[(start, seq_len)]`` phases, empty = one
-length; ``neo_jax/train/context_schedule.py``).
+length; ``neo_jax/core/context_schedule.py``).
 
 The paper's 16 nodes x 8 GPUs = 128 devices: each script's comment "Global batch size =
 batch_size * grad_accum_steps * num_gpus" (e.g. 2B_1PT.sh:23) with ``batch_size=64``
@@ -176,7 +176,7 @@ _OV_COMMON = dict(b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.01, grad_clip=1.0,
 # (NEO-ov paper): the paper gives no boundaries. 16K for the first 40% of the steps (image
 # data, where most samples fit 16K), 24K to 70%, then 36K (stage 3's length, so SFT starts
 # at the length mid-training ended with). Starts below 1 are fractions of num_steps
-# (neo_jax/train/context_schedule.py).
+# (neo_jax/core/context_schedule.py).
 OV_CONTEXT_SCHEDULE = ((0, 16384), (0.4, 24576), (0.7, 36864))
 NEO_OV_PAPER = {
     "stage1": dict(_OV_COMMON, trainable="stage1", lr=2e-4, seq_len=16384, max_pixels=4194304),

@@ -199,7 +199,7 @@ def compile_train_step(config, topology: str, num_slices: int = 1,
     hbm_gib: memory budget per device [GiB]; default the chip's HBM (a lower
       value keeps headroom, e.g. for XLA's runtime reservations).
     seq_len: [tokens per row] of the batch, default ``config.seq_len`` (a context
-      phase's length: ``train/context_schedule.py``).
+      phase's length: ``core/context_schedule.py``).
 
   Returns:
     (Report, the ``jax.stages.Compiled``).
@@ -250,7 +250,7 @@ def main(argv) -> int:
   fl = flags.FLAGS
   print(f"Compiling the train step for {fl.topology} (x{fl.num_slices} slices) on the CPU; this can take minutes for the released sizes.",
         flush=True)
-  from neo_jax.train import context_schedule  # pylint: disable=g-import-not-at-top
+  from neo_jax.core import context_schedule  # pylint: disable=g-import-not-at-top
   phases = context_schedule.phases(_CONFIG.value)
   if len(phases) > 1:   # one compiled step per context phase: every one must fit
     print(f"Context schedule: {context_schedule.describe(_CONFIG.value)}", flush=True)

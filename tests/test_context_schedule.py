@@ -1,4 +1,4 @@
-"""The context-length schedule (train/context_schedule.py): phases by step, and the input
+"""The context-length schedule (core/context_schedule.py): phases by step, and the input
 pipeline repacking at a new length from the old state exactly as a resume does."""
 
 import ml_collections
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from testlib.data import assert_batches_equal, take
-from neo_jax.train import context_schedule, input_pipeline
+from neo_jax.core import context_schedule
+from neo_jax.train import input_pipeline
 from configs import demo
 
 

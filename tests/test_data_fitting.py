@@ -122,7 +122,7 @@ def _load(spec):
 
 def _processors(config):
   """One processor per context phase (the shortest phase is the tightest limit)."""
-  from neo_jax.train import context_schedule  # pylint: disable=import-outside-toplevel
+  from neo_jax.core import context_schedule  # pylint: disable=import-outside-toplevel
   return [_processor(config, p.seq_len) for p in context_schedule.phases(config)]
 
 

@@ -1,10 +1,11 @@
 """A data audit before a long run: the real pipeline, no model (issue 22).
 
     python -m neo_jax.data.audit --config configs/neo_ov_2b.py:stage2 --data mix.yaml \\
-        [--batches 50] [--batch_size 1] [--json audit.json] [--config.key=value ...]
+        [--batches 50] [--batch_size 1] [--phase 0] [--json audit.json] [--config.key=value ...]
 
 runs the training config's input pipeline (its mixture, processing options,
-sequence length, sample limits, workers) for ``--batches`` packed batches and
+sequence length (with a context schedule, that of ``--phase``, default the first),
+sample limits, workers) for ``--batches`` packed batches and
 prints, per source: records read, samples kept, fitted (fewer frames / fewer
 pixels), skipped by reason, tokens per sample (p50 / p95 / max), the visual share
 of its tokens, and the effective mixture (share of records drawn and of tokens
@@ -74,11 +75,13 @@ def starving(summary: dict[str, dict[str, Any]], weights: dict[str, float],
           and summary[n]["kept"] == 0]
 
 
-def run_audit(config, *, batches: int, batch_size: int, progress: bool = True) -> dict:
+def run_audit(config, *, batches: int, batch_size: int, progress: bool = True,
+              phase: int = 0) -> dict:
   """Runs the config's pipeline for ``batches`` batches of ``batch_size`` rows.
 
   Args:
     config: a training config (``data.kind == "pipeline"``).
+    phase: the context-schedule phase whose length to pack at (``core/context_schedule.py``).
   Returns:
     ``{"sources": per-source summary, "weights", "batches", "samples",
     "packing_efficiency", "samples_per_s", "peak_rss_bytes", "workers_peak_rss_bytes",
@@ -89,10 +92,16 @@ def run_audit(config, *, batches: int, batch_size: int, progress: bool = True) -
   from neo_jax.data import mixture, pipeline  # pylint: disable=g-import-not-at-top
   from neo_jax.data.errors import SourceStarvedError  # pylint: disable=g-import-not-at-top
   import tqdm  # pylint: disable=g-import-not-at-top
+  from neo_jax.core import context_schedule  # pylint: disable=g-import-not-at-top
   data_cfg = mixture.apply_mixture(config.data)
   m = config.model
+  phases = context_schedule.phases(config)
+  if not 0 <= phase < len(phases):
+    raise ValueError(f"--phase {phase}: the config has {len(phases)} context phase(s): "
+                     f"{context_schedule.describe(config)}.")
+  seq_len = phases[phase].seq_len
   it = pipeline.make_train_iterator(
-      data_cfg, seq_len=config.seq_len, batch_size=batch_size,
+      data_cfg, seq_len=seq_len, batch_size=batch_size,
       max_supervised_tokens=m.get("max_supervised_tokens", 0), seed=config.train.seed,
       max_sample_tokens=m.get("max_sample_tokens", 0),
       max_visual_tokens=m.get("max_visual_tokens", 0))
@@ -120,14 +129,15 @@ def run_audit(config, *, batches: int, batch_size: int, progress: bool = True) -
           "batches": done, "samples": st.get("samples", 0),
           "packing_efficiency": pipeline.packing_efficiency(it),
           "samples_per_s": st.get("samples", 0) / max(wall, 1e-9),
-          "peak_rss_bytes": own, "workers_peak_rss_bytes": kids, "wall_s": wall,
+          "peak_rss_bytes": own, "workers_peak_rss_bytes": kids, "wall_s": wall, "seq_len": seq_len,
           "starved": starved}
 
 
 def report_text(r: dict) -> str:
   """``run_audit``'s result as the printed report."""
   out = [summary_table(r["sources"], r["weights"]),
-         f"batches {r['batches']}, samples {r['samples']}, packing efficiency "
+         f"{r['seq_len']}-token rows: batches {r['batches']}, samples {r['samples']}, "
+         f"packing efficiency "
          f"{_pct(r['packing_efficiency'])}, {r['samples_per_s']:.2f} samples/s, "
          f"peak RSS {r['peak_rss_bytes'] / 2**30:.2f} GiB (workers "
          f"{r['workers_peak_rss_bytes'] / 2**30:.2f} GiB), {r['wall_s']:.0f} s"]
@@ -153,7 +163,8 @@ def main(argv) -> int:
           "a data pipeline (data.kind = 'pipeline').", file=sys.stderr)
     return 2
   try:
-    r = run_audit(config, batches=f.batches, batch_size=f.batch_size, progress=True)
+    r = run_audit(config, batches=f.batches, batch_size=f.batch_size, progress=True,
+                  phase=f.phase)
   except (ValueError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
@@ -174,6 +185,7 @@ if __name__ == "__main__":
   _flags.DEFINE_string("data", None, "A data mixture file (sets data.mixture).")
   _flags.DEFINE_integer("batches", 50, "Packed batches to read.")
   _flags.DEFINE_integer("batch_size", 1, "Rows per batch (a host's share of the global batch).")
+  _flags.DEFINE_integer("phase", 0, "Context-schedule phase whose row length to use.")
   _flags.DEFINE_string("json", None, "Also write the result as JSON here.")
   _flags.mark_flags_as_required(["config"])
   app.run(lambda argv: sys.exit(main(argv)))

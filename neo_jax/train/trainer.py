@@ -26,8 +26,8 @@ from absl import logging
 import jax
 import ml_collections
 
-from neo_jax.core import paths
-from neo_jax.train import checkpointing, context_schedule, distributed, health, peers, resume
+from neo_jax.core import context_schedule, paths
+from neo_jax.train import checkpointing, distributed, health, peers, resume
 from neo_jax.train.health import NonFiniteLossError
 from neo_jax.train.host_prefetch import HostPrefetch
 from neo_jax.train.input_pipeline import (data_config, data_summary, make_data_iterator,
