@@ -205,7 +205,7 @@ def write_result(path_stem: str, columns: list[str], rows: list[dict[str, Any]],
     except ImportError:
       fmt = "tsv"
   cols = [c for c in columns if c != "image"] + ["prediction"]
-  table = [[r.get(c, "") if c != "prediction" else predictions[r["index"]] for c in cols]
+  table = [[r.get(c) if c != "prediction" else predictions[r["index"]] for c in cols]
            for r in rows if r["index"] in predictions]
   path = f"{path_stem}.{fmt}"
   if fmt == "xlsx":

@@ -7,7 +7,9 @@ release's ``vlm/neo/utils.py`` (its package-relative imports replaced by the two
 uses from them: ``DATASET_TYPE``, not reached by the functions tested, and the
 release's own ``listinstr`` / ``cn_string`` from ``smp/misc.py``); ``build_prompt(ov)``
 is ``NEOChat.build_prompt`` from ``neo_chat.py`` bound to a minimal model object. Both
-need what those files import (torch, torchvision, pandas): the tests skip without them.
+need what those files import (torch, pandas): the tests skip without them. Where
+torchvision cannot be imported, its four transforms the file uses are stated in torch
+(``_Transforms``).
 """
 
 from __future__ import annotations
@@ -64,18 +66,54 @@ def functions(relpath: str, names: tuple[str, ...], ov: bool = False, **names_us
   return fns
 
 
+class _Transforms:
+  """torchvision.transforms' ``Compose``, ``Lambda``, ``ToTensor``, ``Normalize`` in torch,
+  for environments whose torchvision cannot load (a CUDA wheel next to the CPU torch):
+  ToTensor is the ``[H, W, C]`` uint8 image as ``[C, H, W]`` float / 255, Normalize
+  ``(x - mean) / std`` per channel."""
+
+  @staticmethod
+  def Compose(fns):  # pylint: disable=invalid-name
+    def run(x):
+      for f in fns:
+        x = f(x)
+      return x
+    return run
+
+  @staticmethod
+  def Lambda(f):  # pylint: disable=invalid-name
+    return f
+
+  @staticmethod
+  def ToTensor():  # pylint: disable=invalid-name
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import torch  # pylint: disable=import-outside-toplevel
+    return lambda img: torch.from_numpy(np.array(img, np.float32) / 255.0).permute(2, 0, 1)
+
+  @staticmethod
+  def Normalize(mean, std):  # pylint: disable=invalid-name
+    import torch  # pylint: disable=import-outside-toplevel
+    m, s = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+    return lambda x: (x - m) / s
+
+
 def neo_utils(ov: bool = False) -> dict[str, Any]:
   """The namespace of the release's ``vlm/neo/utils.py`` (NEO, or NEO-ov with ``ov``)."""
   tree = _tree(ov)
-  for mod in ("torch", "torchvision", "pandas"):
+  for mod in ("torch", "pandas"):
     pytest.importorskip(mod)
   path = os.path.join(tree, "vlm", "neo", "utils.py")
   src = open(path, encoding="utf-8").read()
+  ns = dict(_functions(os.path.join(tree, "smp", "misc.py"), ("listinstr", "cn_string")),
+            os=os, DATASET_TYPE=lambda *_: pytest.fail("DATASET_TYPE reached"))
+  try:
+    import torchvision.transforms  # noqa: F401  pylint: disable=import-outside-toplevel
+  except (ImportError, RuntimeError):
+    ns["T"] = _Transforms
+    src = src.replace("import torchvision.transforms as T", "")
   for imp in ("from ...dataset import DATASET_TYPE", "from ...smp import *"):
     assert imp in src, f"{path} no longer has {imp!r}"
     src = src.replace(imp, "")
-  ns = dict(_functions(os.path.join(tree, "smp", "misc.py"), ("listinstr", "cn_string")),
-            os=os, DATASET_TYPE=lambda *_: pytest.fail("DATASET_TYPE reached"))
   exec(compile(src, path, "exec"), ns)  # pylint: disable=exec-used
   return ns
 
