@@ -148,26 +148,3 @@ def test_dataset_type_from_name_and_override(tsvs, tmp_path):
   assert turns[1]["value"] == "<image>\nIs it red?"      # a Y/N name VLMEvalKit does not know
   with pytest.raises(ValueError, match="dataset_type"):
     tsv_records.load(str(custom), str(tsvs), 2, "Yes/No", None)
-
-
-def test_images_are_read_as_vlmevalkit_dumps_them():
-  rgba = _png(3, mode="RGBA")
-  got = Image.open(io.BytesIO(vk.dumped_image(_b64(rgba), "12.jpg")))
-  assert got.format == "JPEG" and got.mode == "RGB"
-  want = io.BytesIO()
-  Image.open(io.BytesIO(rgba)).convert("RGB").save(want, format="JPEG")
-  np.testing.assert_array_equal(np.asarray(got), np.asarray(Image.open(want)))
-  png = Image.open(io.BytesIO(vk.dumped_image(_b64(_png(4)), "12_0.png")))
-  np.testing.assert_array_equal(np.asarray(png), np.asarray(Image.open(io.BytesIO(_png(4)))))
-  with pytest.raises(ValueError, match="base64 image"):
-    vk.dumped_image("not an image", "x.jpg")
-
-
-def test_result_file_as_xlsx(tmp_path):
-  openpyxl = pytest.importorskip("openpyxl")
-  rows = [{"index": "1", "question": "q", "A": "a", "image": "..."}, {"index": "2", "question": "r"}]
-  path = vk.write_result(str(tmp_path / "m_MMStar"), ["index", "question", "A", "image"], rows,
-                         {"1": "A", "2": "B."}, "xlsx")
-  ws = openpyxl.load_workbook(path).active
-  assert [[c.value for c in r] for r in ws.iter_rows()] == [
-      ["index", "question", "A", "prediction"], [1, "q", "a", "A"], [2, "r", None, "B."]]
