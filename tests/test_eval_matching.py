@@ -59,6 +59,14 @@ def test_vqa_normalisation_and_scores_by_hand():
   assert matching.vqa_score("Invoice 12", "invoice 13", "DocVQA_VAL") == pytest.approx(1 - 1 / 10)
   assert matching.vqa_score("abcdef", "uvwxyz", "DocVQA_VAL") == 0.0      # ANLS < 0.5
   assert matching.vqa_score(" Hello ", "hello", "OCRVQA_TEST") == 1.0
+  # OCRBench: a reference inside the prediction; formulas compare without spaces.
+  assert matching.vqa_score("It reads STOP here", "['stop', 'halt']", "OCRBench") == 1.0
+  assert matching.vqa_score("x ^ 2", "['x^2']", "OCRBench",
+                            category="Handwritten Mathematical Expression Recognition") == 1.0
+  assert matching.vqa_score("X^2", "['x^2']", "OCRBench",
+                            category="Handwritten Mathematical Expression Recognition") == 0.0
+  # Other names: the normalised answers equal (one reference is enough, unlike VQA-v2).
+  assert matching.vqa_score("Two.", "2", "MyOpenended") == 1.0
 
 
 def test_row_scores_and_circular_summary():
@@ -108,7 +116,7 @@ def test_vqa_scores_equal_the_release_on_generated_answers():
       np=np, Optional=typing.Optional, re=re, math=math)
   answers = _answers(1, 400)
   for dataset in ("TextVQA_VAL", "ChartQA_TEST", "OCRVQA_TEST", "GQA_TestDev_Balanced",
-                  "DocVQA_VAL", "OCRBench"):
+                  "DocVQA_VAL", "MyOpenended"):
     for k, pred in enumerate(answers):
       refs = answers[k + 1:k + 11] if dataset == "TextVQA_VAL" else answers[k + 1:k + 2]
       ref = str(refs) if len(refs) > 1 else (refs[0] if refs else "x")

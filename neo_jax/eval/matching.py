@@ -8,7 +8,8 @@
   punctuation-processed words hold "yes" and not "no", "No" the other way, else "Unknown".
 * VQA (vlmeval/dataset/utils/vqa_eval.py ``process_line``): the VQA-v2 answer
   normalisation (punctuation, number words, articles, contractions) with the VQA score,
-  ANLS, relaxed accuracy (ChartQA) or exact accuracy, chosen by the dataset name.
+  ANLS, relaxed accuracy (ChartQA) or exact accuracy, chosen by the dataset name;
+  OCRBench's substring rule (image_vqa.py ``OCRBench.evaluate``).
 
 No judge model: VLMEvalKit's ``exact_matching`` mode.
 """
@@ -156,7 +157,10 @@ def references(answer: Any) -> list[str]:
 
 
 def vqa_method(dataset: str) -> str:
-  """``ImageVQADataset.evaluate``'s choice by dataset name."""
+  """The VQA score of a dataset: ``ImageVQADataset.evaluate``'s choice by name,
+  ``OCRBench.evaluate``'s substring rule, else "exact" (ours: VLMEvalKit scores other
+  VQA sets with their own judges or, for a custom TSV, not at all; this is
+  ``process_line``'s plain branch, the normalised answers equal)."""
   if "TextVQA" in dataset:
     return "vqa_score"
   if "ChartQA" in dataset:
@@ -165,12 +169,28 @@ def vqa_method(dataset: str) -> str:
     return "accuracy"
   if "DocVQA" in dataset or "InfoVQA" in dataset:
     return "anls"
-  return "default"
+  if "OCRBench" in dataset:
+    return "ocrbench"
+  return "exact"
 
 
-def vqa_score(prediction: str, answer: Any, dataset: str, anls_threshold: float = 0.5) -> float:
-  """One row's VQA score in [0, 1] (``process_line`` + ``hit_calculate``)."""
+def ocrbench_hit(prediction: str, refs: list[str], category: str) -> bool:
+  """``OCRBench.evaluate``: a reference occurs in the prediction (lower-cased, stripped,
+  newlines as spaces; handwritten formulas: all spaces removed, case kept)."""
+  if category == "Handwritten Mathematical Expression Recognition":
+    squeeze = lambda t: t.strip().replace("\n", " ").replace(" ", "")
+    return any(squeeze(r) in squeeze(prediction) for r in refs)
+  flat = lambda t: t.lower().strip().replace("\n", " ")
+  return any(flat(r) in flat(prediction) for r in refs)
+
+
+def vqa_score(prediction: str, answer: Any, dataset: str, anls_threshold: float = 0.5,
+              category: str = "") -> float:
+  """One row's VQA score in [0, 1] (``process_line`` + ``hit_calculate``; OCRBench's rule;
+  ``vqa_method``)."""
   refs, method = references(answer), vqa_method(dataset)
+  if method == "ocrbench":
+    return float(ocrbench_hit(prediction, refs, category))
   if method == "vqa_score":      # min(1, #other annotators agreeing / 3), averaged
     gt, pred = [normalize_vqa(r) for r in refs], normalize_vqa(prediction)
     scores = [min(1.0, sum(o == pred for j, o in enumerate(gt) if j != i) / 3)

@@ -3,7 +3,8 @@
 Per row (``score_row``): MCQ, the extracted letter against ``answer`` (MMMU: an open
 question becomes option A = its answer, B = "Other Answers", as ``MMMU_preproc``);
 Y/N, the extracted "Yes" / "No" against ``answer`` (AMBER ignores case); VQA, the
-dataset's VQA score. Per dataset (``summarize``): the mean and the mean per
+dataset's VQA score (``matching.vqa_method``: VLMEvalKit's for TextVQA, ChartQA, OCRVQA,
+GQA, DocVQA, InfoVQA and OCRBench, else the normalised exact match, ours). Per dataset (``summarize``): the mean and the mean per
 ``category`` / ``l2-category``; for MMBench-like names also the circular accuracy
 (VLMEvalKit's headline number there): a question (``index`` mod 1e6) counts once every
 rotation of it was extracted and right (integer ``index`` values). Benchmark-specific ratings (MME's score,
@@ -44,7 +45,8 @@ def score_row(row: dict[str, Any], prediction: str, dataset: str, score_type: st
     want = str(row.get("answer", ""))
     same = got.lower() == want.lower() if "AMBER" in dataset else got == want
     return {"score": float(same), "parsed": got != "Unknown", "extracted": got}
-  return {"score": matching.vqa_score(prediction, row.get("answer", ""), dataset),
+  return {"score": matching.vqa_score(prediction, row.get("answer", ""), dataset,
+                                     category=str(row.get("category", ""))),
           "parsed": True, "extracted": ""}
 
 
@@ -54,6 +56,8 @@ def summarize(dataset: str, score_type: str, rows: list[dict[str, Any]],
   have = [r for r in rows if r["index"] in scored]
   out: dict[str, Any] = {"type": score_type, "records": len(have),
                          "unparsed": sum(not scored[r["index"]]["parsed"] for r in have)}
+  if score_type == "VQA":
+    out["vqa_method"] = matching.vqa_method(dataset)
   if not have:
     return out
   out["accuracy"] = sum(scored[r["index"]]["score"] for r in have) / len(have)

@@ -152,3 +152,26 @@ def build_prompt(ov: bool, dataset_type: str):
     line = pd.Series({k: (float("nan") if v is None else v) for k, v in row.items()})
     return ns["build_prompt"](_Model(paths), line, dataset)
   return run
+
+
+def vlmeval_dataset_modules() -> dict[str, Any]:
+  """VLMEvalKit's ``image_mcq``, ``image_yorn`` and ``image_vqa`` dataset modules, imported
+  from the release (``vlmeval`` and ``vlmeval.dataset`` stand as bare packages, so only
+  these modules and ``vlmeval.smp`` run, not every model and data set of the package).
+  Skips without what they import (pandas, openpyxl, xlsxwriter, validators, sty,
+  matplotlib, portalocker, huggingface_hub)."""
+  import sys  # pylint: disable=import-outside-toplevel
+  import types  # pylint: disable=import-outside-toplevel
+  tree = _tree(False)
+  for mod in ("pandas", "openpyxl", "xlsxwriter", "validators", "sty", "matplotlib",
+              "portalocker", "huggingface_hub"):
+    pytest.importorskip(mod)
+  for name, path in (("vlmeval", tree), ("vlmeval.dataset", os.path.join(tree, "dataset"))):
+    if name not in sys.modules:
+      pkg = types.ModuleType(name)
+      pkg.__path__ = [path]
+      sys.modules[name] = pkg
+  import importlib  # pylint: disable=import-outside-toplevel
+  out = {n: importlib.import_module(f"vlmeval.dataset.{n}")
+         for n in ("image_mcq", "image_yorn", "image_vqa")}
+  return out
