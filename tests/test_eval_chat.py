@@ -87,3 +87,13 @@ def test_loglikelihood_equals_float64_log_softmax():
   assert [g for _, g in got] == [False, True, False]
   with pytest.raises(ValueError, match="empty"):
     likelihood.LogLikelihood(cfg)(params, prompts[:1], [[]])
+
+
+def test_preset_system_message_on_json_records():
+  from neo_jax.eval import runner  # pylint: disable=import-outside-toplevel
+  rec = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "x"}]}
+  got = runner._with_system(rec, presets.get("neo_ov"))  # pylint: disable=protected-access
+  assert got["conversations"][0] == {"from": "system", "value": "Reason step by step."}
+  assert runner._with_system(rec, presets.get("neo")) is rec       # NEO sets none
+  own = {"conversations": [{"from": "system", "value": "Mine."}] + rec["conversations"]}
+  assert runner._with_system(own, presets.get("neo_ov")) is own

@@ -90,6 +90,7 @@ class _NeoJax(lmms):
 
   @property
   def batch_size(self):
+    """Requests decoded together (``--batch_size``)."""
     return self.batch_size_per_gpu
 
   def _options(self, rec: dict, gen: chat.Generation) -> dict:
@@ -166,6 +167,7 @@ class _NeoJax(lmms):
     return out
 
   def generate_until_multi_round(self, requests):
+    """Not implemented (multi-round tasks)."""
     raise NotImplementedError("neo_jax: multi-round generation is not implemented")
 
 
@@ -174,6 +176,7 @@ class NeoJaxChat(_NeoJax):
   is_simple = False
 
   def generate_until(self, requests) -> list[str]:
+    """Answers of chat requests ``(ctx, doc_to_messages, gen_kwargs, doc_id, task, split)``."""
     jobs = []
     for r in requests:
       _, doc_to_messages, gen_kwargs, doc_id, task, split = r.args
@@ -181,6 +184,7 @@ class NeoJaxChat(_NeoJax):
     return self._generate(jobs)
 
   def loglikelihood(self, requests):
+    """Needs the simple model (``--force_simple``)."""
     raise NotImplementedError("neo_jax: loglikelihood requests need the simple model "
                               "(lmms-eval --force_simple).")
 
@@ -194,6 +198,7 @@ class NeoJaxSimple(_NeoJax):
     return chat.visuals_to_messages(ctx, doc_to_visual(doc) if doc_to_visual else [])
 
   def generate_until(self, requests) -> list[str]:
+    """Answers of simple requests ``(ctx, gen_kwargs, doc_to_visual, doc_id, task, split)``."""
     jobs = []
     for r in requests:
       ctx, gen_kwargs, doc_to_visual, doc_id, task, split = r.args

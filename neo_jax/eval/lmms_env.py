@@ -78,6 +78,7 @@ def build(venv: str, *, install_neo_jax: bool = True, log=print) -> str:
 
 
 def main(argv=None) -> None:
+  """``--venv DIR``: build it; ``--print`` (or nothing): list the eval requirements."""
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--venv", help="where to create the environment")
   p.add_argument("--print", action="store_true", help="print the eval requirements and exit")

@@ -7,7 +7,8 @@ batch at a time. Processing options per record: the record's own (an embedded ta
 or the checkpoint's trained processing for its modality, then the preset's (per
 dataset), then the user's flags (``presets.combine``). Generation per record: greedy
 with ``max_new_tokens``, or the preset's sampling and length for its dataset, with the
-user's flags over both.
+user's flags over both. With a preset, a record without a system turn gets the
+preset's system message (TSV records have theirs from the start).
 """
 
 from __future__ import annotations
@@ -78,6 +79,16 @@ class _Options:
       self.logged.add(dataset)
       print(presets.describe(self.preset, dataset, self.explicit), file=sys.stderr)
     return presets.combine(base, presets.dataset_processing(self.preset, dataset), self.explicit)
+
+
+def _with_system(rec: dict, preset) -> dict:
+  """A record without a system turn gets the preset's system message (NEO-ov's "Reason
+  step by step."), as the release's evaluation sets it for every question."""
+  convs = rec.get("conversations")
+  if (preset is None or not preset.system or "_bench" in rec or not isinstance(convs, list)
+      or any(isinstance(c, dict) and c.get("from", c.get("role")) == "system" for c in convs)):
+    return rec
+  return dict(rec, conversations=[{"from": "system", "value": preset.system}] + convs)
 
 
 def _generation(rec: dict, gen: GenerationFlags, preset) -> tuple[Any, int]:
@@ -160,6 +171,7 @@ def evaluate(items, *, ckpt: str, metric: str, batch_size: int, gen: GenerationF
         raise BadSample("bad_record", rec.get("_bad", "not an object") if isinstance(rec, dict)
                         else f"record of type {type(rec).__name__}")
       o = options(rec, opts)
+      rec = _with_system(rec, preset)
       key = tuple(sorted(o.items()))
       if key not in processors:
         processors[key] = processor_lib.SampleProcessor(
