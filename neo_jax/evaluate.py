@@ -2,8 +2,12 @@
 
     python -m neo_jax.evaluate --ckpt DIR --data records.jsonl[,embedded:digit,...] \\
         --metric exact|mcq --out DIR [--limit N] [--batch_size 16]
+    python -m neo_jax.evaluate --ckpt DIR --data MMBench_DEV_EN.tsv --preset neo --out DIR
 
-``--data``: comma-separated; a release-format JSON / JSONL file (each record's last
+``--data``: comma-separated; a VLMEvalKit TSV (``X.tsv``: the release's prompts for the
+dataset named by the file, or ``--dataset_type``; scored as VLMEvalKit's exact matching;
+``<model>_<X>.xlsx`` or ``.tsv`` written for VLMEvalKit's own scripts; ``eval/``), a
+release-format JSON / JSONL file (each record's last
 assistant turn is the reference answer; images / videos relative to the record's
 ``data_path``, else ``--data_root``, else the file's folder; an optional
 ``"options": {"A": ...}`` helps multiple choice) or ``embedded:<task>`` (the
@@ -11,7 +15,8 @@ embedded data set's held-out split with the task's pixel options, what the
 trainer's evaluator scores). Each record's ``task`` (else the data name) groups the
 summary.
 
-Writes ``--out/predictions.jsonl`` (id, task, prediction, answer, correct) and
+Writes ``--out/predictions.jsonl`` (id, task, prediction, answer, correct, the prompt's
+user turn and system message; a TSV row's index, score, extracted answer) and
 ``--out/summary.json`` (accuracy overall and per task, counts, skipped records by
 reason); a bad record is a counted skip (``--strict`` raises). Several processes
 (``--coordinator_address/--num_processes/--process_id``, or ``launch/local.py``)
@@ -22,8 +27,12 @@ checkpoint's ``processing.json``, per record modality; one log line names the tr
 source, ``--source`` picks another; ``--max_pixels``, ``--max_frames`` ... override);
 ``embedded:<task>`` uses the task's own options. ``--metric mcq`` on records without
 ``options`` says so once and compares a bare letter / digit, or the option text, with
-the reference. A missing ``--data`` file, no records, or a ``--ckpt`` that is not a
-checkpoint prints one line and exits with status 2.
+the reference. ``--preset neo|neo_ov`` applies the release's evaluation processing,
+prompts and generation settings (``eval/presets.py``) over the trained processing; the
+processing, sampling and ``--max_new_tokens`` flags a user sets win over the preset (one
+log line says which applied). A missing ``--data`` file, no records, a TSV that is not
+VLMEvalKit's, or a ``--ckpt`` that is not a checkpoint prints one line and exits with
+status 2.
 """
 
 from neo_jax import platform as _platform
@@ -34,7 +43,6 @@ _platform.guard_network()
 import collections  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
-import sys  # noqa: E402
 import time  # noqa: E402
 
 from absl import app, flags, logging  # noqa: E402
@@ -54,17 +62,39 @@ _STRICT = flags.DEFINE_bool("strict", False, "Raise on a bad record instead of s
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NPROC = flags.DEFINE_integer("num_processes", None, "Number of processes.")
 _PID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_DTYPE_TSV = flags.DEFINE_enum("dataset_type", None, ["MCQ", "Y/N", "VQA"],
+                               "VLMEvalKit dataset type of the TSVs (default: from the name).")
+_MODEL_NAME = flags.DEFINE_string("model_name", None, "Model name of the VLMEvalKit result file "
+                                  "(default: the --ckpt folder's name).")
+_RESULT_FORMAT = flags.DEFINE_enum("result_format", "auto", ["auto", "xlsx", "tsv"],
+                                   "VLMEvalKit result file: xlsx (needs openpyxl) or tsv.")
+_SEED = flags.DEFINE_integer("seed", 0, "PRNG seed of sampling.")
 cli.define_processing_flags()
+cli.define_preset_flags()
 flags.mark_flags_as_required(["ckpt", "data", "out"])
 
 
-def load_records(spec: str, data_root: str | None, limit: int) -> list[tuple[str, dict, dict]]:
-  """``[(data name, record, ProcessOptions overrides)]`` of one ``--data`` entry.
+def load_records(spec: str, data_root: str | None, limit: int, tables: dict | None = None,
+                 dataset_type: str | None = None, preset=None) -> list[tuple[str, dict, dict]]:
+  """``[(data name, record, ProcessOptions overrides)]`` of one ``--data`` entry; a TSV's
+  ``eval.tsv_records.Table`` is added to ``tables``.
 
   Raises:
-    cli.UserError: a file that does not exist or is not JSON, an unknown task.
+    cli.UserError: a file that does not exist or is not JSON / a VLMEvalKit TSV, an
+      unknown task.
   """
   from neo_jax.data import embedded  # pylint: disable=g-import-not-at-top
+  if spec.endswith(".tsv"):
+    from neo_jax.eval import tsv_records  # pylint: disable=g-import-not-at-top
+    if not os.path.exists(spec):
+      raise cli.UserError(f"--data file {spec} does not exist.")
+    try:
+      items, table = tsv_records.load(spec, data_root, limit, dataset_type, preset)
+    except (ValueError, UnicodeDecodeError) as e:
+      raise cli.UserError(f"--data {spec}: {e}") from e
+    if tables is not None:
+      tables[table.name] = table
+    return items
   if spec.startswith("embedded:"):
     task = spec.split(":", 1)[1]
     if task not in embedded.TASKS:
@@ -103,99 +133,6 @@ def load_records(spec: str, data_root: str | None, limit: int) -> list[tuple[str
   return [(name, r, opts) for r in recs]
 
 
-def _score(metric: str, pred: str, rec: dict, answer: str) -> tuple[bool, bool]:
-  from neo_jax.infer import scoring  # pylint: disable=g-import-not-at-top
-  if metric == "mcq":
-    if not rec.get("options"):
-      return scoring.mcq_match_without_options(pred, answer)
-    return scoring.mcq_match(pred, answer, rec.get("options"))
-  return scoring.exact_match(pred, answer), True
-
-
-def _record_options(ckpt: str, rec: dict, cache: dict, source: str | None,
-                    explicit: dict) -> dict:
-  """Trained processing for a JSON record's modality (cached per modality)."""
-  imgs = rec.get("image", []) if isinstance(rec, dict) else []
-  n = len(imgs) if isinstance(imgs, (list, tuple)) else int(bool(imgs))
-  key = (min(n, 2), isinstance(rec, dict) and rec.get("video") is not None)
-  if key not in cache:
-    cache[key] = cli.processing_options(ckpt, num_images=key[0], video=key[1], source=source,
-                                        explicit=explicit, log=lambda s: print(s, file=sys.stderr))
-  return cache[key]
-
-
-def evaluate(items, *, ckpt: str, metric: str, batch_size: int, max_new_tokens: int,
-             dtype: str | None, strict: bool, source: str | None = None,
-             explicit: dict | None = None) -> tuple[list[dict], dict]:
-  """Predictions and skip counts for ``items`` (``load_records`` entries).
-
-  ``source`` / ``explicit``: the ``--source`` and processing flags (``infer/cli.py``);
-  JSON records default to the checkpoint's trained processing.
-  """
-  import tqdm  # pylint: disable=g-import-not-at-top
-  from neo_jax.data import processor as processor_lib  # pylint: disable=g-import-not-at-top
-  from neo_jax.data.errors import BadSample  # pylint: disable=g-import-not-at-top
-  from neo_jax.data.tokenizer import get_tokenizer  # pylint: disable=g-import-not-at-top
-  from neo_jax.infer import checkpoints, decode  # pylint: disable=g-import-not-at-top
-  cfg, params, tok_kind, desc = checkpoints.load(ckpt, overrides={"dtype": dtype} if dtype else {})
-  print(f"Loaded {desc} (compute {cfg.dtype}); {len(items)} records.", file=sys.stderr)
-  tok = get_tokenizer(tok_kind)
-  gen = decode.Generator(cfg)
-  skipped = collections.Counter()
-  prompts, processors, trained = [], {}, {}
-  explicit = explicit or {}
-  if metric == "mcq":
-    bare = sum(1 for _, r, _ in items if isinstance(r, dict) and not r.get("options"))
-    if bare:
-      logging.warning("--metric mcq: %d of %d records have no 'options'; their answers are "
-                      "scored as a bare letter / digit, or as the option text, against the "
-                      "reference.", bare, len(items))
-  for i, (name, rec, opts) in enumerate(items):
-    rid = rec.get("id", rec.get("_id", f"{name}/{i}")) if isinstance(rec, dict) else f"{name}/{i}"
-    try:
-      if not isinstance(rec, dict) or "_bad" in rec:
-        raise BadSample("bad_record", rec.get("_bad", "not an object") if isinstance(rec, dict)
-                        else f"record of type {type(rec).__name__}")
-      opts = (dict(opts, **explicit) if opts else
-              _record_options(ckpt, rec, trained, source, explicit))
-      key = tuple(sorted(opts.items()))
-      if key not in processors:
-        processors[key] = processor_lib.SampleProcessor(
-            processor_lib.ProcessOptions(**opts, tokenizer=tok_kind))
-      ex = processors[key].process(rec, prompt_only=True)
-    except BadSample as e:
-      if strict:
-        raise processor_lib.BadRecordError(f"record {rid}: {e}") from e
-      skipped[e.reason] += 1
-      logging.warning("Skipped record %s (%s): %s", rid, e.reason, e.detail)
-      continue
-    prompts.append((rid, rec.get("task", name), rec, ex))
-  out = []
-  for k in tqdm.tqdm(range(0, len(prompts), batch_size), desc="evaluate", unit="batch",
-                     disable=not sys.stderr.isatty()):
-    chunk = prompts[k:k + batch_size]
-    ids = gen.generate(params, [c[3] for c in chunk], max_new_tokens=max_new_tokens,
-                       stop_ids=(tok.im_end_id,))
-    for (rid, task, rec, ex), g in zip(chunk, ids):
-      pred = tok.decode(g)
-      correct, parsed = _score(metric, pred, rec, ex["answer"])
-      out.append({"id": rid, "task": task, "prediction": pred, "answer": ex["answer"],
-                  "correct": bool(correct), "parsed": bool(parsed)})
-  return out, dict(skipped)
-
-
-def summarize(preds: list[dict], skipped: dict, metric: str) -> dict:
-  """Accuracy overall and per task, counts, unparsed answers, skips."""
-  by = collections.defaultdict(list)
-  for p in preds:
-    by[p["task"]].append(p["correct"])
-  return {"metric": metric, "records": len(preds),
-          "accuracy": sum(p["correct"] for p in preds) / max(len(preds), 1),
-          "per_task": {t: {"accuracy": sum(v) / len(v), "records": len(v)}
-                       for t, v in sorted(by.items())},
-          "unparsed": sum(not p["parsed"] for p in preds), "skipped": skipped}
-
-
 @cli.user_errors
 def main(argv):
   del argv
@@ -206,15 +143,23 @@ def main(argv):
     from neo_jax.train import distributed  # pylint: disable=g-import-not-at-top
     distributed.initialize(_COORD.value, _NPROC.value, _PID.value)
   pi, pc = jax.process_index(), jax.process_count()
+  from neo_jax.eval import presets, runner  # pylint: disable=g-import-not-at-top
+  try:
+    preset = presets.get(flags.FLAGS.preset)
+  except ValueError as e:
+    raise cli.UserError(str(e)) from e
+  tables = {}
   items = [it for spec in _DATA.value.split(",") if spec.strip()
-           for it in load_records(spec.strip(), _DATA_ROOT.value, _LIMIT.value)]
+           for it in load_records(spec.strip(), _DATA_ROOT.value, _LIMIT.value, tables,
+                                  _DTYPE_TSV.value, preset)]
   if not items:
     raise cli.UserError(f"--data={_DATA.value!r} names no records.")
   t0 = time.perf_counter()
-  preds, skipped = evaluate(items[pi::pc], ckpt=_CKPT.value, metric=_METRIC.value,
-                            batch_size=_BATCH.value, max_new_tokens=_MAX_NEW.value,
-                            dtype=_DTYPE.value, strict=_STRICT.value,
-                            source=flags.FLAGS.source, explicit=cli.explicit_flags())
+  gen = runner.GenerationFlags(_MAX_NEW.value, cli.explicit_generation_flags(), _SEED.value)
+  preds, skipped = runner.evaluate(items[pi::pc], ckpt=_CKPT.value, metric=_METRIC.value,
+                                   batch_size=_BATCH.value, gen=gen, dtype=_DTYPE.value,
+                                   strict=_STRICT.value, source=flags.FLAGS.source,
+                                   explicit=cli.explicit_flags(), preset=preset)
   os.makedirs(_OUT.value, exist_ok=True)
   part = os.path.join(_OUT.value, f"predictions-{pi}-of-{pc}.jsonl")
   with open(part, "w") as f:
@@ -237,12 +182,32 @@ def main(argv):
     os.remove(part + ".skipped.json")
   with open(os.path.join(_OUT.value, "predictions.jsonl"), "w") as f:
     f.write("".join(json.dumps(p) + "\n" for p in all_preds))
-  summary = summarize(all_preds, dict(all_skipped), _METRIC.value)
+  summary = runner.summarize(all_preds, dict(all_skipped), _METRIC.value)
+  if tables:
+    summary["benchmarks"] = _benchmarks(tables, all_preds)
   summary["wall_s"] = time.perf_counter() - t0
   with open(os.path.join(_OUT.value, "summary.json"), "w") as f:
     json.dump(summary, f, indent=2)
   print(json.dumps({k: summary[k] for k in ("metric", "records", "accuracy", "per_task",
-                                            "unparsed", "skipped")}, indent=2))
+                                            "unparsed", "skipped", "benchmarks")
+                    if k in summary}, indent=2))
+
+
+def _benchmarks(tables: dict, preds: list[dict]) -> dict:
+  """Per TSV: VLMEvalKit's scores (``eval/scores.py``) and its result file's path."""
+  from neo_jax.eval import scores  # pylint: disable=g-import-not-at-top
+  from neo_jax.eval import vlmevalkit as vk  # pylint: disable=g-import-not-at-top
+  model = _MODEL_NAME.value or os.path.basename(cli.checkpoint_dir(_CKPT.value)) or "neo_jax"
+  out = {}
+  for name, t in tables.items():
+    mine = {p["index"]: p for p in preds if p["task"] == name and "index" in p}
+    res = scores.summarize(name, t.score_type, t.rows, mine)
+    res["prompt_type"], res["prompts"], res["system"] = t.prompt_type, t.style, t.system
+    res["result_file"] = vk.write_result(
+        os.path.join(_OUT.value, f"{model}_{name}"), t.columns, t.rows,
+        {i: p["prediction"] for i, p in mine.items()}, _RESULT_FORMAT.value)
+    out[name] = res
+  return out
 
 
 if __name__ == "__main__":

@@ -96,6 +96,26 @@ def to_rgb(img: Image.Image) -> Image.Image:
   return img.convert("RGB")
 
 
+def release_eval_rgb(img: Image.Image) -> Image.Image:
+  """RGB as the release's evaluation loads an image (``load_image_native`` in
+  VLMEvalKit/vlmeval/vlm/neo/utils.py, and lmms-eval's ``neo_ov`` model).
+
+  An RGBA image with at least one fully transparent and one visible pixel is pasted
+  onto a plain background through its alpha; any other image is ``to_rgb``'s (alpha
+  dropped). The release picks black when the visible pixels' mean exceeds 382.5, but
+  that mean is over 0..255 channel values, so the background is always white; this
+  keeps the release's outcome.
+  """
+  if img.mode != "RGBA":
+    return to_rgb(img)
+  alpha = np.asarray(img.getchannel("A"))
+  if not (alpha == 0).any() or not (alpha > 0).any():
+    return to_rgb(img)
+  background = Image.new("RGB", img.size, (255, 255, 255))
+  background.paste(img, mask=img.getchannel("A"))
+  return background
+
+
 def probe_image(src: Any, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
                 ) -> tuple[Image.Image, str]:
   """Opens an image source without decoding its pixels (the header gives the size).
@@ -143,8 +163,10 @@ def probe_image(src: Any, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
   return img, name
 
 
-def load_image(img: Image.Image, name: str = "<image>") -> Image.Image:
-  """Decodes a ``probe_image`` result to an RGB ``PIL.Image`` (``to_rgb``).
+def load_image(img: Image.Image, name: str = "<image>", composite_rgba: bool = False
+               ) -> Image.Image:
+  """Decodes a ``probe_image`` result to an RGB ``PIL.Image`` (``to_rgb``, or
+  ``release_eval_rgb`` with ``composite_rgba``).
 
   Raises:
     BadSample("corrupt_file"): Pillow cannot decode the data.
@@ -153,7 +175,7 @@ def load_image(img: Image.Image, name: str = "<image>") -> Image.Image:
     with warnings.catch_warnings():
       warnings.simplefilter("error", Image.DecompressionBombWarning)
       img.load()
-      return to_rgb(img)
+      return release_eval_rgb(img) if composite_rgba else to_rgb(img)
   except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
     raise BadSample("decompression_bomb", f"{name}: {e}") from e
   except Exception as e:  # Pillow raises many types for bad data.

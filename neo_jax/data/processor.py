@@ -64,6 +64,12 @@ class ProcessOptions:
     fewer pixels, ``fitting.py``) or skipped as ``too_long``.
   tokenizer: ``get_tokenizer`` kind.
   strict: raise ``BadRecordError`` instead of returning a skip marker.
+  share_pixel_budget: False = every image gets the whole ``max_pixels`` and every
+    video frame the whole ``video_max_pixels`` (the release's evaluation,
+    ``neo_chat.py``: ``load_image_native`` per image / frame) instead of sharing them.
+  frame_cap_rule: how a capped video sample is spread (``video.CAP_RULES``).
+  composite_rgba: RGBA images as the release's evaluation loads them
+    (``images.release_eval_rgb``) instead of dropping alpha.
   """
   min_pixels: int = 65536
   max_pixels: int = 4194304
@@ -78,6 +84,9 @@ class ProcessOptions:
   max_visual_tokens: int = 0
   tokenizer: str = "embedded"
   strict: bool = False
+  share_pixel_budget: bool = True
+  frame_cap_rule: str = "span"
+  composite_rgba: bool = False
 
   @property
   def limits(self) -> fitting.Limits:
@@ -189,7 +198,8 @@ class SampleProcessor:
   def _images(self, srcs: list, root: str | None, turns, tok, prompt_only: bool):
     """``(pixels, grids, fitted)`` of a sample's images, fitted to the limits."""
     o = self.options
-    budget = images_lib.per_image_max_pixels(o.max_pixels, o.min_pixels, len(srcs))
+    budget = (images_lib.per_image_max_pixels(o.max_pixels, o.min_pixels, len(srcs))
+              if o.share_pixel_budget else o.max_pixels)
     probed = [images_lib.probe_image(_resolve(s, root), o.max_image_pixels) for s in srcs]
     fitted = ""
     if probed and o.limits.active:
@@ -204,7 +214,8 @@ class SampleProcessor:
         budget, fitted = fit, fitting.FITTED_PIXELS
     pixels, grids = [], []
     for img, name in probed:
-      px, grid = images_lib.native_tokens(images_lib.load_image(img, name), o.min_pixels, budget)
+      px, grid = images_lib.native_tokens(images_lib.load_image(img, name, o.composite_rgba),
+                                          o.min_pixels, budget)
       pixels.append(px)
       grids.append(grid)
     return pixels, grids, fitted
@@ -216,14 +227,15 @@ class SampleProcessor:
     chosen: dict[str, Any] = {}
 
     def plan(info: video_lib.VideoInfo) -> int:
-      budget = video_lib.per_frame_max_pixels(o.video_max_pixels, o.video_min_pixels, info.sampled)
+      budget = (video_lib.per_frame_max_pixels(o.video_max_pixels, o.video_min_pixels, info.sampled)
+                if o.share_pixel_budget else o.video_max_pixels)
       chosen["budget"] = budget
       if not o.limits.active or not info.height or not info.width:
         return info.sampled
 
       def text_tokens(n: int) -> int:
         stamps = [i / info.fps for i in video_lib.sample_frame_indices(
-            info.num_frames, info.fps, o.video_fps, n)]
+            info.num_frames, info.fps, o.video_fps, n, o.frame_cap_rule)]
         return self._text_tokens(_insert_video(turns, video_lib.video_prompt(info.duration, stamps)),
                                  tok, n, prompt_only)
 
@@ -245,10 +257,11 @@ class SampleProcessor:
       fps = float(video.get("fps", o.frame_list_fps)) if isinstance(video, dict) else o.frame_list_fps
       out, stamps, duration = video_lib.frame_list_video(
           [_resolve(f, root) for f in frames], fps, o.video_fps, o.max_frames, o.max_image_pixels,
-          plan=plan, convert=convert)
+          plan=plan, convert=convert, cap_rule=o.frame_cap_rule)
     else:
       out, stamps, duration = video_lib.decode_video(_resolve(video, root), o.video_fps,
-                                                     o.max_frames, plan=plan, convert=convert)
+                                                     o.max_frames, plan=plan, convert=convert,
+                                                     cap_rule=o.frame_cap_rule)
     turns = _insert_video(turns, video_lib.video_prompt(duration, stamps))
     return turns, [px for px, _ in out], [g for _, g in out], chosen.get("fitted", "")
 

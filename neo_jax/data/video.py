@@ -42,28 +42,39 @@ Plan = Callable[[VideoInfo], int]
 Convert = Callable[[Image.Image], Any]
 
 
+# How a capped sample is spread (``sample_frame_indices``): "span", ``num_frames / n``
+# (the n frames cover the whole clip), or "release_eval", ``num_frames / (n + 1)`` (the
+# release's NEO-ov evaluation, VLMEvalKit_ov/vlmeval/dataset/videomme.py:233).
+CAP_RULES = ("span", "release_eval")
+
+
 def sample_frame_indices(num_frames: int, native_fps: float, target_fps: float,
-                         max_frames: int = MAX_FRAMES) -> list[int]:
+                         max_frames: int = MAX_FRAMES, cap_rule: str = "span") -> list[int]:
   """Frame indices sampled uniformly at ``target_fps``, at most ``max_frames``.
 
   ``n = int(duration * target_fps)`` frames at step ``native_fps / target_fps``
   (the release's Video-MME loader); if that exceeds ``max_frames`` (or the
-  frame count) ``n`` is capped and the step becomes ``num_frames / n``.
-  At least one frame.
+  frame count) ``n`` is capped and the step becomes ``num_frames / n``
+  (``cap_rule="span"``) or ``num_frames / (n + 1)`` (``"release_eval"``), from
+  frame 0. At least one frame.
 
   Args:
     num_frames: frames in the video (> 0); native_fps: [frames/s] of the file;
-    target_fps: [frames/s] wanted; max_frames: cap (<= 128 by NEO-ov).
+    target_fps: [frames/s] wanted; max_frames: cap (128 in NEO-ov training, 256
+    in its evaluation); cap_rule: one of ``CAP_RULES``.
   Returns:
     increasing frame indices in ``[0, num_frames)``.
   Raises:
-    ValueError: non-positive counts or rates.
+    ValueError: non-positive counts or rates, an unknown ``cap_rule``.
   """
   if num_frames <= 0 or native_fps <= 0 or target_fps <= 0 or max_frames <= 0:
     raise ValueError(f"bad video sampling args {num_frames=} {native_fps=} {target_fps=} {max_frames=}")
+  if cap_rule not in CAP_RULES:
+    raise ValueError(f"cap_rule {cap_rule!r} is not one of {CAP_RULES}")
   n_fps = int(num_frames / native_fps * target_fps)
   n = max(1, min(n_fps, max_frames, num_frames))
-  step = native_fps / target_fps if n == n_fps else num_frames / n
+  step = (native_fps / target_fps if n == n_fps else
+          num_frames / n if cap_rule == "span" else num_frames / (n + 1))
   return [min(int(i * step), num_frames - 1) for i in range(n)]
 
 
@@ -174,8 +185,8 @@ def _sampled_frames(container, stream, targets: Sequence[float], start: float,
 
 
 def decode_video(path: str, target_fps: float, max_frames: int = MAX_FRAMES,
-                 plan: Plan | None = None, convert: Convert | None = None
-                 ) -> tuple[list[Any], list[float], float]:
+                 plan: Plan | None = None, convert: Convert | None = None,
+                 cap_rule: str = "span") -> tuple[list[Any], list[float], float]:
   """Decodes only the sampled frames of a video file with PyAV.
 
   The frame count ``round(duration * fps)`` (or the header's) and
@@ -194,6 +205,7 @@ def decode_video(path: str, target_fps: float, max_frames: int = MAX_FRAMES,
       again uniformly over the whole clip (``sample_frame_indices`` with that cap).
     convert: applied to each decoded RGB frame at once (e.g. resize + patchify);
       its results are returned instead of the frames.
+    cap_rule: how a capped sample is spread (``sample_frame_indices``).
   Returns:
     ``(frames (RGB PIL images, or what convert returned), timestamps [s],
     duration [s])``.
@@ -210,13 +222,13 @@ def decode_video(path: str, target_fps: float, max_frames: int = MAX_FRAMES,
 
   def sample(container, count, fps, start, duration, seekable):
     count = count or max(1, round(duration * fps))
-    idx = sample_frame_indices(count, fps, target_fps, max_frames)
+    idx = sample_frame_indices(count, fps, target_fps, max_frames, cap_rule)
     stream = container.streams.video[0]
     if plan is not None:
       ctx = stream.codec_context
       n = plan(VideoInfo(count, fps, duration, int(ctx.height or 0), int(ctx.width or 0), len(idx)))
       if n < len(idx):
-        idx = sample_frame_indices(count, fps, target_fps, n)
+        idx = sample_frame_indices(count, fps, target_fps, n, cap_rule)
     to_rgb = lambda fr: images_lib.to_rgb(fr.to_image())
     keep = to_rgb if convert is None else (lambda fr: convert(to_rgb(fr)))
     chosen = _sampled_frames(container, stream, [i / fps for i in idx], start, 0.5 / fps,
@@ -256,8 +268,8 @@ def decode_video(path: str, target_fps: float, max_frames: int = MAX_FRAMES,
 
 def frame_list_video(frames: Sequence[Any], fps: float, target_fps: float, max_frames: int = MAX_FRAMES,
                      max_image_pixels: int = images_lib.DEFAULT_MAX_IMAGE_PIXELS,
-                     plan: Plan | None = None, convert: Convert | None = None
-                     ) -> tuple[list[Any], list[float], float]:
+                     plan: Plan | None = None, convert: Convert | None = None,
+                     cap_rule: str = "span") -> tuple[list[Any], list[float], float]:
   """A list of frame images (paths, bytes, arrays) at ``fps`` treated as a video.
 
   ``plan`` sees the size of the first frame (read from its header).
@@ -266,12 +278,12 @@ def frame_list_video(frames: Sequence[Any], fps: float, target_fps: float, max_f
   if not frames:
     raise BadSample("corrupt_file", "empty frame list")
   duration = len(frames) / fps
-  idx = sample_frame_indices(len(frames), fps, target_fps, max_frames)
+  idx = sample_frame_indices(len(frames), fps, target_fps, max_frames, cap_rule)
   if plan is not None:
     first, _ = images_lib.probe_image(frames[idx[0]], max_image_pixels)
     n = plan(VideoInfo(len(frames), fps, duration, first.size[1], first.size[0], len(idx)))
     if n < len(idx):
-      idx = sample_frame_indices(len(frames), fps, target_fps, n)
+      idx = sample_frame_indices(len(frames), fps, target_fps, n, cap_rule)
   convert = convert or (lambda img: img)
   return ([convert(images_lib.open_image(frames[i], max_image_pixels)) for i in idx],
           [i / fps for i in idx], duration)

@@ -103,3 +103,33 @@ def user_errors(main: Callable) -> Callable:
       print(f"error: {e}", file=sys.stderr, flush=True)
       sys.exit(2)
   return wrapped
+
+
+# flag name -> SamplingConfig field (same name), help: generation settings a user may set
+# over a preset (``--preset``).
+SAMPLING_FLAGS = {
+    "temperature": "0 = greedy.",
+    "top_k": "Keep the k most likely tokens (0 = all).",
+    "top_p": "Keep the smallest set of tokens reaching this probability (1 = all).",
+    "repetition_penalty": "Penalty of the tokens already generated (1 = none).",
+}
+
+
+def define_preset_flags() -> None:
+  """Defines ``--preset`` (``neo_jax.eval.presets``: the release's evaluation processing,
+  prompts and generation settings; over the trained processing, under the flags the user
+  sets) and the ``SAMPLING_FLAGS`` (default: unset, i.e. greedy or the preset's)."""
+  flags.DEFINE_enum("preset", None, ["neo", "neo_ov"], "The release's evaluation settings: "
+                    "neo (NEO, VLMEvalKit) or neo_ov (NEO-ov, VLMEvalKit_ov).")
+  for name, help_text in SAMPLING_FLAGS.items():
+    define = flags.DEFINE_integer if name == "top_k" else flags.DEFINE_float
+    define(name, None, help_text + " Default: greedy, or the preset's.")
+
+
+def explicit_generation_flags(extra: tuple[str, ...] = ("max_new_tokens",)) -> dict[str, Any]:
+  """The ``SAMPLING_FLAGS`` (and ``extra`` flags) given on the command line ``{name: value}``."""
+  f = flags.FLAGS
+  out = {k: getattr(f, k) for k in SAMPLING_FLAGS if getattr(f, k) is not None}
+  out.update({k: getattr(f, k) for k in extra if k in f and f[k].present})
+  return out
+

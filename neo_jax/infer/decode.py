@@ -11,7 +11,8 @@
   with ``t = previous max t + 1`` and ``h = w = 0`` (the release's inference rule,
   NEO_SPEC §1.4, independent of the cache length), chooses the next token
   (``sampling.choose``: greedy or temperature / top-k / top-p with an explicit key;
-  image-token ids banned) and stops when every row has produced a stop id.
+  image-token ids banned; with a repetition penalty, each row's generated tokens
+  are carried as a ``[B, V]`` mask) and stops when every row has produced a stop id.
 
 Rows of different prompt lengths share one cache of ``L = S + max_new_tokens``
 positions. Under a mesh (``mesh`` and ``rules``) the parameters keep the training
@@ -151,10 +152,13 @@ class Generator:
       rng, sub = jax.random.split(rng)
       all_logits = (jnp.zeros((b, n + 1, logits0.shape[-1]), jnp.float32).at[:, 0].set(logits0)
                     if return_logits else jnp.zeros((), jnp.float32))
+      # The tokens each row generated (repetition penalty only): none before the first.
+      seen = (jnp.zeros((b, logits0.shape[-1]), bool) if scfg.repetition_penalty != 1
+              else jnp.zeros((), bool))
       return dict(cache=cache, i=jnp.zeros((), jnp.int32),
                   tok=sampling.choose(logits0, sub, scfg), t=next_t,
                   idx=lengths.astype(jnp.int32), rng=rng, done=jnp.zeros((b,), bool),
-                  out=jnp.full((b, n), NO_TOKEN, jnp.int32), logits=all_logits)
+                  out=jnp.full((b, n), NO_TOKEN, jnp.int32), logits=all_logits, seen=seen)
 
   def _loop(self, params, cache, init, *, max_new_tokens, stop_ids, scfg, return_logits):
     """One-token steps from the prefill's carry until every row stopped or ``n`` tokens."""
@@ -178,9 +182,13 @@ class Generator:
         if return_logits:
           all_logits = jax.lax.dynamic_update_slice_in_dim(all_logits, logits[:, None],
                                                            c["i"] + 1, 1)
-        return dict(cache=mut["cache"], i=c["i"] + 1, tok=sampling.choose(logits, sub, scfg),
+        seen = c["seen"]
+        if scfg.repetition_penalty != 1:  # token i joins the history the penalty reads
+          seen = seen.at[jnp.arange(seen.shape[0]), c["tok"]].set(True)
+        return dict(cache=mut["cache"], i=c["i"] + 1,
+                    tok=sampling.choose(logits, sub, scfg, seen if seen.ndim else None),
                     t=c["t"] + 1, idx=c["idx"] + 1, rng=rng, done=done, out=out,
-                    logits=all_logits)
+                    logits=all_logits, seen=seen)
 
       final = jax.lax.while_loop(cond, body, init)
     logits = final["logits"][:, :n] if return_logits else final["logits"]

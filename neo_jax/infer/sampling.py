@@ -1,9 +1,11 @@
-"""Choosing the next token from logits: greedy, temperature, top-k, top-p.
+"""Choosing the next token from logits: repetition penalty, greedy, temperature, top-k, top-p.
 
 Pure functions with explicit PRNG keys; the parameters are static (Python
 numbers), so each setting compiles once. Banned ids (the image tokens
 ``<img>``, ``<IMG_CONTEXT>``, ``</img>``, which a text decoder must never emit)
-get ``-inf`` before any choice.
+get ``-inf`` before any choice. The order is Hugging Face ``generate``'s: the
+repetition penalty first (a logits processor), then temperature, top-k, top-p
+(the sampling warpers), then argmax or a draw.
 """
 
 from __future__ import annotations
@@ -23,17 +25,25 @@ class SamplingConfig:
   top_k: keep the k most likely tokens (0 = all).
   top_p: keep the smallest set of tokens whose probability reaches p (1 = all);
     the most likely token is always kept.
+  repetition_penalty: > 0; 1 = none. The logit of every token already generated
+    is divided by it when positive, multiplied when negative (CTRL, Keskar et al.
+    2019; ``transformers.RepetitionPenaltyLogitsProcessor``), greedy or sampled.
+    "Generated" is the answer so far, not the prompt: the release's
+    ``NEOChatModel.generate`` passes the prompt as ``inputs_embeds`` only, so
+    Hugging Face's ``input_ids`` that the penalty reads start empty.
   banned_ids: ids that are never chosen.
   """
   temperature: float = 0.0
   top_k: int = 0
   top_p: float = 1.0
+  repetition_penalty: float = 1.0
   banned_ids: tuple[int, ...] = ()
 
   def __post_init__(self):
-    if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1:
+    if (self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1
+        or not self.repetition_penalty > 0):
       raise ValueError(f"Bad sampling config {self}: temperature >= 0, top_k >= 0, "
-                       "0 < top_p <= 1.")
+                       "0 < top_p <= 1, repetition_penalty > 0.")
 
 
 def ban(logits: jax.Array, banned_ids: Sequence[int]) -> jax.Array:
@@ -43,18 +53,32 @@ def ban(logits: jax.Array, banned_ids: Sequence[int]) -> jax.Array:
   return jnp.asarray(logits).at[..., jnp.asarray(banned_ids, jnp.int32)].set(-jnp.inf)
 
 
-def choose(logits: jax.Array, key: jax.Array, cfg: SamplingConfig) -> jax.Array:
+def penalize(logits: jax.Array, seen: jax.Array, penalty: float) -> jax.Array:
+  """The repetition penalty: ``logits [B, V]`` where ``seen [B, V] bool`` is set become
+  ``logit * penalty`` if negative, else ``logit / penalty`` (each token once, however
+  often it was generated: ``transformers.RepetitionPenaltyLogitsProcessor``)."""
+  logits = jnp.asarray(logits)
+  hit = jnp.where(logits < 0, logits * penalty, logits / penalty)
+  return jnp.where(seen, hit, logits)
+
+
+def choose(logits: jax.Array, key: jax.Array, cfg: SamplingConfig,
+           seen: jax.Array | None = None) -> jax.Array:
   """The next token of each row.
 
   Args:
     logits: ``[B, V] float32``.
     key: a PRNG key (unused when greedy).
     cfg: the sampling config.
+    seen: ``[B, V] bool``, the tokens each row generated so far (for
+      ``cfg.repetition_penalty``; None = none yet).
 
   Returns:
     ``[B] int32``.
   """
   logits = ban(jnp.asarray(logits, jnp.float32), cfg.banned_ids)
+  if cfg.repetition_penalty != 1 and seen is not None:
+    logits = penalize(logits, seen, cfg.repetition_penalty)
   if cfg.temperature == 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   logits = logits / cfg.temperature
