@@ -1,6 +1,6 @@
 """LM head + cross entropy: full fp32 logits vs chunked, vs gathered supervised positions.
 
-NEO_SPEC §3.5 performance note. For a [tokens, D] hidden block and the 151936-row
+docs/design.md §3.6 performance note. For a [tokens, D] hidden block and the 151936-row
 vocabulary, compiles forward+backward of three variants on the CPU and reports
 the compiled temporary memory (XLA memory_analysis), the matmul FLOPs (counted
 analytically: XLA's cost analysis counts a scan body once) and the measured

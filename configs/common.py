@@ -151,7 +151,7 @@ def recipe_config(preset: str, arg: str | None, *, ov: bool) -> ml_collections.C
   # Released sizes train on the user's data: a mixture file is required (data=...).
   c.data.mixture = a.data
   c.data.require_mixture = True
-  # Stage data defaults (NEO_SPEC §3.2, §4): pre-training 256^2..2048^2 pixels; mid-training
+  # Stage data defaults (docs/design.md §3.2, §4): pre-training 256^2..2048^2 pixels; mid-training
   # and SFT up to 4096^2; NEO-ov videos up to 128 frames and text : image : multi-image :
   # video = 2 : 4 : 1 : 1 for mixture sources that give a modality and no weight.
   c.data.options.min_pixels = v["min_pixels"]

@@ -50,7 +50,7 @@ def test_qwen3_import_matches_transformers(tmp_path, tie):
                        jnp.zeros((b, s, 2), jnp.int32), jnp.zeros((b, s, 4, 768), jnp.uint8))
   err = float(np.max(np.abs(np.asarray(got) - want)))
   assert err <= TOL, err
-  # NEO_SPEC §2 initialisation of the extra parameters.
+  # docs/design.md §2 initialisation of the extra parameters.
   l0 = params["llm"]["layers"]["self_attn"]
   q = l0["q_proj"]["kernel"]
   d = cfg.head_dim

@@ -1,4 +1,4 @@
-"""Native-resolution grids of real images (NEO_SPEC §3.2), patch layout, mode conversion."""
+"""Native-resolution grids of real images (docs/design.md §3.2), patch layout, mode conversion."""
 
 import io
 import os

@@ -1,4 +1,4 @@
-"""Both tokenizer back ends give the same ids (NEO_SPEC §3.1).
+"""Both tokenizer back ends give the same ids (docs/design.md §3.1).
 
 The Hugging Face back end and ``transformers.AutoTokenizer`` (fast and slow)
 are fed the files ``neo_jax.data.hf_tokenizer.write_hf_tokenizer`` builds from
@@ -115,7 +115,7 @@ def test_transformers_auto_tokenizer(hf_dir, use_fast):
   assert at.convert_tokens_to_ids("<|im_end|>\n".strip()) == 151645  # the release's eos lookup
   # Qwen3's special flags: <think> survives skip_special_tokens, <img> does not.
   assert at.decode(emb.encode("<think>a</think><img>b</img>"), skip_special_tokens=True) == "<think>a</think>b"
-  # neo1_0 (NEO_SPEC §3.3): system block only when given.
+  # neo1_0 (docs/design.md §3.3): system block only when given.
   msgs = [{"role": "user", "content": "What?"}, {"role": "assistant", "content": "7"}]
   assert at.apply_chat_template(msgs, tokenize=False) == (
       "<|im_start|>user\nWhat?<|im_end|>\n<|im_start|>assistant\n7<|im_end|>\n")

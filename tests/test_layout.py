@@ -1,5 +1,7 @@
 """The package's layering, read from the source: no import cycle, ``data/`` never
-imports ``model/``, ``core/`` imports nothing else of neo_jax, files stay small.
+imports ``model/``, ``core/`` imports nothing else of neo_jax, files stay small;
+and the repository stands alone: no file refers to a path outside it, and every
+``docs/design.md §N`` cited is a section of that document.
 
 Every ``import`` statement counts, also the ones inside functions (a deferred
 import still ties the two modules together)."""
@@ -8,12 +10,25 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import re
+import subprocess
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PKG = ROOT / "neo_jax"
 MAX_LINES = 400
+DESIGN = ROOT / "docs" / "design.md"
+# Places outside the repository that no file may name: the design note that used to live
+# beside the checkout (now docs/design.md), the machine's work tree, the release
+# extraction and mirror of the machine that built the project (a developer extracts the
+# release anywhere, tests/testlib/release.py). Split so that this file names none of them.
+OUTSIDE = ("../" "shared", "NEO" "_SPEC", "/" "work/", "/tmp/" "neo_release", ".mirror" "/")
+_SEC = r"\d+(?:\.\d+)*"
+_CHAIN = rf"§{_SEC}(?:(?:,\s*|\s+and\s+|\s*/\s*)§{_SEC})*"
+# "docs/design.md §1.3 / §1.4", "docs/design.md (§1, §5)".
+_DESIGN_CITE = re.compile(rf"docs/design\.md`?\s*\(?({_CHAIN})")
+_HEADING = re.compile(rf"^#{{2,4}}\s+({_SEC})\.?\s", re.M)
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -119,3 +134,69 @@ def test_no_file_over_the_line_limit():
   long = {str(p.relative_to(ROOT)): n for p in PKG.rglob("*.py")
           if (n := len(p.read_text().splitlines())) > MAX_LINES}
   assert not long, f"files over {MAX_LINES} lines: {long}"
+
+
+def _repo_text_files():
+  """``(path relative to the root, text)`` of every tracked text file (``git ls-files``;
+  outside a git checkout, every file not under a hidden folder or ``__pycache__``)."""
+  try:
+    out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True,
+                         check=True).stdout.decode()
+    rels = [r for r in out.split("\0") if r]
+  except (OSError, subprocess.CalledProcessError):
+    rels = [str(p.relative_to(ROOT)) for p in ROOT.rglob("*") if p.is_file()
+            and not any(part.startswith(".") or part == "__pycache__"
+                        for part in p.relative_to(ROOT).parts)]
+  for rel in rels:
+    try:
+      yield rel, (ROOT / rel).read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
+      continue  # binary files (plots), files deleted in the work tree
+
+
+def _outside_references(rel: str, text: str) -> list[str]:
+  return [f"{rel}:{n}: {line.strip()}" for n, line in enumerate(text.splitlines(), 1)
+          if any(o in line for o in OUTSIDE)]
+
+
+def _design_sections() -> set[str]:
+  return set(_HEADING.findall(DESIGN.read_text(encoding="utf-8")))
+
+
+def _missing_sections(rel: str, text: str, sections: set[str]) -> list[str]:
+  """Citations ``docs/design.md §N`` in ``text`` whose ``N`` is no section heading; in
+  the design document itself also its bare ``§N`` (those after ``BUILD_NOTES`` cite that
+  file's sections)."""
+  found = [(m.start(), m.group(1)) for m in _DESIGN_CITE.finditer(text)]
+  if rel == "docs/design.md":
+    # BUILD_NOTES sections carry letters (§0i); a chain after "BUILD_NOTES" is theirs.
+    any_sec = rf"§{_SEC}[a-z]?"
+    found += [(m.start(), m.group(0)) for m in
+              re.finditer(rf"{any_sec}(?:(?:,\s*|\s+and\s+|\s*/\s*){any_sec})*", text)
+              if not re.search(r"BUILD_NOTES(\.md)?\s*$", text[max(0, m.start() - 20):m.start()])]
+  return [f"{rel}:{text.count(chr(10), 0, pos) + 1}: §{sec}{letter}"
+          for pos, chain in found for sec, letter in re.findall(rf"§({_SEC})([a-z]?)", chain)
+          if letter or sec not in sections]
+
+
+def test_the_reference_finders_find_planted_references():
+  assert _outside_references("x.py", "ok\nsee ../" "shared/x.md\n") == \
+      ["x.py:2: see ../" "shared/x.md"]
+  sections = {"1", "1.4"}
+  doc = "docs/design" ".md"  # split: this file's own citations must exist
+  text = f"{doc} §1.4 / §1.5 and {doc} (§1, §9)\n"
+  assert _missing_sections("a.py", text, sections) == ["a.py:1: §1.5", "a.py:1: §9"]
+  assert _missing_sections("docs/design.md", "§1.4, BUILD_NOTES §0b, §0i; §2.1, §0i\n",
+                          sections) == ["docs/design.md:1: §2.1", "docs/design.md:1: §0i"]
+
+
+def test_nothing_refers_outside_the_repository():
+  found = [r for rel, text in _repo_text_files() for r in _outside_references(rel, text)]
+  assert not found, "references to paths outside the repository:\n" + "\n".join(found)
+
+
+def test_design_citations_name_existing_sections():
+  sections = _design_sections()
+  assert {"1.4", "3.6", "7.6"} <= sections, sorted(sections)  # the headings parse
+  bad = [m for rel, text in _repo_text_files() for m in _missing_sections(rel, text, sections)]
+  assert not bad, "docs/design.md sections cited but missing:\n" + "\n".join(bad)

@@ -1,4 +1,4 @@
-"""The mixed mask in the full model (NEO_SPEC §1.4; issue 2 acceptance).
+"""The mixed mask in the full model (docs/design.md §1.4; issue 2 acceptance).
 
 * Bidirectional attention inside an image matters: forcing it causal (visual-unit
   ids zeroed) changes the logits of visual tokens.

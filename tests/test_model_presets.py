@@ -1,8 +1,8 @@
-"""The released presets initialise abstractly, with the parameter counts of NEO_SPEC §1.6.
+"""The released presets initialise abstractly, with the parameter counts of docs/design.md §1.6.
 
 ``jax.eval_shape(model.init)`` builds the NEO-2B / NEO-9B parameter trees without
 allocating them; their sizes are compared with a count written here from the
-spec's table (§1.2, §1.5, §1.6), not from the model code.
+design's table (docs/design.md §1.2, §1.5, §1.6), not from the model code.
 """
 
 import math
@@ -15,7 +15,7 @@ from flax import linen as nn
 from neo_jax.model import config as config_lib
 from neo_jax.model import neo
 
-# NEO_SPEC §1.6: (hidden, inter, LLM layers, pre-Buffer, heads q, heads kv, d, vocab, tied).
+# docs/design.md §1.6: (hidden, inter, LLM layers, pre-Buffer, heads q, heads kv, d, vocab, tied).
 SPEC = {
     "neo_2b": (2048, 6144, 28, 12, 16, 8, 128, 151936, True),
     "neo_9b": (4096, 12288, 36, 6, 32, 8, 128, 151936, False),
@@ -36,7 +36,7 @@ def native_layer_params(d_model, inter, hq, hkv, d):
 
 
 def spec_counts(name):
-  """Parameter counts implied by NEO_SPEC §1.6 (see BUILD_NOTES.md §1b)."""
+  """Parameter counts implied by docs/design.md §1.6 (see BUILD_NOTES.md §1b)."""
   d_model, inter, n_llm, n_pre, hq, hkv, d, vocab, tied = SPEC[name]
   embed = vocab * d_model
   head = 0 if tied else vocab * d_model
@@ -67,7 +67,7 @@ def count(tree):
 @pytest.mark.parametrize("name", ["neo_2b", "neo_9b"])
 def test_preset_initialises_abstractly_with_spec_count(name):
   """eval_shape works (ShapeDtypeStructs, no arrays) and the total, the vision part and
-  the per-layer size equal the independent NEO_SPEC §1.6 formula."""
+  the per-layer size equal the independent docs/design.md §1.6 formula."""
   cfg, params = abstract_params(name)
   leaves = jax.tree_util.tree_leaves(params)
   assert all(isinstance(x, jax.ShapeDtypeStruct) for x in leaves)

@@ -1,6 +1,6 @@
 """The Flax NEO forward and loss against the float64 NumPy reference (issue 2 acceptance).
 
-The reference (``np_reference.py``) is written from NEO_SPEC alone and reads
+The reference (``np_reference.py``) is written from docs/design.md alone and reads
 full images, token ids and release-layout weights; the model reads the packed
 batch of ``inputs.py``. The batch (``model_fixtures.packed_batch``) packs, in 2
 rows: text only, one image, two images of different sizes, a 3-frame video,
@@ -156,7 +156,7 @@ def test_loss_with_gathered_supervised_tokens(mode):
 
 def test_positions_and_units_match_reference_loops():
   """``positions.native_rope_positions`` / ``unit_ids`` and ``ops.mask.mixed_mask`` ==
-  the reference's explicit loops of NEO_SPEC §1.3 / §1.4 on the real tokens of the batch."""
+  the reference's explicit loops of docs/design.md §1.3 / §1.4 on the real tokens of the batch."""
   cfg, pb, _, _ = _setup()
   b = pb.batch
   kw = dict(img_start_id=cfg.img_start_token_id, img_context_id=cfg.img_context_token_id)

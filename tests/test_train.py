@@ -70,7 +70,7 @@ def test_8_device_mesh_matches_single_device(accum):
 
 
 def test_stage1_trains_only_intended_parameters():
-  """Stage 1 (NEO_SPEC §4): patch embedder, pre-Buffer, post-LLM H/W QK params change; nothing else."""
+  """Stage 1 (docs/design.md §4.3): patch embedder, pre-Buffer, post-LLM H/W QK params change; nothing else."""
   c = smoke.get_config()
   c.train.trainable = "stage1"
   s = trainer.Setup(c)

@@ -1,7 +1,7 @@
 """Command line: ``python -m neo_jax.convert <command> --src ... --dst ...``.
 
 Commands:
-  import-qwen3  Hugging Face Qwen3 dir -> our Orbax checkpoint (NEO_SPEC §2).
+  import-qwen3  Hugging Face Qwen3 dir -> our Orbax checkpoint (docs/design.md §2).
   import-neo    released NEO / NEO-ov dir (model_type neo_chat) -> Orbax.
   export        Orbax parameter checkpoint, or a training work directory (its newest
                 step, or ``<workdir>/checkpoints/<step>``) -> the release's Hugging
@@ -70,7 +70,7 @@ flags.DEFINE_string("tokenizer_dir", None, "export: copy tokenizer files from th
 flags.DEFINE_bool("write_tokenizer", True, "export without --tokenizer_dir: write the Qwen3 + "
                   "NEO tokenizer files (tokenizer.json, vocab.json, merges.txt, "
                   "tokenizer_config.json, special_tokens_map.json) built offline from the "
-                  "embedded Qwen BPE ranks (NEO_SPEC 3.1 ids; skipped with a warning if the "
+                  "embedded Qwen BPE ranks (docs/design.md §3.1 ids; skipped with a warning if the "
                   "model's image token ids or vocabulary do not fit them).")
 flags.DEFINE_string("modeling_dir", None, "export: copy the release's to_hf *.py files from here "
                     "(for AutoModel + trust_remote_code).")

@@ -6,7 +6,7 @@ block of vocabulary rows, or a small leaf), so the peak memory is a few pieces
 (the largest, one 9B post-LLM ``mlp`` layer, is 4096 x 12288 values), whatever
 the model's size.
 
-* ``qwen3_pieces``: NEO_SPEC §2. Qwen3 layer ``j`` -> post-LLM layer ``j``
+* ``qwen3_pieces``: docs/design.md §2. Qwen3 layer ``j`` -> post-LLM layer ``j``
   (release layer ``j + num_prebuffer_layers``); per head ``q_proj_hw =
   [w1, w3, w1, w3]`` from the quarters (along d) of ``q_proj``; ``k_proj_hw = 0``;
   H / W norms = 1; pre-Buffer projections and the patch embedder N(0, 0.02)
@@ -15,7 +15,7 @@ the model's size.
   model = copy of ``embed_tokens``.
 * ``release_pieces``: a released NEO / NEO-ov checkpoint.
 * ``export_pieces`` / ``export_release``: the release's state dict and
-  directory (NEO_SPEC §5), tokenizer files included (copied from a given
+  directory (docs/design.md §5), tokenizer files included (copied from a given
   directory, else built from the embedded Qwen BPE ranks).
 * ``random_pieces``: random weights of any config, generated per piece in the
   target dtype (the 9B check: no ``model.init`` in float32).
@@ -117,7 +117,7 @@ def _layer_piece(reader, leaf: pm.Leaf, j: int, key: str, cfg, dt) -> Piece:
 
 def qwen3_pieces(src: str, cfg: ml_collections.ConfigDict, *, dtype: str = "float32",
                  new_rows: str = "zero", seed: int = 0) -> PieceIter:
-  """NEO parameters initialised from the Qwen3 checkpoint in ``src`` (NEO_SPEC §2),
+  """NEO parameters initialised from the Qwen3 checkpoint in ``src`` (docs/design.md §2),
   piece by piece.
 
   Args:

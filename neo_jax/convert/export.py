@@ -1,6 +1,6 @@
 """Export: our parameters -> the release's state dict and Hugging Face directory.
 
-NEO_SPEC §5: ``export_pieces`` streams the release's tensors (names and layouts of
+docs/design.md §5: ``export_pieces`` streams the release's tensors (names and layouts of
 ``param_mapping``) as blocks of rows, one layer or one block of vocabulary rows at
 a time (``export_tensors``: whole tensors), ``export_release`` writes the
 directory the authors' ``NEOChatModel`` and VLMEvalKit load (config, safetensors
@@ -179,7 +179,7 @@ def copy_tokenizer(tokenizer_dir: str, dst: str) -> list[str]:
 def builtin_tokenizer_mismatch(cfg: ml_collections.ConfigDict, vocab_size: int | None = None) -> str:
   """Why the built-in tokenizer does not fit ``cfg`` ('' if it does).
 
-  It fits when the image token ids are NEO_SPEC §3.1's and the exported
+  It fits when the image token ids are those of docs/design.md §3.1 and the exported
   vocabulary (``vocab_size`` or ``cfg.vocab_size``) holds every tokenizer id.
   """
   ids = tok_lib.special_token_ids()
@@ -213,8 +213,8 @@ def export_release(source: Any, cfg: ml_collections.ConfigDict, dst: str, *,
     tokenizer_dir: copy the tokenizer files from here instead of writing them.
     write_tokenizer: without ``tokenizer_dir``, write the Qwen3 + NEO tokenizer
       files built offline from the embedded BPE ranks
-      (``neo_jax.data.hf_tokenizer``; NEO_SPEC §3.1 ids). Skipped, with a
-      warning, when the model's image token ids are not NEO_SPEC's or it has
+      (``neo_jax.data.hf_tokenizer``; docs/design.md §3.1 ids). Skipped, with a
+      warning, when the model's image token ids are not those of docs/design.md §3.1 or it has
       fewer vocabulary rows than the tokenizer has ids (see
       ``builtin_tokenizer_mismatch``).
     modeling_dir: copy ``*.py`` from here (the release's ``to_hf`` folder) so

@@ -8,7 +8,7 @@
   built ``layer_types``), and ``vision_config.llm_hidden_size`` /
   ``downsample_ratio`` written as 1-element lists (a trailing comma in
   ``NEOVisionConfig.__init__`` makes them 1-tuples).
-* ``to_release_config``: the ``config.json`` of NEO_SPEC §5, loadable by the
+* ``to_release_config``: the ``config.json`` of docs/design.md §5.2, loadable by the
   release's ``NEOChatConfig`` (to_hf) and ``NEOChatModel``. Scalars are written
   for ``llm_hidden_size`` / ``downsample_ratio`` (the to_hf code indexes
   ``[0]`` into the 1-tuple its constructor builds, so a list in the JSON
@@ -27,7 +27,7 @@ import ml_collections
 from neo_jax.core import tokens
 from neo_jax.model import config as config_lib
 
-# Last NEO special token of NEO_SPEC §3.1 (<|interpreter|>); the vocabulary
+# Last NEO special token of docs/design.md §3.1 (<|interpreter|>); the vocabulary
 # must hold ids up to it.
 NEO_LAST_SPECIAL_TOKEN_ID = tokens.NEO_LAST_SPECIAL_TOKEN_ID
 QWEN3_BOS_TOKEN_ID = tokens.ENDOFTEXT_TOKEN_ID
@@ -75,7 +75,7 @@ def _llm_fields(llm: dict) -> dict:
 
 def from_qwen3_config(hf: dict, *, num_prebuffer_layers: int, base: str = "neo_2b",
                       **overrides) -> ml_collections.ConfigDict:
-  """Our config for a NEO model initialised from a Qwen3 LLM (NEO_SPEC §2).
+  """Our config for a NEO model initialised from a Qwen3 LLM (docs/design.md §2).
 
   Args:
     hf: the Qwen3 ``config.json`` contents.
@@ -173,7 +173,7 @@ def to_release_config(cfg: ml_collections.ConfigDict, *, vocab_size: int | None 
                       torch_dtype: str = "bfloat16", min_pixels: int = 65536,
                       max_pixels: int = 4194304, bos_token_id: int = QWEN3_BOS_TOKEN_ID,
                       eos_token_id: int = QWEN3_EOS_TOKEN_ID) -> dict:
-  """The release ``config.json`` (NEO_SPEC §5) for our config.
+  """The release ``config.json`` (docs/design.md §5.2) for our config.
 
   Args:
     cfg: our model config.

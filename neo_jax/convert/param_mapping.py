@@ -1,6 +1,6 @@
 """The one table between our parameter paths and the release's state-dict keys.
 
-NEO_SPEC §5 lists the release's keys (``VLMEvalKit/vlmeval/vlm/neo/to_hf`` and
+docs/design.md §5.3 lists the release's keys (``VLMEvalKit/vlmeval/vlm/neo/to_hf`` and
 ``VLMTrainKit/neo/model``: ``NEOChatModel`` = ``vision_model`` +
 ``language_model``, a ``Qwen3ForCausalLM`` whose layers carry the extra H / W
 projections). Every conversion (Qwen3 import, NEO import, export) walks this
@@ -177,7 +177,7 @@ GLOBAL_ENTRIES: tuple[Entry, ...] = (
     _global("lm_head/kernel", LANGUAGE_PREFIX + "lm_head.weight", _dense_to_torch(1)),
 )
 
-# Layer parameters a plain Qwen3 checkpoint lacks (NEO_SPEC §2 derives them).
+# Layer parameters a plain Qwen3 checkpoint lacks (docs/design.md §2 derives them).
 HW_ONLY = ("self_attn/q_proj_hw/kernel", "self_attn/k_proj_hw/kernel", "self_attn/q_norm_h/scale",
            "self_attn/q_norm_w/scale", "self_attn/k_norm_h/scale", "self_attn/k_norm_w/scale")
 

@@ -4,9 +4,9 @@
 this package imports nothing of neo_jax.
 
 * ``tokens``: special token ids of the Qwen3 + NEO vocabulary, the pad id and
-  the label ignore index (NEO_SPEC §3.1, §3.5).
+  the label ignore index (docs/design.md §3.1, §3.5).
 * ``geometry``: patch and visual-token geometry, pixel normalisation
-  (NEO_SPEC §1.1).
+  (docs/design.md §1.1).
 * ``batch``: the packed ``[batch, seq]`` batch the model takes, its shapes, its
   check and the one function that assembles rows of samples into it.
 """

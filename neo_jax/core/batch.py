@@ -6,11 +6,11 @@ compiled train step serves every batch. A batch is a ``dict`` with:
 ``input_ids``: ``[B, S] int32``
     Token ids. Each image / video frame appears as ``<img>``, then one
     ``<IMG_CONTEXT>`` per visual token (row-major over the image's token grid),
-    then ``</img>`` (NEO_SPEC §1.1). Padding uses any id (``<|endoftext|>``).
+    then ``</img>`` (docs/design.md §1.1). Padding uses any id (``<|endoftext|>``).
 ``labels``: ``[B, S] int32``
     Aligned with ``input_ids`` (not shifted): ``labels[b, i] = input_ids[b, i]``
     where token ``i`` is supervised, else ``IGNORE_INDEX`` (-100). The loss
-    predicts ``labels[b, i + 1]`` from position ``i`` (NEO_SPEC §3.5). The first
+    predicts ``labels[b, i + 1]`` from position ``i`` (docs/design.md §3.5). The first
     token of every packed sample must be unsupervised (it is ``<|im_start|>``),
     so no prediction crosses a sample boundary.
 ``segment_ids``: ``[B, S] int32``
@@ -24,7 +24,7 @@ compiled train step serves every batch. A batch is a ``dict`` with:
     pixel region, in order (dy, dx) = (0,0), (0,1), (1,0), (1,1); each patch
     flattened channel-major ``(c, y, x)`` (the release's ``view(-1, 3, 16, 16)``
     order). Raw resized RGB bytes: the model normalises with the ImageNet
-    mean / std (NEO_SPEC §1.1) on device, so the host ships 4x fewer bytes
+    mean / std (docs/design.md §1.1) on device, so the host ships 4x fewer bytes
     than float32. Zeros at every other position.
 
 The patch at (dy, dx) of token (row, col) sits at patch column

@@ -1,4 +1,4 @@
-"""Patch and visual-token geometry of NEO's pixel input (NEO_SPEC §1.1).
+"""Patch and visual-token geometry of NEO's pixel input (docs/design.md §1.1).
 
 A visual token covers ``TOKEN_PIXELS x TOKEN_PIXELS`` pixels: ``DOWNSAMPLE x
 DOWNSAMPLE`` patches of ``PATCH_SIZE x PATCH_SIZE`` pixels, each flattened

@@ -1,6 +1,6 @@
 """Token ids shared by the tokenizer, the packer, the model and the converters.
 
-Source: NEO_SPEC §3.1 (Qwen3's 151643 BPE ranks, Qwen3's added tokens from
+Source: docs/design.md §3.1 (Qwen3's 151643 BPE ranks, Qwen3's added tokens from
 151643, then NEO's added tokens from 151669; the release's
 ``ALL_SPECIAL_TOKEN_LIST``) and §3.5 (labels).
 """

@@ -1,4 +1,4 @@
-"""The ``neo1_0`` chat template: serialisation, placeholder expansion, labels (NEO_SPEC §3.3).
+"""The ``neo1_0`` chat template: serialisation, placeholder expansion, labels (docs/design.md §3.3).
 
 Layout of a sample (the release's ``tokenize_mm_chat_conversations``)::
 

@@ -5,7 +5,7 @@ Built deterministically on first use under ``cache_dir`` (default
 scikit-learn (8x8 handwritten digits, ``china.jpg``, ``flower.jpg``) and
 scikit-image (photographs, the motorcycle stereo pair, the animated GIF
 ``no_time_for_that_tiny.gif``). Each task has a ``train`` and a ``heldout``
-split written as release-format JSONL (NEO_SPEC §3.3) next to its PNG / MKV
+split written as release-format JSONL (docs/design.md §3.3) next to its PNG / MKV
 files. Digit-based tasks split by the original digit index (index % 5 == 0 is
 held out), so no held-out digit drawing is seen in training.
 

@@ -1,4 +1,4 @@
-"""The one exception type for bad input records (NEO_SPEC §3; issue 3)."""
+"""The one exception type for bad input records (docs/design.md §3; issue 3)."""
 
 from __future__ import annotations
 

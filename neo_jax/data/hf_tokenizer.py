@@ -2,7 +2,7 @@
 
 ``write_hf_tokenizer(dir)`` writes what ``transformers.AutoTokenizer`` (fast
 and ``use_fast=False``, as the release's VLMEvalKit loads it) needs for the
-Qwen3 byte-level BPE with NEO's special tokens at their NEO_SPEC §3.1 ids:
+Qwen3 byte-level BPE with NEO's special tokens at their docs/design.md §3.1 ids:
 
 * ``vocab.json``: the 151643 ranks as byte-level strings (GPT-2's
   byte-to-unicode map), id = rank.
@@ -42,7 +42,7 @@ QWEN3_ADDITIONAL_SPECIAL = tok_lib.QWEN3_SPECIAL_TOKENS[1:14]  # <|im_start|> ..
 ADDITIONAL_SPECIAL = QWEN3_ADDITIONAL_SPECIAL + tuple(
     t for t in tok_lib.NEO_ADDED_TOKENS if t not in tok_lib.QWEN3_SPECIAL_TOKENS)
 
-# The ``neo1_0`` conversation format (NEO_SPEC §3.3; the release's
+# The ``neo1_0`` conversation format (docs/design.md §3.3; the release's
 # conversation.py builds the same string itself and does not read this).
 NEO1_0_CHAT_TEMPLATE = (
     "{%- for message in messages %}"
@@ -107,7 +107,7 @@ def vocab_and_merges(ranks: dict[bytes, int]) -> tuple[dict[str, int], list[tupl
 
 
 def added_tokens() -> list[dict]:
-  """Qwen3's and NEO's added tokens (NEO_SPEC §3.1 ids), ``tokenizer.json`` style."""
+  """Qwen3's and NEO's added tokens (docs/design.md §3.1 ids), ``tokenizer.json`` style."""
   return [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
            "normalized": False, "special": t not in QWEN3_NON_SPECIAL}
           for t, i in sorted(tok_lib.special_token_ids().items(), key=lambda kv: kv[1])]

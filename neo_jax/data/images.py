@@ -1,4 +1,4 @@
-"""Images at native resolution: decode, ``smart_resize``, patchify (NEO_SPEC §1.1, §3.2).
+"""Images at native resolution: decode, ``smart_resize``, patchify (docs/design.md §1.1, §3.2).
 
 The host ships raw resized RGB bytes in the model's input layout
 (``neo_jax.core.batch``); ImageNet normalisation happens on device
@@ -28,7 +28,7 @@ DEFAULT_MAX_IMAGE_PIXELS = 256_000_000
 
 def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int = 65536,
                  max_pixels: int = 4194304) -> tuple[int, int]:
-  """Native-resolution target size (NEO_SPEC §3.2, the release's numerics).
+  """Native-resolution target size (docs/design.md §3.2, the release's numerics).
 
   Each side is rounded to the nearest multiple of ``factor`` (Python ``round``,
   i.e. half to even, as the release), at least ``factor``; if the area exceeds
@@ -63,7 +63,7 @@ def smart_resize(height: int, width: int, factor: int = FACTOR, min_pixels: int 
 
 
 def per_image_max_pixels(max_pixels: int, min_pixels: int, num_images: int) -> int:
-  """Per-image pixel budget of a sample with ``num_images`` images (NEO_SPEC §3.2).
+  """Per-image pixel budget of a sample with ``num_images`` images (docs/design.md §3.2).
 
   One image: ``max_pixels``; n > 1: ``max(max_pixels * 2 // n, min_pixels)``
   (integer division as in the release).
@@ -222,7 +222,7 @@ def token_grid_hw(num_rows: int, num_cols: int) -> np.ndarray:
 
 
 def normalize_pixels(pixels: np.ndarray) -> np.ndarray:
-  """ImageNet normalisation of uint8 patches ``[..., 4, 768]`` -> float32 (NEO_SPEC §1.1)."""
+  """ImageNet normalisation of uint8 patches ``[..., 4, 768]`` -> float32 (docs/design.md §1.1)."""
   x = pixels.astype(np.float32).reshape(*pixels.shape[:-1], 3, -1) / 255.0
   mean = np.asarray(geometry.IMAGENET_MEAN, np.float32)[:, None]
   std = np.asarray(geometry.IMAGENET_STD, np.float32)[:, None]

@@ -19,7 +19,7 @@ subset is drawn with the training seed (``pipeline.host_records``).
 
 A source without a ``weight`` but with a ``modality`` gets
 ``data.modality_weights[modality] / (sources of that modality without a weight)``: the
-NEO-ov recipes set text : image : multi-image : video = 2 : 4 : 1 : 1 (NEO_SPEC §4), split
+NEO-ov recipes set text : image : multi-image : video = 2 : 4 : 1 : 1 (docs/design.md §4.1), split
 evenly over those sources.
 """
 

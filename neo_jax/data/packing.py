@@ -1,4 +1,4 @@
-"""Packing per-sample dicts into static ``[batch, seq_len]`` batches (NEO_SPEC §3.5).
+"""Packing per-sample dicts into static ``[batch, seq_len]`` batches (docs/design.md §3.5).
 
 ``PackIterDataset`` consumes the per-sample dicts of ``processor.py`` (and
 their skip markers) and yields batches in the layout of

@@ -2,7 +2,7 @@
 
 Per source: ``MapDataset`` -> per-host slice -> shuffle -> repeat -> process;
 then ``MapDataset.mix`` with the mixture weights (default text : image :
-multi-image : video = 2 : 4 : 1 : 1, NEO_SPEC §4 NEO-ov stage 2) ->
+multi-image : video = 2 : 4 : 1 : 1, docs/design.md §4.1 NEO-ov stage 2) ->
 ``to_iter_dataset`` -> ``mp_prefetch`` (``num_workers`` processes) ->
 ``BytePrefetchIterDataset`` (read ahead up to ``prefetch_mib``) -> ``PackIterDataset``
 (first-fit / best-fit into ``[batch, seq_len]``, in the main process). Batches follow
@@ -63,7 +63,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     shuffle: shuffle each source (reshuffled each epoch).
     packing: "first_fit" | "best_fit"; max_waiting: see ``PackOptions``.
     options: default ``ProcessOptions`` fields: min_pixels / max_pixels
-      [pixels] (pre-training 65536..4194304, NEO_SPEC §3.2), max_image_pixels,
+      [pixels] (pre-training 65536..4194304, docs/design.md §3.2), max_image_pixels,
       video_fps [1/s], max_frames (<= 128), video_min_pixels (per frame),
       video_max_pixels (per video), frame_list_fps, min_frames (the frame floor
       when a video is fitted to the run's limits).

@@ -1,6 +1,6 @@
 """One annotation record -> one per-sample dict (before packing).
 
-Record format (the release's JSON / JSONL annotations, NEO_SPEC §3.3):
+Record format (the release's JSON / JSONL annotations, docs/design.md §3.3):
 ``{"image": path | [paths], "images": [...], "video": path | [frame paths]
 | {"frames": [...], "fps": float}, "conversations": [{"from", "value"}],
 "data_path": root for relative paths}``. Image entries may also be bytes,
@@ -51,7 +51,7 @@ class BadRecordError(RuntimeError):
 class ProcessOptions:
   """Per-source processing options (units: pixels, frames, frames/s).
 
-  min_pixels / max_pixels: smart_resize bounds of one image (NEO_SPEC §3.2);
+  min_pixels / max_pixels: smart_resize bounds of one image (docs/design.md §3.2);
     n images share ``per_image_max_pixels``.
   max_image_pixels: decoded size above which a file is a decompression bomb.
   video_fps: target sampling rate; max_frames: cap (<= 128).

@@ -1,4 +1,4 @@
-"""Random-access record sources: JSON / JSONL, ArrayRecord, TFDS, embedded (NEO_SPEC §3.3).
+"""Random-access record sources: JSON / JSONL, ArrayRecord, TFDS, embedded (docs/design.md §3.3).
 
 Every source is a ``grain.MapDataset`` of release-format record dicts with
 ``"_id"`` = ``"{source name}:{index}"`` and ``"data_path"`` (the root of

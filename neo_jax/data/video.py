@@ -1,4 +1,4 @@
-"""Video: frame sampling, PyAV decoding and the timestamped prompt (NEO_SPEC §3.4).
+"""Video: frame sampling, PyAV decoding and the timestamped prompt (docs/design.md §3.4).
 
 A video becomes f frames (each its own image unit) preceded by the global
 prefix line and, per frame, ``[MM:SS.ss]:<image>\\n``; the ``<image>`` tags
@@ -87,7 +87,7 @@ def _mmss_frac(seconds: float) -> str:
 
 
 def video_prompt(duration: float, timestamps: Sequence[float]) -> str:
-  """The NEO-ov video text with one ``<image>`` tag per frame (NEO_SPEC §3.4).
+  """The NEO-ov video text with one ``<image>`` tag per frame (docs/design.md §3.4).
 
   Args:
     duration: [s] length of the video; timestamps: [s] time of each frame.

@@ -9,7 +9,7 @@
 * decode: a ``lax.while_loop`` over at most ``max_new_tokens`` steps; each step
   feeds every row's last token at its own cache index (the row's length so far)
   with ``t = previous max t + 1`` and ``h = w = 0`` (the release's inference rule,
-  NEO_SPEC §1.4, independent of the cache length), chooses the next token
+  docs/design.md §1.7, independent of the cache length), chooses the next token
   (``sampling.choose``: greedy or temperature / top-k / top-p with an explicit key;
   image-token ids banned; with a repetition penalty, each row's generated tokens
   are carried as a ``[B, V]`` mask) and stops when every row has produced a stop id.

@@ -3,7 +3,7 @@
 Each prompt occupies one row of a ``[E, L]`` batch; one jitted step runs the
 model on the whole row and reads the hidden state at the row's last filled
 position, so every generated token gets ``t = previous max t + 1`` and
-h = w = 0, as the release's inference code (NEO_SPEC §1.4). Positions after
+h = w = 0, as the release's inference code (docs/design.md §1.7). Positions after
 the filled ones never influence earlier ones (causal mask), so the rows need
 no padding mask.
 """

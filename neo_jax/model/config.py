@@ -4,7 +4,7 @@ The schema is an ``ml_collections.ConfigDict`` so that big_vision-style config
 files can override any field from the command line
 (``--config.model.num_prebuffer_layers=4``).
 
-Sizes: NEO_SPEC §1.6 (NEO paper Table 1, the release's ``config.json`` files).
+Sizes: docs/design.md §1.6 (NEO paper Table 1, the release's ``config.json`` files).
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ def base_config() -> ml_collections.ConfigDict:
       packer enforces it per sequence; a row with more gets NaN embeddings.
     loss_vocab_chunk: [rows] vocabulary chunk of the chunked LM head + CE.
     max_supervised_tokens: static number of supervised positions gathered per
-      sequence before the LM head (0 = all positions; NEO_SPEC §3.5).
-    loss_weighting: "token" | "sample" | "square" (NEO_SPEC §3.5).
+      sequence before the LM head (0 = all positions; docs/design.md §3.6).
+    loss_weighting: "token" | "sample" | "square" (docs/design.md §3.5).
     init_std: std of N(0, std) initialisers (0.02 in the release).
   """
   c = ml_collections.ConfigDict()
@@ -146,7 +146,7 @@ def _tiny() -> ml_collections.ConfigDict:
 PRESETS = {
     "neo_2b": _neo_2b,
     "neo_9b": _neo_9b,
-    # NEO-ov shares NEO's architecture (NEO_SPEC §1.6); the presets differ only
+    # NEO-ov shares NEO's architecture (docs/design.md §1.6); the presets differ only
     # in the training recipe, kept in configs/.
     "neo_ov_2b": _neo_2b,
     "neo_ov_9b": _neo_9b,

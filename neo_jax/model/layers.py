@@ -1,6 +1,6 @@
 """The native primitive: a Qwen3 decoder layer with three-branch T/H/W attention.
 
-NEO_SPEC §1.2 (NEO paper §3.1; release ``modeling_qwen3.py``): the T branch is
+docs/design.md §1.2 (NEO paper §3.1; release ``modeling_qwen3.py``): the T branch is
 Qwen3's attention (``q_proj``, ``k_proj``, per-head ``q_norm`` / ``k_norm``, RoPE
 base ``rope_theta`` on t); ``q_proj_hw`` / ``k_proj_hw`` add H and W branches
 (first / last ``head_dim / 2`` channels of each head, their own RMSNorms, RoPE

@@ -1,4 +1,4 @@
-"""Weighted next-token loss with a chunked LM head (NEO_SPEC §3.5).
+"""Weighted next-token loss with a chunked LM head (docs/design.md §3.5).
 
 Each supervised prediction (position ``i`` predicting ``labels[i + 1]``) is
 weighted by ``w(n)`` of its packed sample, ``n`` = the sample's number of
@@ -41,7 +41,7 @@ class Targets(NamedTuple):
 
 
 def sample_weights(n: Array, mode: str) -> Array:
-  """w(n) of NEO_SPEC §3.5 as float32; ``n`` clipped to >= 1.
+  """w(n) of docs/design.md §3.5 as float32; ``n`` clipped to >= 1.
 
   Raises:
     ValueError: unknown ``mode``.

@@ -1,6 +1,6 @@
 """The NEO / NEO-ov model: one decoder-only transformer, no vision encoder.
 
-NEO_SPEC §1.5: ``embed_tokens`` -> visual tokens replace the ``<IMG_CONTEXT>``
+docs/design.md §1.5: ``embed_tokens`` -> visual tokens replace the ``<IMG_CONTEXT>``
 embeddings -> pre-Buffer layers -> post-LLM layers -> ``norm`` -> ``lm_head``
 (tied to ``embed_tokens`` when ``tie_word_embeddings``).
 
@@ -119,7 +119,7 @@ class NEO(nn.Module):
     Args:
       tokens: ``[B] int32`` the tokens just chosen.
       t: ``[B] int32`` their temporal index (the release's inference rule,
-        NEO_SPEC §1.4: previous max t + 1; h = w = 0). Under ``rope_mode="mrope"``
+        docs/design.md §1.7: previous max t + 1; h = w = 0). Under ``rope_mode="mrope"``
         it is Qwen2-VL's text position: all three indices equal ``t``.
       cache_index: ``[B] int32`` cache position to write them at (the row's length
         so far).

@@ -1,4 +1,4 @@
-"""Native-RoPE indices and visual-unit ids, computed from token ids (NEO_SPEC §1.3).
+"""Native-RoPE indices and visual-unit ids, computed from token ids (docs/design.md §1.3).
 
 Pure ``jnp`` functions, traced inside the jitted model so that the data
 pipeline ships only token ids, packing ids and visual-token coordinates.
@@ -52,7 +52,7 @@ def segment_total(x: jax.Array, segment_ids: jax.Array) -> jax.Array:
 
 
 def unit_ids(input_ids: jax.Array, *, img_start_id: int, img_context_id: int) -> jax.Array:
-  """Visual-unit ids of the mixed mask (NEO_SPEC §1.4).
+  """Visual-unit ids of the mixed mask (docs/design.md §1.4).
 
   Args:
     input_ids: ``[B, S] int32``.
@@ -70,7 +70,7 @@ def unit_ids(input_ids: jax.Array, *, img_start_id: int, img_context_id: int) ->
 def native_rope_positions(input_ids: jax.Array, segment_ids: jax.Array,
                           token_hw: jax.Array, *, img_start_id: int,
                           img_context_id: int) -> jax.Array:
-  """t / h / w indices of every token (NEO_SPEC §1.3, the release's formula).
+  """t / h / w indices of every token (docs/design.md §1.3, the release's formula).
 
   ``t = cumsum(shift(is_img_start) + (token != IMG_CONTEXT)) - 1`` per packed
   sample: every text token advances t by one; all visual tokens of one image

@@ -96,7 +96,7 @@ def apply_rope_interleaved(x: jax.Array, positions: jax.Array, theta: float) -> 
 
 def apply_rope_2d_vision(x: jax.Array, pos_x: jax.Array, pos_y: jax.Array,
                          theta: float) -> jax.Array:
-  """The patch embedder's 2D RoPE (NEO_SPEC §1.1; release ``modeling_neo_vit.py``).
+  """The patch embedder's 2D RoPE (docs/design.md §1.1; release ``modeling_neo_vit.py``).
 
   The first half of the channels is rotated by the patch column ``pos_x``, the
   second half by the patch row ``pos_y``, each on interleaved pairs with base

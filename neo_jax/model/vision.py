@@ -1,4 +1,4 @@
-"""The conv patch embedder ("vision model" of NEO; NEO_SPEC §1.1).
+"""The conv patch embedder ("vision model" of NEO; docs/design.md §1.1).
 
 Release (``modeling_neo_vit.py``): ``patch_embedding`` Conv 3 -> V, kernel =
 stride = 16, exact GELU, 2D RoPE (interleaved pairs; first half of the

@@ -5,7 +5,7 @@ static; embedding all ``S`` positions spends the patch embedder's two matmuls (a
 float32 copy of ``[B, S, 4, 3 P P]`` normalised pixels) on text and padding too. With
 ``model.max_visual_tokens = M > 0`` the first ``M`` ``<IMG_CONTEXT>`` positions of each
 row are gathered (stable order), embedded as ``[B, M, ...]`` and scattered back, the
-same pattern as the supervised-position gather of the loss (NEO_SPEC §3.5 performance
+same pattern as the supervised-position gather of the loss (docs/design.md §3.6 performance
 note). The packer enforces ``M`` per sequence; a row holding more visual tokens gets
 NaN embeddings (never silently zero ones) and the train step reports the overflow as
 ``dropped_visual``.

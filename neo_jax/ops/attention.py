@@ -12,7 +12,7 @@ the sequence sharded over a context axis in the all-gather form
 (``context_parallel_flash_mixed_attention``).
 
 Shapes: queries and keys are ``2 * head_dim`` wide (the [T | H | W] branches of
-NEO_SPEC §1.2), values ``head_dim`` wide; GQA with ``num_heads`` a multiple of
+docs/design.md §1.2), values ``head_dim`` wide; GQA with ``num_heads`` a multiple of
 ``num_kv_heads`` (query head ``h`` uses kv head ``h // (num_heads // num_kv_heads)``,
 the ``repeat_kv`` order of Qwen3).
 """

@@ -1,6 +1,6 @@
 """Block ranges of the mixed mask: which (q block, kv block) pairs can hold a visible pair.
 
-The mixed mask of NEO_SPEC §1.4 in the "limit" form of ``ops/mask.py``: query ``i``
+The mixed mask of docs/design.md §1.4 in the "limit" form of ``ops/mask.py``: query ``i``
 sees key ``j`` iff ``seg_i == seg_j and j <= limit_i``. Packed samples are contiguous
 runs of one segment id (padding, id 0, is the last run), so "same segment" is
 ``j >= start_i`` with ``start_i`` the first token of ``i``'s run, and the mask is the

@@ -151,7 +151,7 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: j
     segment_ids: ``[B, S] int32`` packed-sample ids, each id one contiguous run,
       padding (0) last.
     unit_ids: ``[B, S] int32`` visual-unit ids (0 = non-visual), contiguous runs.
-    scale: score multiplier (NEO: ``head_dim ** -0.5``, NEO_SPEC §1.2).
+    scale: score multiplier (NEO: ``head_dim ** -0.5``, docs/design.md §1.2).
     block_q, block_kv: block sizes in tokens (``S`` is padded inside to whole blocks).
     residual_names: ``jax.checkpoint`` names of the saved output and logsumexp (the
       kernel's, so one remat policy covers both paths).

@@ -1,6 +1,6 @@
 """The block-sparse mixed-mask kernel: public entry points, one per input form.
 
-The mask (NEO_SPEC §1.4): causal across the packed sequence, bidirectional inside an
+The mask (docs/design.md §1.4): causal across the packed sequence, bidirectional inside an
 image / video frame, nothing across packed samples; in the interval form of
 ``ops/block_ranges.py`` query ``i`` sees key ``j`` iff ``start_i <= j <= limit_i``.
 
@@ -44,7 +44,7 @@ def flash_mixed_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     segment_ids: ``[B, S] int32`` packed-sample ids, each id one contiguous run,
       padding (0) last.
     unit_ids: ``[B, S] int32`` visual-unit ids (0 = non-visual), contiguous runs.
-    scale: score multiplier (NEO: ``head_dim ** -0.5``, NEO_SPEC §1.2).
+    scale: score multiplier (NEO: ``head_dim ** -0.5``, docs/design.md §1.2).
     block_q, block_kv: forward block sizes in tokens (TPU: multiples of 8 and 128;
       ``S`` is padded inside to a multiple of all block sizes).
     block_q_bwd, block_kv_bwd: backward block sizes (default: the forward ones).

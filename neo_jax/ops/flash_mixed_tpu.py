@@ -1,6 +1,6 @@
 """Block-sparse flash attention for NEO's mixed mask: Pallas TPU (Mosaic) kernels.
 
-The mask (NEO_SPEC §1.4), interval form (``ops/block_ranges.py``): ``start_i <= j <= limit_i``.
+The mask (docs/design.md §1.4), interval form (``ops/block_ranges.py``): ``start_i <= j <= limit_i``.
 
 Design (after jax.experimental.pallas.ops.tpu.flash_attention and splash_attention):
 * Three kernels: forward (online softmax, FlashAttention-2, Dao 2023, Alg. 1), dQ and

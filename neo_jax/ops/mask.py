@@ -1,4 +1,4 @@
-"""The mixed causal / bidirectional mask of packed NEO sequences (NEO_SPEC §1.4).
+"""The mixed causal / bidirectional mask of packed NEO sequences (docs/design.md §1.4).
 
 Token ``i`` may attend token ``j`` iff
 
@@ -8,7 +8,7 @@ where ``seg`` is the packed-sample id (0 = padding) and ``unit`` the visual-unit
 id (0 = not a visual token, else unique per image / video frame). Causal across
 text and across images, bidirectional inside one image or frame, nothing across
 packed samples. A padding token (seg 0) sees only itself and real tokens never see
-padding, so padding cannot leak into real tokens (NEO_SPEC §1.4 leaves padding's own
+padding, so padding cannot leak into real tokens (docs/design.md §1.4 leaves padding's own
 rows free: their outputs are never used; the diagonal keeps the kernels' work on a
 padding run to one block per q block); every row keeps at least its diagonal, so no
 softmax row is empty.

@@ -2,7 +2,7 @@
 
 Materialises ``[B, Hkv, G, S, S]`` float32 scores, applies the mask of
 ``ops/mask.py`` and a float32 softmax. Shapes: queries and keys are
-``2 * head_dim`` wide (the [T | H | W] branches of NEO_SPEC §1.2), values
+``2 * head_dim`` wide (the [T | H | W] branches of docs/design.md §1.2), values
 ``head_dim`` wide; GQA with query head ``h`` using kv head
 ``h // (num_heads // num_kv_heads)`` (the ``repeat_kv`` order of Qwen3).
 """
@@ -27,7 +27,7 @@ def reference_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     segment_ids: ``[B, S] int32`` packed-sample ids (0 = padding).
     unit_ids: ``[B, S] int32`` visual-unit ids (0 = non-visual).
     scale: multiplier of the scores (NEO: ``head_dim ** -0.5`` with the
-      original head_dim, not ``2 * head_dim``; NEO_SPEC §1.2).
+      original head_dim, not ``2 * head_dim``; docs/design.md §1.2).
 
   Returns:
     ``[B, S, Hq, Dv]`` in ``q.dtype``. Scores and softmax in float32.

@@ -1,4 +1,4 @@
-"""AdamW, the learning-rate schedules and the per-stage trainable sets (NEO_SPEC §4).
+"""AdamW, the learning-rate schedules and the per-stage trainable sets (docs/design.md §4).
 
 Frozen parameters go through ``optax.set_to_zero`` inside
 ``optax.multi_transform``, so they carry no optimizer state and never change;
@@ -17,7 +17,7 @@ import ml_collections
 import optax
 from flax import traverse_util
 
-# NEO_SPEC §4, stage 1 (the paper's set, ``trainable="stage1"``): the patch embedder,
+# docs/design.md §4.3, stage 1 (the paper's set, ``trainable="stage1"``): the patch embedder,
 # the whole pre-Buffer and the H/W QK parameters of the post-LLM layers.
 STAGE1_TRAINABLE = (
     r"^vision_model/",

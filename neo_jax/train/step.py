@@ -2,7 +2,7 @@
 
 Pure functions of (state, batch). With ``loss_normalization="global"`` (the
 default) the loss of a step is ``sum(w * ce) / sum(w)`` over the whole global
-batch, exactly, whatever the number of micro-batches or devices (NEO_SPEC §3.5):
+batch, exactly, whatever the number of micro-batches or devices (docs/design.md §3.5):
 every micro-batch returns sums, the gradient of ``sum(w * ce)`` is accumulated
 and divided by the global ``sum(w)`` once. With ``"per_sequence"`` (the
 release's: its ``loss_function`` normalises each device's packed sequence, then

@@ -21,7 +21,7 @@ def round_half_even(x_num: int, den: int) -> int:
 
 
 def ref_smart_resize(h: int, w: int, min_px: int, max_px: int, f: int = 32) -> tuple[int, int]:
-  """NEO_SPEC §3.2 written independently (integer rounding, explicit branches)."""
+  """docs/design.md §3.2 written independently (integer rounding, explicit branches)."""
   assert max(h, w) <= 200 * min(h, w)
   hb = max(f, round_half_even(h, f) * f)
   wb = max(f, round_half_even(w, f) * f)
@@ -41,7 +41,7 @@ def ref_budget(max_px: int, min_px: int, n: int) -> int:
 
 
 def ref_thw(ids: np.ndarray, token_hw: np.ndarray, segment_ids: np.ndarray | None = None):
-  """NEO_SPEC §1.3 by an explicit loop: returns (t, h, w) per token."""
+  """docs/design.md §1.3 by an explicit loop: returns (t, h, w) per token."""
   t = np.zeros(len(ids), np.int64)
   cur, prev_seg, ctx_counted = -1, None, False
   for i, tok in enumerate(ids):

@@ -219,7 +219,7 @@ def reference_config(cfg) -> dict:
 
 
 def export_weights(cfg, params) -> dict:
-  """Flax parameters -> release state-dict names and layouts (NEO_SPEC §5), float64.
+  """Flax parameters -> release state-dict names and layouts (docs/design.md §5.3), float64.
 
   Linear weights are ``[out, in]``, convolutions ``OIHW``; stacked layers are
   split into ``layers.{i}`` with the pre-Buffer first.

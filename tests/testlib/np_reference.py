@@ -1,9 +1,9 @@
-"""A float64 NumPy reference of the NEO forward pass and loss, written from NEO_SPEC.
+"""A float64 NumPy reference of the NEO forward pass and loss, written from docs/design.md.
 
 Independent of ``neo_jax.model`` and ``neo_jax.ops`` by construction: nothing
 here imports them. Inputs are token ids, packed-sample ids and the images as
 full pixel arrays; weights are a plain ``dict`` of NumPy arrays with the
-release's PyTorch state-dict names and layouts (NEO_SPEC §5: Linear
+release's PyTorch state-dict names and layouts (docs/design.md §5.3: Linear
 ``[out, in]``, Conv ``OIHW``), e.g. ``"layers.3.self_attn.q_proj_hw.weight"``.
 
 What each part follows:
@@ -158,7 +158,7 @@ def positions_and_units(ids: np.ndarray, seg: np.ndarray, image_grids: list, cfg
 
 def mixed_mask(seg: np.ndarray, unit: np.ndarray) -> np.ndarray:
   """``[S, S] bool``: i may attend j iff same sample and (j <= i or same image); a
-  padding token (seg 0) attends only itself (its rows are never used; NEO_SPEC §1.4 only
+  padding token (seg 0) attends only itself (its rows are never used; docs/design.md §1.4 only
   requires that padding does not leak into real tokens)."""
   s = len(seg)
   m = np.zeros((s, s), bool)

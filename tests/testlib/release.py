@@ -16,11 +16,12 @@ the t indexes). Our logits come from one packed JAX forward.
 
 Run by ``tests/test_convert_release.py``, which skips unless ``NEO_RELEASE_DIR``
 names the release's ``to_hf`` folder (from a throw-away extraction, never inside
-this repository)::
+this repository; ``$NEO_SRC`` a checkout of github.com/EvolvingLMMs-Lab/NEO, ``$EXTRACT``
+an empty folder)::
 
-  git -C /work/.mirror/EvolvingLMMs-Lab+NEO/repo archive HEAD \\
-      VLMEvalKit/vlmeval/vlm/neo/to_hf | tar -x -C /tmp/neo_release
-  NEO_RELEASE_DIR=/tmp/neo_release/VLMEvalKit/vlmeval/vlm/neo/to_hf \\
+  git -C "$NEO_SRC" archive HEAD \\
+      VLMEvalKit/vlmeval/vlm/neo/to_hf | tar -x -C "$EXTRACT"
+  NEO_RELEASE_DIR="$EXTRACT/VLMEvalKit/vlmeval/vlm/neo/to_hf" \\
       bash scripts/test.sh tests/test_convert_release.py -s
 """
 

@@ -2,10 +2,11 @@
 
 ``NEO_RELEASE_DIR`` (the variable of ``testlib/release.py``) may name the extracted
 release's root or any folder inside it (e.g. its ``to_hf`` folder): ``trainkit_dir`` walks
-up to the folder that holds ``VLMTrainKit``::
+up to the folder that holds ``VLMTrainKit`` (``$NEO_SRC`` a checkout of the release,
+``$EXTRACT`` an empty folder, as in ``testlib/release.py``)::
 
-  git -C /work/.mirror/EvolvingLMMs-Lab+NEO/repo archive HEAD VLMTrainKit | tar -x -C /tmp/neo_release
-  NEO_RELEASE_DIR=/tmp/neo_release bash scripts/test.sh tests/test_recipes.py tests/test_data_conversation.py
+  git -C "$NEO_SRC" archive HEAD VLMTrainKit | tar -x -C "$EXTRACT"
+  NEO_RELEASE_DIR="$EXTRACT" bash scripts/test.sh tests/test_recipes.py tests/test_data_conversation.py
 
 The release's data code imports torchvision at module level (``neo/data/utils.py:8``),
 which the project does not install; ``release_function`` therefore takes one function (or

@@ -1,4 +1,4 @@
-"""An independent minimal PyTorch NEO forward, written from NEO_SPEC (§1, §5).
+"""An independent minimal PyTorch NEO forward, written from docs/design.md (§1, §5).
 
 Used to check conversions: it reads the release's state-dict keys and
 ``config.json`` and takes the release's input format, so an export that this
@@ -114,7 +114,7 @@ class TorchNEO:
 
   # ---- positions and mask
   def indexes(self, input_ids, sample_ids, grid_hw):
-    """(t, h, w) ``[3, S]`` per NEO_SPEC §1.3, t restarting per sample."""
+    """(t, h, w) ``[3, S]`` per docs/design.md §1.3, t restarting per sample."""
     s = input_ids.shape[0]
     t = torch.zeros(s, dtype=torch.long)
     h = torch.zeros(s, dtype=torch.long)
