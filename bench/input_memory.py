@@ -74,6 +74,9 @@ def _child(a) -> dict:
     time.sleep(a.consumer_s)
   stop.set()
   own, kids = host_memory.peak_rss_bytes()
+  by_minute = {}
+  for t, r in samples:
+    by_minute[int(t // 60)] = max(by_minute.get(int(t // 60), 0.0), r)
   half = [r for t, r in samples if t >= a.duration_s / 2]
   slope = (half[-1] - half[0]) / (a.duration_s / 2) * 60 if len(half) > 1 else 0.0
   st = it.stats()
@@ -81,6 +84,7 @@ def _child(a) -> dict:
           "workers_peak_mib": kids / 2**20, "first_batch_s": first[0],
           "rss_first_batch_mib": first[1], "rss_end_mib": samples[-1][1],
           "slope_mib_per_min": slope, "batches": batches,
+          "max_rss_by_minute_mib": [round(by_minute[k]) for k in sorted(by_minute)],
           "fitted": pipeline.fit_counts(it), "skipped": pipeline.skip_counts(it),
           "samples": st.get("samples", 0), "seq_len": config.seq_len,
           "prefetch_mib": d.prefetch_mib, "max_waiting_mib": d.max_waiting_mib}
