@@ -99,3 +99,21 @@ def test_packer_waiting_bytes_bounded_and_resume_exact():
   it2 = iter(_packer(budget))
   it2.set_state(it.get_state())
   assert_batches_equal(full[7:], take(it2, 9))
+
+
+def test_close_releases_a_waiting_consumer():
+  import threading  # pylint: disable=import-outside-toplevel
+
+  def slow(i):
+    time.sleep(0.5 if i else 0)
+    return {"x": np.zeros(10)}
+  it = iter(prefetch.BytePrefetchIterDataset(
+      grain.MapDataset.range(100).map(slow).to_iter_dataset(), MIB))
+  next(it)
+  got = []
+  t = threading.Thread(target=lambda: got.append(list(it)))   # waits on the slow element
+  t.start()
+  time.sleep(0.05)
+  it.close()
+  t.join(5)
+  assert not t.is_alive() and it.held_bytes == 0

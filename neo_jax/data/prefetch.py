@@ -77,6 +77,7 @@ class BytePrefetchIterator(grain.DatasetIterator):
     self.peak_bytes = 0
     self._thread: threading.Thread | None = None
     self._stop = False
+    self._closed = False
 
   def _produce(self) -> None:
     while True:
@@ -109,7 +110,7 @@ class BytePrefetchIterator(grain.DatasetIterator):
     self._thread.start()
 
   def __next__(self) -> Any:
-    if self._thread is None:
+    if self._thread is None and not self._closed:
       self._start()
     with self._cond:
       while not self._queue:
@@ -147,8 +148,13 @@ class BytePrefetchIterator(grain.DatasetIterator):
   def close(self) -> None:
     """Tells the background thread to stop, without waiting for it (Grain closes
     iterators from ``__del__``, possibly on the very thread the producer waits on); it
-    is a daemon thread, so it never holds the process open."""
+    is a daemon thread, so it never holds the process open. The held elements are
+    dropped and a consumer still waiting gets ``StopIteration``."""
     with self._cond:
       self._stop = True
+      self._queue.clear()
+      self._queue.append((_END, None, 0))
+      self.held_bytes = 0
+      self._closed = True
       self._cond.notify_all()
     self._thread = None
