@@ -28,15 +28,17 @@ def _malloc_trim():
     return None
 
 
-def release_host_memory() -> bool:
-  """Runs Python's garbage collector, then glibc's ``malloc_trim(0)``.
+def release_host_memory(collect: bool = True) -> bool:
+  """Runs Python's garbage collector (unless ``collect`` is False), then glibc's
+  ``malloc_trim(0)``.
 
   Returns:
     True if glibc released memory (``malloc_trim`` returned 1); False when nothing
     was released or the C library has no ``malloc_trim`` (musl, macOS): then this
     is only a ``gc.collect()``.
   """
-  gc.collect()
+  if collect:
+    gc.collect()
   trim = _malloc_trim()
   return bool(trim(0)) if trim is not None else False
 

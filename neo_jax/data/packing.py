@@ -27,19 +27,21 @@ from __future__ import annotations
 import collections
 import dataclasses
 import logging
+import time
 from typing import Any
 
 import grain
 import numpy as np
 
 from neo_jax.core import batch as batch_lib
-from neo_jax.core import geometry, tokens
+from neo_jax.core import geometry, host_memory, tokens
 from neo_jax.data import prefetch
 from neo_jax.data import source_stats
 
 log = logging.getLogger(__name__)
 
 ALGORITHMS = ("first_fit", "best_fit")
+TRIM_EVERY_S = 10.0  # [s] between returns of freed host memory to the OS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +114,7 @@ class PackDatasetIterator(grain.DatasetIterator):
     self._waiting_bytes = 0
     self._exhausted = False
     self._monitor = source_stats.SourceMonitor(opts.monitor)
+    self._last_trim = time.monotonic()
 
   # -- capacity helpers
   def _too_big(self, el: dict) -> str | None:
@@ -206,7 +209,22 @@ class PackDatasetIterator(grain.DatasetIterator):
     self._counts["tokens"] += int(sum(u[0] for u in used))
     self._counts["capacity"] += opts.batch_size * opts.seq_len
     self._advance_snapshot()
+    self._trim_host_memory()
     return batch
+
+  def _trim_host_memory(self) -> None:
+    """Gives freed host memory back to the OS at most every ``TRIM_EVERY_S`` seconds.
+
+    Samples of a few KB to ~50 MB are allocated and freed in several threads; glibc
+    keeps what is freed in per-thread arenas (and raises its mmap threshold after each
+    large free, so later large arrays come from the arenas too), and the resident set
+    creeps up although the pipeline holds a bounded number of bytes (measured:
+    ``bench/input_memory.py``, BUILD_NOTES.md §0j). ``malloc_trim`` returns the free
+    pages of every arena."""
+    now = time.monotonic()
+    if now - self._last_trim >= TRIM_EVERY_S:
+      self._last_trim = now
+      host_memory.release_host_memory(collect=False)
 
   def _count_skip(self, source: str, reason: str, record_id: Any, detail: str) -> None:
     self._counts["skip/" + reason] += 1
