@@ -1,4 +1,4 @@
-# The neo_jax training image: Python 3.11, the lock file's pins without torch, the tpu extra,
+# The neo_jax training image: Python 3.11, the runtime lock file's pins (no torch), the tpu extra,
 # the package installed (editable) in /app.
 #
 #   bash launch/build_image.sh us-docker.pkg.dev/my-proj/my-repo      # build + push

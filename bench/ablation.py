@@ -4,7 +4,7 @@
     python bench/ablation.py --workdir /tmp/neo_ablation --report_only
 
 Each (variant, seed) is one ``python -m neo_jax.train --config
-configs/ablation.py:variant=V,seed=S,...`` run in ``{workdir}/{V}_s{S}``, one after
+ablation:variant=V,seed=S,...`` run in ``{workdir}/{V}_s{S}``, one after
 the other; a run whose final evaluation is already in its ``metrics.jsonl`` is
 kept, so an interrupted study continues where it stopped. Runs of one seed share
 the initial parameters and the data order (``train.seed``), so variants are
@@ -30,7 +30,7 @@ import numpy as np
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from configs import ablation as ablation_config  # pylint: disable=wrong-import-position
+from neo_jax.configs import ablation as ablation_config  # pylint: disable=wrong-import-position
 
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/neo_ablation", "Parent directory of the runs.")
 _VARIANTS = flags.DEFINE_string("variants", "ABDGHI", "Table 3 letters to run.")
@@ -85,7 +85,7 @@ def train_one(workdir: str, variant: str, seed: int, steps: int, eval_every: int
     return 0.0
   shutil.rmtree(d, ignore_errors=True)  # a partial run restarts from step 0
   arg = f"variant={variant},seed={seed},steps={steps},eval_every={eval_every},eval_limit={eval_limit}"
-  cmd = [sys.executable, "-m", "neo_jax.train", f"--config=configs/ablation.py:{arg}",
+  cmd = [sys.executable, "-m", "neo_jax.train", f"--config=ablation:{arg}",
          f"--workdir={d}"]
   print(f"[ablation] {variant} seed {seed}: {' '.join(cmd[2:])}", flush=True)
   t0 = time.perf_counter()

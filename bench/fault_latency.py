@@ -4,7 +4,7 @@ BUILD_NOTES.md section 0h.
     python bench/fault_latency.py                 # every scenario, a Markdown table
     python bench/fault_latency.py --only=dead_peer,preflight
 
-Each scenario starts real trainer processes (``configs/smoke.py``, 2 processes x 2 CPU
+Each scenario starts real trainer processes (the ``smoke`` config, 2 processes x 2 CPU
 devices over gloo, as ``launch/local.py`` does) and, where a bucket is involved,
 fake-gcs-server behind the fault-injecting proxy of ``tests/testlib``, all on loopback.
 The clock starts at the fault (the ``kill -9``, the SIGTERM, the process start) and stops
@@ -33,7 +33,7 @@ from testlib.procs import Launch  # noqa: E402  pylint: disable=wrong-import-pos
 
 
 def _cmd(workdir, *extra, steps=400, every=5):
-  return [sys.executable, "-m", "neo_jax.train", f"--config={ROOT}/configs/smoke.py:steps={steps}",
+  return [sys.executable, "-m", "neo_jax.train", f"--config=smoke:steps={steps}",
           f"--workdir={workdir}", f"--config.checkpoint.every_steps={every}", *extra]
 
 

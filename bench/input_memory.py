@@ -38,12 +38,11 @@ def _child(a) -> dict:
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   sys.path.insert(0, ROOT)
-  import importlib  # pylint: disable=import-outside-toplevel
+  from neo_jax import configs  # pylint: disable=import-outside-toplevel
   from neo_jax.core import host_memory  # pylint: disable=import-outside-toplevel
   from neo_jax.data import mixture, pipeline  # pylint: disable=import-outside-toplevel
   jnp.zeros((1024, 1024)).block_until_ready()   # JAX's runtime is part of the process
-  path, arg = a.config.split(":")
-  config = importlib.import_module(path[:-3].replace("/", ".")).get_config(f"{arg},data={a.mix}")
+  config = configs.get_config(f"{a.config},data={a.mix}")
   d = mixture.apply_mixture(config.data)
   d.num_workers = a.worker_count
   if a.setting == "count":
@@ -95,7 +94,7 @@ def main():
   ap.add_argument("--corpus", default="/tmp/neo_longvideo")
   ap.add_argument("--minutes", type=float, default=10.0, help="length of each clip")
   ap.add_argument("--videos", type=int, default=3)
-  ap.add_argument("--config", default="configs/neo_ov_2b.py:stage3")
+  ap.add_argument("--config", default="neo_ov_2b:stage3")
   ap.add_argument("--workers", default="0,2")
   ap.add_argument("--batch_size", type=int, default=1)
   ap.add_argument("--duration_s", type=float, default=600)

@@ -1,14 +1,15 @@
-"""The pinned requirements of a pod worker or container: the lock file without torch.
+"""The pinned requirements of a pod worker or container: the runtime lock, never torch.
 
     python launch/pod_requirements.py > requirements-pod.txt
 
-``requirements-lock.txt`` pins the whole test environment, including the CPU
-build of torch (the ``torch`` extra, for the interop tests). A TPU worker needs
-none of that extra, and installing ``torch==2.13.0`` from the package index
-would pull the CUDA build (several GB of ``nvidia-*`` wheels) onto every host.
-This module keeps every pin of the lock file except the packages named by the
-extras in ``EXCLUDED_EXTRAS`` and adds the pins of the ``tpu`` extra, so a
-worker or the image installs exactly the tested versions of everything it runs:
+``requirements-lock.txt`` pins the runtime (the package's dependencies and libtpu); the
+test tools and the CPU build of torch (the ``torch`` extra, for the interop tests) are in
+``requirements-test-lock.txt``, which pods never read. A TPU worker needs none of the
+``torch`` extra, and installing ``torch==2.13.0`` from the package index would pull the
+CUDA build (several GB of ``nvidia-*`` wheels) onto every host, so this module still drops
+the packages of the extras in ``EXCLUDED_EXTRAS`` should one appear in the runtime lock (a
+guard), and adds the pins of the ``tpu`` extra, so a worker or the image installs exactly
+the tested versions of everything it runs:
 
     uv pip install -r requirements-pod.txt -e '.[tpu]'
 

@@ -12,7 +12,7 @@ this script there over ``gcloud compute tpus tpu-vm ssh --worker=all``:
 * ``setup``: installs ``uv`` (``pip install --user uv==UV_VERSION``) when none is on the
   PATH, creates ``.venv`` with ``uv venv --python 3.11`` (uv fetches a Python 3.11 when the
   VM image has only its system 3.10) and installs ``uv pip install -r requirements-pod.txt
-  -e .[tpu]`` (the lock file without torch: ``launch/pod_requirements.py``).
+  -e .[tpu]`` (the runtime lock file, no torch: ``launch/pod_requirements.py``).
 * ``start``: kills stale processes that hold the TPU device files and removes libtpu's
   lock file (as MaxText's ``multihost_runner.py`` does before each run), then starts a
   detached supervisor (own session, SIGHUP ignored: it outlives the ssh connection) that

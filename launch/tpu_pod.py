@@ -3,7 +3,7 @@
     # first run: copy the checkout, create the env (uv, Python 3.11, the tpu extra), start
     python launch/tpu_pod.py --tpu=my-v5p-256 --zone=us-east5-a --project=my-proj --setup \\
         --workdir=gs://bucket/neo_ov_9b_s3 -- \\
-        --config configs/neo_ov_9b.py:stage3 --config.mesh.fsdp=32 --config.mesh.tensor=4
+        --config neo_ov_9b:stage3 --config.mesh.fsdp=32 --config.mesh.tensor=4
     python launch/tpu_pod.py --tpu=my-v5p-256 --zone=us-east5-a --status   # or --logs, --stop
 
 Several ``--tpu`` = one multislice job (slice i = the i-th ``--tpu``): each slice's
@@ -14,8 +14,8 @@ compute tpus tpu-vm describe``), ``MEGASCALE_NUM_SLICES``, ``MEGASCALE_SLICE_ID`
 
 Every step is one ``gcloud compute tpus tpu-vm {scp,ssh} TPU --worker=all`` per slice
 (slices in parallel). ``--setup``: a tarball of the checkout (git's tracked and untracked,
-not ignored files; never ``.git`` / ``.venv``) plus ``requirements-pod.txt`` (the lock file
-without torch, ``launch/pod_requirements.py``) is copied to every worker and unpacked into
+not ignored files; never ``.git`` / ``.venv``) plus ``requirements-pod.txt`` (the runtime lock
+file and the tpu extra, ``launch/pod_requirements.py``) is copied to every worker and unpacked into
 ``~/<remote_dir>`` (the files the previous ``--setup`` shipped, listed in
 ``.shipped_files``, are removed first; ``.venv`` and anything a job wrote stay), then
 ``launch/pod_worker.py setup`` builds the environment. The start runs ``pod_worker.py start`` on every worker

@@ -4,7 +4,7 @@
     python launch/xpk.py --cluster=my-gke --zone=us-east5-a --project=my-proj \\
         --workload=neo-ov-9b-s3 --tpu_type=v5p-256 --num_slices=2 \\
         --image=us-docker.pkg.dev/my-proj/neo/neo_jax:abc123 --workdir=gs://bucket/run -- \\
-        --config configs/neo_ov_9b.py:stage3 --config.dcn_mesh.data=2 --config.mesh.fsdp=16 \\
+        --config neo_ov_9b:stage3 --config.dcn_mesh.data=2 --config.mesh.fsdp=16 \\
         --config.mesh.tensor=4 --config.mesh.context=2
 
 Default: ``xpk workload create`` with every flag it needs: ``--zone`` (always; xpk

@@ -1,6 +1,6 @@
 """Ahead-of-time compile of the real train step for a TPU pod, on a CPU machine.
 
-    python -m neo_jax.aot --config configs/neo_ov_9b.py:stage3 --topology v5p-256 \\
+    python -m neo_jax.aot --config neo_ov_9b:stage3 --topology v5p-256 \\
         --config.mesh.fsdp=4 --config.mesh.context=8 --config.mesh.tensor=4
 
 MaxText ``train_compile.py`` style: ``jax.experimental.topologies`` gives
@@ -192,7 +192,7 @@ def compile_train_step(config, topology: str, num_slices: int = 1,
   """Compiles ``Setup(config).train_step`` for ``topology``; nothing is allocated.
 
   Args:
-    config: a training config (``configs/*.py``); ``mesh`` / ``dcn_mesh`` must
+    config: a training config (``neo_jax.configs``); ``mesh`` / ``dcn_mesh`` must
       multiply to the topology's devices (one axis may be -1).
     topology: e.g. "v5p-256", "v6e-256", "v5p:2x2x2".
     num_slices: DCN-connected slices (then set ``config.dcn_mesh``).
@@ -241,10 +241,6 @@ def compile_train_step(config, topology: str, num_slices: int = 1,
   return report, compiled
 
 
-class DoesNotFitError(RuntimeError):
-  """The compiled step needs more HBM than the chip has."""
-
-
 def main(argv) -> int:
   from absl import flags  # pylint: disable=g-import-not-at-top
   fl = flags.FLAGS
@@ -277,8 +273,8 @@ _CONFIG = None
 def _define_flags():
   global _CONFIG
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+  from neo_jax import configs  # pylint: disable=g-import-not-at-top
+  _CONFIG = configs.define_flag("config")
   flags.DEFINE_string("topology", "v5p-8", "TPU slice: v5p-256, v6e-256, v5e-64, v4-32, v5p:4x4x8.")
   flags.DEFINE_integer("num_slices", 1, "Number of DCN-connected slices (set config.dcn_mesh).")
   flags.DEFINE_float("hbm_gib", 0.0, "Memory budget per device in GiB (0 = the chip's HBM).")

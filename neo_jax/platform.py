@@ -40,6 +40,13 @@ def guard_network() -> bool:
   the test instead of sending traffic. Connections made by native libraries
   (tensorstore) bypass Python's sockets: their endpoints are pointed at loopback by
   environment variables instead. Returns whether the guard was installed.
+
+  An explicit opt-in, not test support: without the variable nothing happens. It lives
+  in the package because the processes it must reach are the CLIs themselves, started
+  by launchers, on stand-in pod workers and under SLURM stand-ins, where only the
+  environment travels (a conftest or a ``sitecustomize`` on ``PYTHONPATH`` would not);
+  and a user checking a run against an emulator gets the same guarantee
+  (README.md, "Running on pods and clusters").
   """
   if os.environ.get("NEO_JAX_LOOPBACK_ONLY") != "1":
     return False

@@ -1,7 +1,8 @@
 """Lists (or runs, one after the other) the points of a config's ``sweep()``.
 
-    python -m neo_jax.sweep --config configs/neo_ov_2b.py:stage2 --workdir /runs/s2 [--launch]
+    python -m neo_jax.sweep --config neo_ov_2b:stage2 --workdir /runs/s2 [--launch]
 
+``--config`` names a packaged config or a config file (``neo_jax.configs.resolve``).
 A config file may define ``sweep()`` returning a list of ``{"config.key": value}``
 points (big_vision style). Each point becomes one ``python -m neo_jax.train``
 command with its own work directory ``{workdir}/{index}_{key=value,...}``;
@@ -10,31 +11,30 @@ without ``--launch`` the commands are printed.
 
 from __future__ import annotations
 
-import importlib.util
 import shlex
 import subprocess
 import sys
 
 from absl import app, flags
 
-_CONFIG = flags.DEFINE_string("config", None, "Config file with an optional ':arg'.")
+from neo_jax import configs
+
+_CONFIG = flags.DEFINE_string("config", None, "A packaged config or a config file, with "
+                              "an optional ':arg'.")
 _WORKDIR = flags.DEFINE_string("workdir", "/tmp/neo_sweep", "Parent directory of the runs.")
 _LAUNCH = flags.DEFINE_bool("launch", False, "Run the commands sequentially.")
 flags.mark_flags_as_required(["config"])
 
 
 def load_sweep(config_arg: str) -> list[dict]:
-  """The points of ``sweep()`` in the config file of ``path[:arg]``.
+  """The points of ``sweep()`` in the config ``NAME[:arg]`` (a packaged name or a file).
 
   Raises:
-    ValueError: the file defines no ``sweep``.
+    ValueError: an unknown config, or one that defines no ``sweep``.
   """
-  path = config_arg.split(":", 1)[0]
-  spec = importlib.util.spec_from_file_location("_sweep_config", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
+  mod = configs.load(config_arg)
   if not hasattr(mod, "sweep"):
-    raise ValueError(f"{path} defines no sweep().")
+    raise ValueError(f"{config_arg.split(':', 1)[0]} defines no sweep().")
   return list(mod.sweep())
 
 

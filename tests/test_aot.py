@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from configs import smoke
+from neo_jax.configs import smoke
 from neo_jax import aot
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +55,7 @@ def test_context_parallel_kernel_compiles_for_v5p_8():
 
 def test_cli_fails_clearly_when_it_does_not_fit():
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  r = subprocess.run([sys.executable, "-m", "neo_jax.aot", f"--config={ROOT}/configs/smoke.py",
+  r = subprocess.run([sys.executable, "-m", "neo_jax.aot", "--config=smoke",
                       "--topology=v5p-8", "--hbm_gib=0.001"], env=env, cwd=ROOT,
                      capture_output=True, text=True, timeout=600)
   assert r.returncode == 1, r.stdout[-2000:] + r.stderr[-2000:]
@@ -65,7 +65,7 @@ def test_cli_fails_clearly_when_it_does_not_fit():
 def test_cli_compiles_every_context_phase():
   """With a context schedule the CLI compiles one step per phase length (each must fit)."""
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
-  r = subprocess.run([sys.executable, "-m", "neo_jax.aot", f"--config={ROOT}/configs/smoke.py",
+  r = subprocess.run([sys.executable, "-m", "neo_jax.aot", "--config=smoke",
                       "--topology=v5p-8", "--config.seq_len=128",
                       "--config.seq_len_schedule=((0, 64), (10, 128))"], env=env, cwd=ROOT,
                      capture_output=True, text=True, timeout=600)

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from configs import smoke
+from neo_jax.configs import smoke
 from neo_jax.core import paths
 from neo_jax.train import trainer
 from testlib.train import logged_losses
@@ -41,7 +41,7 @@ def _env():
 
 
 def _train_cmd(workdir):
-  return [sys.executable, "-m", "neo_jax.train", f"--config={ROOT}/configs/smoke.py:steps={STEPS}",
+  return [sys.executable, "-m", "neo_jax.train", f"--config=smoke:steps={STEPS}",
           f"--workdir={workdir}", "--config.checkpoint.every_steps=4",
           "--config.tensorboard=true"]
 

@@ -8,7 +8,7 @@ import pytest
 from testlib.data import assert_batches_equal, take
 from neo_jax.core import context_schedule
 from neo_jax.train import input_pipeline
-from configs import demo
+from neo_jax.configs import demo
 
 
 def _cfg(schedule, seq_len):
@@ -66,7 +66,7 @@ def test_pipeline_switch_equals_a_resume_at_the_boundary_and_inside_the_phase():
 
 
 def _smoke(workdir_steps=8):
-  from configs import smoke  # pylint: disable=import-outside-toplevel
+  from neo_jax.configs import smoke  # pylint: disable=import-outside-toplevel
   c = smoke.get_config(f"steps={workdir_steps},seq_len=128,batch_size=8")
   c.seq_len_schedule = ((0, 64), (4, 128))
   c.checkpoint.every_steps = 2

@@ -37,7 +37,7 @@ def _mixture(tmp_path, starving: bool):
 def _audit(tmp_path, mix, *extra):
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")
   return subprocess.run(
-      [sys.executable, "-m", "neo_jax.data.audit", f"--config={ROOT}/configs/demo.py",
+      [sys.executable, "-m", "neo_jax.data.audit", "--config=demo",
        f"--data={mix}", "--batches=4", "--batch_size=2", f"--json={tmp_path / 'a.json'}",
        "--config.seq_len=512", *extra], env=env, cwd=ROOT, capture_output=True, text=True,
       timeout=600)

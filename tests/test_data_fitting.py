@@ -23,7 +23,7 @@ from neo_jax.data import video as video_lib
 from neo_jax.data.errors import BadSample
 from neo_jax.core import tokens
 
-RECIPES = [f"configs/{m}.py:stage{s}" for m in ("neo_2b", "neo_9b", "neo_ov_2b", "neo_ov_9b")
+RECIPES = [f"{m}:stage{s}" for m in ("neo_2b", "neo_9b", "neo_ov_2b", "neo_ov_9b")
            for s in (1, 2, 3)]
 
 
@@ -115,9 +115,8 @@ def media(tmp_path_factory):
 
 
 def _load(spec):
-  import importlib  # pylint: disable=import-outside-toplevel
-  path, arg = spec.split(":")
-  return importlib.import_module(path[:-3].replace("/", ".")).get_config(arg)
+  from neo_jax import configs  # pylint: disable=import-outside-toplevel
+  return configs.get_config(spec)
 
 
 def _processors(config):

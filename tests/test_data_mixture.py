@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from configs import smoke
+from neo_jax.configs import smoke
 from neo_jax.data import mixture
 from neo_jax.data.tokenizer import get_tokenizer
 from neo_jax.train import input_pipeline
@@ -55,7 +55,7 @@ def _mix(tmp_path):
 
 def test_recipe_without_a_mixture_refuses_to_start(tmp_path):
   r = subprocess.run([sys.executable, "-m", "neo_jax.train",
-                      f"--config={ROOT}/configs/neo_ov_2b.py:stage2",
+                      "--config=neo_ov_2b:stage2",
                       f"--workdir={tmp_path / 'x'}"], env=_env(), cwd=ROOT,
                      capture_output=True, text=True, timeout=300)
   assert r.returncode != 0
@@ -65,7 +65,7 @@ def test_recipe_without_a_mixture_refuses_to_start(tmp_path):
 def test_mixture_file_on_the_command_line_trains_and_mixes_both_sources(tmp_path):
   mix = _mix(tmp_path)
   r = subprocess.run([sys.executable, "-m", "neo_jax.train",
-                      f"--config={ROOT}/configs/smoke.py:steps=2,seq_len=256,batch_size=2",
+                      "--config=smoke:steps=2,seq_len=256,batch_size=2",
                       f"--workdir={tmp_path / 'run'}", "--config.data.kind=pipeline",
                       f"--config.data.mixture={mix}", *REAL_IDS], env=_env(), cwd=ROOT,
                      capture_output=True, text=True, timeout=300)
@@ -215,7 +215,7 @@ def test_jsonl_source_indexes_lines_without_keeping_them(tmp_path):
 def test_recipes_state_stage_defaults_and_modality_weights(tmp_path):
   """NEO-ov stage 2: pixels 256^2..4096^2, 128 frames, and sources that name a modality
   but no weight get 2 : 4 : 1 : 1 split over the sources of each modality."""
-  from configs import neo_ov_2b, neo_2b  # pylint: disable=import-outside-toplevel
+  from neo_jax.configs import neo_ov_2b, neo_2b  # pylint: disable=import-outside-toplevel
   for i, m in enumerate(("text", "image", "image", "video")):
     _jsonl(tmp_path / f"{i}.jsonl", m, 3)
   (tmp_path / "mix.yaml").write_text("sources:\n" + "".join(

@@ -23,7 +23,7 @@ from testlib.train import ROOT, logged_losses
 def _cli(workdir, *extra):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
              XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  cmd = [sys.executable, "-m", "neo_jax.train", f"--config={ROOT}/configs/smoke.py:steps=8",
+  cmd = [sys.executable, "-m", "neo_jax.train", "--config=smoke:steps=8",
          f"--workdir={workdir}", "--config.checkpoint.every_steps=4", *extra]
   return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
 

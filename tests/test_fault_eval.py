@@ -15,7 +15,7 @@ import re
 import numpy as np
 import pytest
 
-from configs import demo
+from neo_jax.configs import demo
 from neo_jax.core import tokens
 from neo_jax.data import pipeline
 from neo_jax.train import evaluate, health, trainer

@@ -24,11 +24,10 @@ import pytest
 from neo_jax.core import paths
 from testlib.faulty_proxy import Fault
 from testlib.procs import Launch
-from testlib.train import ROOT
 
 
 def _cmd(workdir, steps=200, every=5, *extra):
-  return [sys.executable, "-m", "neo_jax.train", f"--config={ROOT}/configs/smoke.py:steps={steps}",
+  return [sys.executable, "-m", "neo_jax.train", f"--config=smoke:steps={steps}",
           f"--workdir={workdir}", f"--config.checkpoint.every_steps={every}", *extra]
 
 
@@ -98,7 +97,7 @@ def test_fault_preemption_while_a_checkpoint_upload_stalls(faulty_gcs):
 def test_fault_preemption_during_evaluation(tmp_path):
   w = str(tmp_path / "eval")
   cmd = [sys.executable, "-m", "neo_jax.train",
-         f"--config={ROOT}/configs/demo.py:steps=6,eval_every=2,seq_len=256,batch_size=4",
+         "--config=demo:steps=6,eval_every=2,seq_len=256,batch_size=4",
          f"--workdir={w}", "--config.eval.limit_per_task=4", "--config.eval.batch_size=1",
          "--config.model.num_llm_layers=1", "--config.log_every=1",
          "--config.checkpoint.every_steps=100"]

@@ -25,7 +25,7 @@ import time
 import numpy as np
 import pytest
 
-from configs import smoke
+from neo_jax.configs import smoke
 from neo_jax.train import input_pipeline, trainer
 from neo_jax.train.host_prefetch import HostPrefetch
 from testlib.train import ROOT, logged_losses
@@ -140,7 +140,7 @@ def test_sigterm_while_the_input_pipeline_stalls_saves_and_resumes_exactly(tmp_p
 def test_sigterm_during_compilation_ends_within_the_grace_period(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
              XLA_FLAGS="--xla_force_host_platform_device_count=1")
-  cmd = [sys.executable, "-m", "neo_jax.train", f"--config={ROOT}/configs/smoke.py:steps=5",
+  cmd = [sys.executable, "-m", "neo_jax.train", "--config=smoke:steps=5",
          f"--workdir={tmp_path / 'w'}", "--config.train.signal_grace_s=0.2"]
   p = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True)

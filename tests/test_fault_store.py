@@ -28,11 +28,9 @@ import urllib.request
 import pytest
 
 from neo_jax.core import paths
+from neo_jax.launch import local
 from testlib.faulty_proxy import Fault
 from testlib.train import ROOT, logged_losses
-
-sys.path.insert(0, os.path.join(ROOT, "launch"))
-import local  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def _env(**extra):
@@ -41,7 +39,7 @@ def _env(**extra):
 
 
 def _train(workdir, steps=12):
-  return [sys.executable, "-m", "neo_jax.train", f"--config={ROOT}/configs/smoke.py:steps={steps}",
+  return [sys.executable, "-m", "neo_jax.train", f"--config=smoke:steps={steps}",
           f"--workdir={workdir}", "--config.checkpoint.every_steps=4",
           "--config.tensorboard=true"]
 

@@ -8,7 +8,7 @@ import types
 import numpy as np
 import pytest
 
-from configs import smoke
+from neo_jax.configs import smoke
 from neo_jax.core.batch import IGNORE_INDEX, assemble_batch
 from neo_jax.train import flops, trainer
 from neo_jax.train.throughput import Throughput

@@ -13,7 +13,7 @@ import sys
 import jax
 import pytest
 
-from configs import demo
+from neo_jax.configs import demo
 from neo_jax.convert import orbax_io
 from neo_jax.data import embedded
 from neo_jax.data import processor as processor_lib

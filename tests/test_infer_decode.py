@@ -113,7 +113,7 @@ def test_cache_size_is_what_the_shapes_say():
 def test_decoding_under_the_training_mesh_keeps_params_sharded(devices8):
   """data 2 x fsdp 2 x tensor 2: parameters stay in their training shards, the cache
   follows the activations' axes, and the tokens equal the one-device decode."""
-  from configs import smoke  # pylint: disable=import-outside-toplevel
+  from neo_jax.configs import smoke  # pylint: disable=import-outside-toplevel
   from neo_jax.train import sharding, trainer  # pylint: disable=import-outside-toplevel
   c = smoke.get_config()
   c.mesh.data, c.mesh.fsdp, c.mesh.tensor = 2, 2, 2

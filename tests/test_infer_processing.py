@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from configs import demo
+from neo_jax.configs import demo
 from neo_jax.data import embedded
 from neo_jax.data import processor as processor_lib
 from neo_jax.data.tokenizer import get_tokenizer

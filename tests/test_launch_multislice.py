@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from configs import smoke
+from neo_jax.configs import smoke
 from neo_jax import aot
 from neo_jax.train import sharding
 
@@ -39,7 +39,7 @@ def test_dcn_mesh_flag_parses_and_a_mismatch_is_a_clear_error(tmp_path):
   devices of one "slice" the trainer stops with the mesh's message."""
   assert dict(smoke.get_config().dcn_mesh) == {"data": 1, "fsdp": 1, "tensor": 1, "context": 1}
   r = subprocess.run([sys.executable, "-m", "neo_jax.train",
-                      f"--config={ROOT}/configs/smoke.py:steps=1", f"--workdir={tmp_path}",
+                      "--config=smoke:steps=1", f"--workdir={tmp_path}",
                       "--config.dcn_mesh.data=2"],
                      env=dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu",
                               XLA_FLAGS="--xla_force_host_platform_device_count=8"),
@@ -105,7 +105,7 @@ def test_train_step_compiles_for_two_slices_like_one_slice_of_twice_the_size():
 def test_released_size_compiles_on_two_slices():
   """NEO-ov 9B stage 3 (36K tokens) on 2 x v5p-256, data parallel across the slices
   (BUILD_NOTES §5 "Launchers and multislice" has the figures; ~minutes on 2 cores)."""
-  from configs import neo_ov_9b  # pylint: disable=g-import-not-at-top
+  from neo_jax.configs import neo_ov_9b  # pylint: disable=g-import-not-at-top
   c = neo_ov_9b.get_config("stage3")
   c.dcn_mesh.data = 2
   c.mesh.fsdp, c.mesh.tensor, c.mesh.context = 16, 4, 2

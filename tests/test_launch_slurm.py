@@ -3,7 +3,7 @@
 The stand-ins give the script and its tasks the variables SLURM sets (one node = this
 machine, 2 GPUs, 2 tasks); JAX's real SLURM detection (``jax._src.clusters.SlurmCluster``)
 then joins the two tasks through ``jax.distributed`` (gloo on loopback, 2 CPU devices
-each) and they train ``configs/smoke.py`` together. Stood in: the scheduler and the GPUs
+each) and they train the ``smoke`` config together. Stood in: the scheduler and the GPUs
 (``CUDA_VISIBLE_DEVICES`` as SLURM's binding would set it; JAX runs on the CPU).
 """
 
@@ -67,7 +67,7 @@ def test_sbatch_two_tasks_train_together_each_sees_its_gpu(tmp_path, monkeypatch
              XLA_FLAGS="--xla_force_host_platform_device_count=2", NEO_JAX_LOOPBACK_ONLY="1")
   r = subprocess.run(["sbatch", "--nodes=1", "--gpus-per-node=2", "--ntasks-per-node=2",
                       f"{ROOT}/launch/slurm.sbatch", f"--workdir={workdir}",
-                      f"--config={ROOT}/configs/smoke.py:steps=4",
+                      "--config=smoke:steps=4",
                       "--config.checkpoint.every_steps=2"],
                      env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=600)
   out = (tmp_path / f"neo_jax_{job}.log").read_text()

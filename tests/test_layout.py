@@ -1,5 +1,6 @@
 """The package's layering, read from the source: no import cycle, ``data/`` never
-imports ``model/``, ``core/`` imports nothing else of neo_jax, files stay small;
+imports ``model/``, ``core/`` imports nothing else of neo_jax, files stay small; every
+package names its public API (``__all__``) and importing a package imports no JAX;
 and the repository stands alone: no file refers to a path outside it, and every
 ``docs/design.md §N`` cited is a section of that document.
 
@@ -9,9 +10,12 @@ import still ties the two modules together)."""
 from __future__ import annotations
 
 import ast
+import importlib
+import os
 import pathlib
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -200,3 +204,36 @@ def test_design_citations_name_existing_sections():
   assert {"1.4", "3.6", "7.6"} <= sections, sorted(sections)  # the headings parse
   bad = [m for rel, text in _repo_text_files() for m in _missing_sections(rel, text, sections)]
   assert not bad, "docs/design.md sections cited but missing:\n" + "\n".join(bad)
+
+
+def _packages() -> list[str]:
+  return sorted(_module_name(p.parent) for p in PKG.rglob("__init__.py"))
+
+
+@pytest.mark.parametrize("package", _packages())
+def test_every_package_names_its_api(package):
+  """``__all__`` lists what users call; every name resolves, and none hides a submodule
+  of the same name (``from pkg import mod`` must still give the module)."""
+  pkg = importlib.import_module(package)
+  names = getattr(pkg, "__all__", None)
+  assert names, f"{package}/__init__.py has no __all__"
+  folder = PKG.joinpath(*package.split(".")[1:])
+  submodules = {p.stem for p in folder.glob("*.py")} | {p.parent.name for p in
+                                                         folder.glob("*/__init__.py")}
+  for name in names:
+    value = getattr(pkg, name)
+    if name in submodules:
+      assert value is sys.modules[f"{package}.{name}"], f"{package}.{name} hides its module"
+
+
+def test_importing_the_packages_imports_no_jax():
+  """The package ``__init__``s load their names on first use: the CLIs import
+  ``neo_jax.platform`` and ``neo_jax.configs`` before JAX, and ``import neo_jax.core``
+  costs nothing."""
+  code = (f"import {', '.join(_packages())}; import sys; "
+          "print(sorted(m for m in ('jax', 'flax', 'numpy', 'orbax', 'grain', 'torch', "
+          "'ml_collections', 'etils') if m in sys.modules))")
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                     check=True)
+  assert r.stdout.strip() == "[]", r.stdout

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import neo_2b, neo_9b, neo_ov_2b
+from neo_jax.configs import neo_2b, neo_9b, neo_ov_2b
 from neo_jax.train import optimizer
 
 RECIPES = [(m, f"stage{s}{v}") for m in (neo_2b, neo_9b) for s in (1, 2, 3)

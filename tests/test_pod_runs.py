@@ -14,13 +14,12 @@ import sys
 import threading
 import time
 
-from configs import smoke
+from neo_jax.configs import smoke
+from neo_jax.launch import local
 from neo_jax.train import trainer
 from testlib.train import logged_losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "launch"))
-import local  # noqa: E402  pylint: disable=wrong-import-position
 
 
 def _start(cmd, num_processes=2, devices=2):
@@ -47,7 +46,7 @@ def _wait(procs, timeout=600):
 
 
 def _train_cmd(workdir, steps, extra=()):
-  return [sys.executable, "-m", "neo_jax.train", f"--config={ROOT}/configs/smoke.py:steps={steps}",
+  return [sys.executable, "-m", "neo_jax.train", f"--config=smoke:steps={steps}",
           f"--workdir={workdir}", "--config.checkpoint.every_steps=100", *extra]
 
 
@@ -79,7 +78,7 @@ def test_sigterm_on_one_process_saves_one_step_everywhere_and_resumes(tmp_path):
 
 def _eval_cmd(workdir):
   return [sys.executable, "-m", "neo_jax.train",
-          f"--config={ROOT}/configs/demo.py:steps=2,eval_every=2,seq_len=256,batch_size=4",
+          "--config=demo:steps=2,eval_every=2,seq_len=256,batch_size=4",
           f"--workdir={workdir}", "--config.train.lr=0.0", "--config.eval.limit_per_task=3",
           "--config.mesh.data=1", "--config.mesh.fsdp=4", "--config.model.num_llm_layers=1",
           "--config.log_every=1"]

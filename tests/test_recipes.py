@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from configs import neo_2b, neo_9b, neo_ov_2b, neo_ov_9b
+from neo_jax.configs import neo_2b, neo_9b, neo_ov_2b, neo_ov_9b
 from testlib import release_trainkit
 
 ARG = "neo/train/argument.py"

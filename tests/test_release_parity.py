@@ -13,7 +13,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from configs import smoke
+from neo_jax.configs import smoke
 from neo_jax.convert import param_mapping as pm
 from neo_jax.model import config as config_lib
 from neo_jax.train import optimizer, sharding, trainer

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from configs import smoke
+from neo_jax.configs import smoke
 from testlib import train as train_testlib
 from neo_jax.train import trainer
 

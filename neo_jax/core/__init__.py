@@ -8,5 +8,19 @@ this package imports nothing of neo_jax.
 * ``geometry``: patch and visual-token geometry, pixel normalisation
   (docs/design.md §1.1).
 * ``batch``: the packed ``[batch, seq]`` batch the model takes, its shapes, its
-  check and the one function that assembles rows of samples into it.
+  check and the one function that assembles rows of samples into it
+  (``assemble_batch``, ``batch_shapes``, ``check_batch``).
+* ``paths``: local paths and ``gs://`` URLs alike; ``run_layout``: where a training
+  work directory keeps what; ``context_schedule``: the run's sequence-length phases;
+  ``host_memory``: resident-set figures and returning freed memory to the system.
+
+Loaded on first use (``lazy_loader``).
 """
+
+import lazy_loader as _lazy
+
+__getattr__, __dir__, __all__ = _lazy.attach(
+    __name__,
+    submodules=["batch", "context_schedule", "geometry", "host_memory", "paths", "run_layout",
+                "tokens"],
+    submod_attrs={"batch": ["assemble_batch", "batch_shapes", "check_batch"]})

@@ -1,6 +1,6 @@
 """A data audit before a long run: the real pipeline, no model (issue 22).
 
-    python -m neo_jax.data.audit --config configs/neo_ov_2b.py:stage2 --data mix.yaml \\
+    python -m neo_jax.data.audit --config neo_ov_2b:stage2 --data mix.yaml \\
         [--batches 50] [--batch_size 1] [--phase 0] [--json audit.json] [--config.key=value ...]
 
 runs the training config's input pipeline (its mixture, processing options,
@@ -180,8 +180,8 @@ if __name__ == "__main__":
   _platform.select_default_platform()
   _platform.guard_network()
   from absl import app, flags as _flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+  from neo_jax import configs  # pylint: disable=g-import-not-at-top
+  configs.define_flag("config")
   _flags.DEFINE_string("data", None, "A data mixture file (sets data.mixture).")
   _flags.DEFINE_integer("batches", 50, "Packed batches to read.")
   _flags.DEFINE_integer("batch_size", 1, "Rows per batch (a host's share of the global batch).")

@@ -1,6 +1,6 @@
 """A data-mixture file: the user's sources, given on the command line.
 
-``--config.data.mixture=mix.yaml`` (or ``configs/neo_*.py:stage2,data=mix.yaml``)
+``--config.data.mixture=mix.yaml`` (or ``--config neo_ov_2b:stage2,data=mix.yaml``)
 replaces ``data.sources`` with the file's. YAML or JSON, a local path or a URL::
 
     sources:
@@ -100,7 +100,7 @@ def apply_mixture(data_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigD
     if out.get("require_mixture", False):
       raise ValueError(
           "This recipe trains on your data and no data mixture was given. Pass one: "
-          "--config configs/neo_ov_2b.py:stage2,data=mix.yaml or --config.data.mixture="
+          "--config neo_ov_2b:stage2,data=mix.yaml or --config.data.mixture="
           "mix.yaml (a YAML/JSON file of sources with annotation_path, data_path, "
           "sampling_rate, weight; README.md 'Your own data' shows one). To train these "
           "sizes on the embedded demo data on purpose: --config.data.require_mixture=false.")

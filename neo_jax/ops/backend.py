@@ -25,7 +25,6 @@ from absl import logging
 import jax
 
 ATTENTION_IMPLS = ("xla", "xla_blockwise", "pallas", "auto")
-KERNEL_BACKENDS = ("mosaic", "triton", "interpret")
 
 
 def target_platform(mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh | None = None) -> str:

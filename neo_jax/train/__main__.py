@@ -1,5 +1,7 @@
-"""CLI: ``python -m neo_jax.train --config configs/<name>.py[:arg] --workdir DIR
-[--config.key=value ...]``.
+"""CLI: ``python -m neo_jax.train --config NAME[:arg] --workdir DIR [--config.key=value ...]``.
+
+``--config`` is a packaged config (``smoke``, ``demo``, ``neo_ov_2b:stage2``) or the path
+of a config file (``neo_jax/configs/__init__.py``).
 
 Resumes automatically from the newest readable checkpoint in ``--workdir``. Multi-host:
 ``--distributed`` calls ``jax.distributed.initialize`` (auto-detected on TPU
@@ -20,9 +22,10 @@ _platform.guard_network()
 import sys
 
 from absl import app, flags
-from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file.", lock_config=True)
+from neo_jax import configs
+
+_CONFIG = configs.define_flag("config")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and metrics.")
 _DIST = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize().")
 _COORD = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")

@@ -36,9 +36,9 @@ def committed_steps(workdir: str, timeout_s: float = 5.0) -> list[int] | None:
   def scan():
     try:
       import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-      from neo_jax.core import paths  # pylint: disable=g-import-not-at-top
+      from neo_jax.core import paths, run_layout  # pylint: disable=g-import-not-at-top
       out.append(sorted(ocp.utils.checkpoint_steps(
-          paths.resolve(paths.join(workdir, "checkpoints")))))
+          paths.resolve(run_layout.checkpoints_dir(workdir)))))
     except Exception:  # pylint: disable=broad-except
       out.append(None)
 

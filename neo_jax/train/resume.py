@@ -35,7 +35,7 @@ from typing import Any
 from absl import logging
 import jax
 
-from neo_jax.core import paths
+from neo_jax.core import paths, run_layout
 from neo_jax.train import checkpointing, exits
 
 _TRANSIENT = re.compile(r"UNAVAILABLE|DEADLINE_EXCEEDED|Connection refused|timed out|"
@@ -55,7 +55,7 @@ class CheckpointUnreadableError(RuntimeError):
 def saved_process_count(workdir: str, step: int) -> int | None:
   """Process count of the Grain states saved at ``step`` (files
   ``data/process_<i>-of-<n>.json``), or None when there are none."""
-  d = paths.resolve(paths.join(workdir, "checkpoints", str(step), "data"))
+  d = paths.resolve(run_layout.data_dir(workdir, step))
   names = [p.name for p in d.iterdir()] if d.exists() else []
   counts = {int(m.group(1)) for f in names
             if (m := re.fullmatch(r"process_\d+-of-(\d+)\.json", f))}
@@ -65,7 +65,7 @@ def saved_process_count(workdir: str, step: int) -> int | None:
 def set_aside(workdir: str, step: int, why: str) -> str:
   """Renames ``checkpoints/<step>`` to ``checkpoints/<step>.<why>`` (``.<why>.<k>`` when
   taken); returns the new name. Orbax lists only all-digit step names."""
-  root = paths.resolve(paths.join(workdir, "checkpoints"))
+  root = paths.resolve(run_layout.checkpoints_dir(workdir))
   name, k = f"{step}.{why}", 1
   while (root / name).exists():
     name, k = f"{step}.{why}.{k}", k + 1
@@ -109,7 +109,7 @@ def restore_or_init(setup: Any, manager, workdir: str, data_iter: Any) -> Any:
   wanted = int(config.checkpoint.get("restore_step", 0) or 0)
   if wanted and wanted not in steps:
     raise ValueError(f"checkpoint.restore_step={wanted}: no committed checkpoint of that step "
-                     f"in {paths.join(workdir, 'checkpoints')} (committed: {sorted(steps)}).")
+                     f"in {run_layout.checkpoints_dir(workdir)} (committed: {sorted(steps)}).")
   bad = []
   for step in [wanted] if wanted else steps:
     try:
@@ -126,8 +126,8 @@ def restore_or_init(setup: Any, manager, workdir: str, data_iter: Any) -> Any:
           name = f"{step}.unreadable"
         raise CheckpointUnreadableError(
             f"Checkpoint step {step} is unreadable on process {jax.process_index()} "
-            f"({bad[-1][1]}); renamed checkpoints/{name}. Restart to resume from the "
-            "previous committed checkpoint.", restart=True) from e
+            f"({bad[-1][1]}); renamed {run_layout.CHECKPOINTS}/{name}. Restart to resume "
+            "from the previous committed checkpoint.", restart=True) from e
       continue
     moved = [f"{s} -> {set_aside(workdir, s, 'unreadable')}" for s, _ in bad]
     moved += [f"{s} -> {set_aside(workdir, s, 'superseded')}" for s in steps
@@ -142,7 +142,7 @@ def restore_or_init(setup: Any, manager, workdir: str, data_iter: Any) -> Any:
     raise CheckpointUnreadableError(
         "No checkpoint restores: " + "; ".join(f"step {s}: {r}" for s, r in bad) +
         ". Nothing was renamed (a changed model config fails the same way). Fix the config, "
-        "or move the bad checkpoints out of checkpoints/, or pick one with "
+        f"or move the bad checkpoints out of {run_layout.CHECKPOINTS}/, or pick one with "
         "--config.checkpoint.restore_step.")
   if config.checkpoint.get("init_from"):
     from neo_jax.convert import orbax_io  # pylint: disable=g-import-not-at-top

@@ -1,19 +1,16 @@
 """Trainer processes of a local multi-process launch, started by the tests themselves
-(``launch/local.py``'s commands), so each pid is known and each output line is kept with
+(``neo_jax/launch/local.py``'s commands), so each pid is known and each output line is kept with
 the time it arrived."""
 
 from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 
+from neo_jax.launch import local
 from testlib.train import ROOT
-
-sys.path.insert(0, os.path.join(ROOT, "launch"))
-import local  # noqa: E402  pylint: disable=wrong-import-position
 
 
 class Launch:

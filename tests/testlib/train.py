@@ -8,8 +8,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def train_cmd(workdir: str, steps: int, every: int) -> list[str]:
-  """``python -m neo_jax.train`` on ``configs/smoke.py`` checkpointing every ``every`` steps."""
-  return [sys.executable, "-m", "neo_jax.train", f"--config={ROOT}/configs/smoke.py:steps={steps}",
+  """``python -m neo_jax.train`` on the ``smoke`` config checkpointing every ``every`` steps."""
+  return [sys.executable, "-m", "neo_jax.train", f"--config=smoke:steps={steps}",
           f"--workdir={workdir}", f"--config.checkpoint.every_steps={every}"]
 
 

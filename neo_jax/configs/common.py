@@ -2,7 +2,7 @@
 
 ``base_config(preset)`` returns the full schema of a training run; the
 per-model files fill in sizes and the recipe (``recipe_config``, values in
-``configs/recipe_values.py``). Any field can be
+``neo_jax/configs/recipe_values.py``). Any field can be
 overridden on the command line: ``--config.train.lr=1e-4``.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from configs import recipe_values
+from neo_jax.configs import recipe_values
 from neo_jax.model import config as model_config
 from neo_jax.train import sharding
 
@@ -105,7 +105,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 
 
 def recipe_config(preset: str, arg: str | None, *, ov: bool) -> ml_collections.ConfigDict:
-  """A released-size training config for one stage (values: ``configs/recipe_values.py``).
+  """A released-size training config for one stage (values: ``recipe_values.py``).
 
   Args:
     preset: model preset ("neo_2b", "neo_9b", "neo_ov_2b", "neo_ov_9b"); NEO 9B is the

@@ -1,9 +1,9 @@
 """Smoke config: the tiny model on random packed batches (tests, CI, AOT checks).
 
-    python -m neo_jax.train --config configs/smoke.py:steps=20 --workdir /tmp/smoke
+    python -m neo_jax.train --config smoke:steps=20 --workdir /tmp/smoke
 """
 
-from configs import common
+from neo_jax.configs import common
 
 
 def get_config(arg=None):

@@ -1,12 +1,12 @@
 """Demo: a small NEO on the embedded real-image data, sized for a 2-core CPU.
 
-    python -m neo_jax.train --config configs/demo.py --workdir /tmp/neo_demo
+    python -m neo_jax.train --config demo --workdir /tmp/neo_demo
 
-Arguments (``configs/demo.py:steps=500,eval_every=100``): ``steps``,
+Arguments (``demo:steps=500,eval_every=100``): ``steps``,
 ``eval_every``, ``data`` ("pipeline" or "random").
 """
 
-from configs import common
+from neo_jax.configs import common
 from neo_jax.core import tokens
 
 

@@ -1,7 +1,7 @@
-"""NEO-ov 2B training recipe: the NEO-ov paper's values (``configs/recipe_values.py``).
+"""NEO-ov 2B training recipe: the NEO-ov paper's values (``recipe_values.py``).
 
-    python -m neo_jax.train --config configs/neo_ov_2b.py:stage2,data=mix.yaml --workdir gs://.../neo_ov_2b-s2
-    python -m neo_jax.aot --config configs/neo_ov_2b.py:stage2,devices=32 --topology v5p-64
+    python -m neo_jax.train --config neo_ov_2b:stage2,data=mix.yaml --workdir gs://.../neo_ov_2b-s2
+    python -m neo_jax.aot --config neo_ov_2b:stage2,devices=32 --topology v5p-64
 
 The argument is the stage (``stage1`` | ``stage2`` | ``stage3``), then optionally
 ``,devices=N`` (the run's data x fsdp devices: one packed row per device and micro-step,
@@ -11,7 +11,7 @@ Remat policy and mesh are per-pod choices: the AOT-checked plans are in BUILD_NO
 §5; pass them as ``--config.mesh.fsdp=... --config.mesh.tensor=...``.
 """
 
-from configs import common
+from neo_jax.configs import common
 
 
 def get_config(arg=None):

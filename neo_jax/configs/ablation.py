@@ -1,6 +1,6 @@
 """The NEO paper's Table 3 ablation of the native primitive, at demo scale.
 
-    python -m neo_jax.train --config configs/ablation.py:variant=H,seed=0 --workdir /tmp/abl/H_0
+    python -m neo_jax.train --config ablation:variant=H,seed=0 --workdir /tmp/abl/H_0
 
 One run = one variant (a letter of the paper's Table 3) and one seed; the whole
 study (every variant x several seeds, the table and the plot) is
@@ -9,12 +9,12 @@ study (every variant x several seeds, the table and the plot) is
 seed fixes the initial parameters *and* the data order, so runs of one seed see
 the same batches in the same order.
 
-Arguments (``configs/ablation.py:variant=A,seed=1,steps=320``): ``variant``
+Arguments (``ablation:variant=A,seed=1,steps=320``): ``variant``
 (A B D G H I), ``seed``, ``steps``, ``eval_every``, ``eval_limit`` (held-out
 examples per task).
 """
 
-from configs import demo
+from neo_jax.configs import demo
 
 # Table 3 of "From Pixels to Words - Towards Native Vision-Language Primitives at
 # Scale": letter -> (attention mask, RoPE design, rope_theta_hw, paper's 10-benchmark mean).
@@ -39,7 +39,7 @@ def get_config(arg=None):
   Raises:
     ValueError: an unknown variant letter or argument.
   """
-  from configs import common  # pylint: disable=g-import-not-at-top
+  from neo_jax.configs import common  # pylint: disable=g-import-not-at-top
   a = common.parse_arg(arg, variant="H", seed=0, steps=320, eval_every=80, eval_limit=100)
   if a.variant not in VARIANTS:
     raise ValueError(f"Unknown variant {a.variant!r}; Table 3 letters: {sorted(VARIANTS)}.")
