@@ -1,6 +1,6 @@
 """The LM head + cross entropy over vocabulary chunks, with a hand-written backward.
 
-NEO_SPEC §3.5 performance note: neither pass holds ``[tokens, vocab]`` logits, at most
+docs/design.md §3.6 performance note: neither pass holds ``[tokens, vocab]`` logits, at most
 ``[tokens, chunk]``. The forward is a scan over chunks with an online log-sum-exp; it
 returns the cross entropy and keeps the row log-sum-exp ``lse``. The backward
 recomputes each chunk's logits once and forms the gradient of the logits directly,
