@@ -27,7 +27,7 @@ Each side is a fresh process per batch size (peak RSS = its VmHWM). The run fail
 every prompt's tokens are equal on both sides, token for token. Timings are only
 meaningful on a quiet machine.
 
-    NEO_RELEASE_DIR=/tmp/neo_release/VLMEvalKit/vlmeval/vlm/neo/to_hf JAX_PLATFORMS=cpu \\
+    NEO_RELEASE_DIR=$EXTRACT/VLMEvalKit/vlmeval/vlm/neo/to_hf JAX_PLATFORMS=cpu \\
         PYTHONPATH=. python bench/decode_vs_release.py --batches 1,8 --new_tokens 128
 """
 

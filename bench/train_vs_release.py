@@ -28,7 +28,7 @@ Each measurement is a fresh process (peak RSS = its VmHWM, state building, compi
 load and steps included); the sides alternate ``--rounds`` times and the table reports
 medians and the ratios of this run. Only meaningful on a quiet machine.
 
-    NEO_RELEASE_DIR=/tmp/neo_release/VLMEvalKit/vlmeval/vlm/neo/to_hf JAX_PLATFORMS=cpu \\
+    NEO_RELEASE_DIR=$EXTRACT/VLMEvalKit/vlmeval/vlm/neo/to_hf JAX_PLATFORMS=cpu \\
         PYTHONPATH=. python bench/train_vs_release.py --configs A,B --rounds 3
 """
 
