@@ -134,12 +134,14 @@ def _ce_bwd(spec, res, g):
     hit = (col[None, :] == target[:, None]) & own
     p = jnp.exp(logits - lse[:, None])                   # 0 on masked columns
     d = (g[:, None] * (p - hit.astype(acc))).astype(hidden.dtype)
+    # Products in the compute dtype, as autodiff's transposes of the forward's einsum
+    # (XLA:CPU has no bfloat16 x bfloat16 -> float32 dot); dh accumulates in ``acc``.
     if spec.layout == "vd":
-      dh = dh + jnp.einsum("nv,vd->nd", d, w, preferred_element_type=acc)
-      dw_c = jnp.matmul(hidden_t, d, preferred_element_type=acc).T   # [chunk, D]
+      dh = dh + jnp.einsum("nv,vd->nd", d, w).astype(acc)
+      dw_c = jnp.matmul(hidden_t, d).T                                # [chunk, D]
     else:
-      dh = dh + jnp.einsum("nv,dv->nd", d, w, preferred_element_type=acc)
-      dw_c = jnp.matmul(hidden_t, d, preferred_element_type=acc)     # [D, chunk]
+      dh = dh + jnp.einsum("nv,dv->nd", d, w).astype(acc)
+      dw_c = jnp.matmul(hidden_t, d)                                  # [D, chunk]
     dw = jax.lax.dynamic_update_slice_in_dim(dw, dw_c.astype(dw.dtype), start, axis=axis)
     return (dh, dw), None
 
