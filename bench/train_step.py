@@ -64,7 +64,7 @@ def workload_batch(seq: int, vocab: int, cfg) -> dict:
 
 def make_config(vocab: int, impl: str, a):
   """The training ``ConfigDict`` of the workload (1 device, AdamW, no remat, fp32)."""
-  from configs import common  # pylint: disable=import-outside-toplevel
+  from neo_jax.configs import common  # pylint: disable=import-outside-toplevel
   c = common.base_config("tiny")
   m = c.model
   m.vocab_size = vocab
@@ -106,8 +106,11 @@ def _measure(name: str, impl: str, a) -> dict:
   temp = step.memory_analysis().temp_size_in_bytes
   batch = jax.device_put(batch, setup.batch_shardings)
   base = benchlib.reset_peak()
+  first_loss = None
   for _ in range(a.warmup):
     state, metrics = step(state, batch)
+    if first_loss is None:   # the loss of the initial parameters
+      first_loss = float(metrics["loss"])
   jax.block_until_ready(state)
   times = []
   for _ in range(a.steps):
@@ -129,7 +132,7 @@ def _measure(name: str, impl: str, a) -> dict:
           "peak_rss_gib": max(benchlib.hwm_mib(), rss_compile) / 1024,
           "rss_after_init_gib": rss_state / 1024, "rss_peak_compile_gib": rss_compile / 1024,
           "steps_peak_gib": benchlib.hwm_mib() / 1024, "steps_rss_start_gib": base / 1024,
-          "xla_temp_gib": temp / 2 ** 30, "loss": float(m["loss"])}
+          "xla_temp_gib": temp / 2 ** 30, "loss": float(m["loss"]), "first_loss": first_loss}
 
 
 def main():

@@ -43,6 +43,37 @@ def release_host_memory(collect: bool = True) -> bool:
   return bool(trim(0)) if trim is not None else False
 
 
+_TRIM_EVENT = "/jax/core/compile/backend_compile_duration"
+
+
+@functools.cache
+def trim_after_long_compiles(min_seconds: float = 1.0) -> None:
+  """Gives freed host memory back after every XLA compile of ``min_seconds`` or more.
+
+  Registers (once per process) a ``jax.monitoring`` listener on JAX's backend-compile
+  duration event that calls ``release_host_memory(collect=False)`` (``malloc_trim``
+  only: no garbage collection inside JAX's compile path). A compile frees what it
+  allocated but glibc keeps it resident, and a step jitted by hand (no
+  ``Setup.compile_train_step``, which trims after compiling) then allocates its
+  temporaries on top: 0.4 GB of issue 28's config A peak (``bench/train_step_memory.py``).
+  Short compiles (the many small programs of eager code) are left alone. Raises nothing;
+  a no-op where the C library has no ``malloc_trim``.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.monitoring.register_event_duration_secs_listener(compile_listener(min_seconds))
+
+
+def compile_listener(min_seconds: float):
+  """The ``jax.monitoring`` duration listener of ``trim_after_long_compiles``:
+  ``(event, seconds, **kwargs) -> None``, trimming after a backend compile of at least
+  ``min_seconds``."""
+  def listener(event: str, duration: float, **kwargs) -> None:
+    del kwargs
+    if event == _TRIM_EVENT and duration >= min_seconds:
+      release_host_memory(collect=False)
+  return listener
+
+
 def _status_kib(pid: int | str, field: str) -> int:
   try:
     with open(f"/proc/{pid}/status") as f:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax.ad_checkpoint import checkpoint_name
 
+from neo_jax.model import projection
 from neo_jax.model import rope
 from neo_jax.model import swiglu as swiglu_lib
 from neo_jax.ops import attention as attention_ops
@@ -74,10 +75,10 @@ class RMSNorm(nn.Module):
     return scale.astype(x.dtype) * y.astype(x.dtype)
 
 
-def _dense(features, axes, cfg, name, in_axes=-1):
-  return nn.DenseGeneral(features, axis=in_axes, use_bias=False, dtype=dtype_of(cfg.dtype),
-                         param_dtype=dtype_of(cfg.param_dtype),
-                         kernel_init=normal_init(cfg.init_std, axes), name=name)
+def _kernel(cfg, name, in_shape, out_shape, axes):
+  """A projection's ``kernel`` (``nn.DenseGeneral``'s name, shape, initialiser, axes)."""
+  return projection.ProjKernel(in_shape, out_shape, normal_init(cfg.init_std, axes),
+                               dtype_of(cfg.param_dtype), name=name)()
 
 
 class _Kernel(nn.Module):
@@ -134,11 +135,14 @@ class NativeAttention(nn.Module):
     norm = lambda name, axis: RMSNorm(cfg.rms_norm_eps, axis, pdt, name=name)
     t, h, w = positions[..., 0], positions[..., 1], positions[..., 2]
 
-    q = _dense((hq, d), ("embed", "heads", "head_dim"), cfg, "q_proj")(x)
-    k = _dense((hkv, d), ("embed", "kv_heads", "head_dim"), cfg, "k_proj")(x)
-    v = _dense((hkv, d), ("embed", "kv_heads", "head_dim"), cfg, "v_proj")(x)
-    q_hw = _dense((hq, d), ("embed", "heads", "head_dim"), cfg, "q_proj_hw")(x)
-    k_hw = _dense((hkv, d), ("embed", "kv_heads", "head_dim"), cfg, "k_proj_hw")(x)
+    # The five input projections share one hand-written backward (model/projection.py).
+    dt = dtype_of(cfg.dtype)
+    q_axes, kv_axes = ("embed", "heads", "head_dim"), ("embed", "kv_heads", "head_dim")
+    kernels = [_kernel(cfg, name, (x.shape[-1],), shape, axes) for name, shape, axes in (
+        ("q_proj", (hq, d), q_axes), ("k_proj", (hkv, d), kv_axes),
+        ("v_proj", (hkv, d), kv_axes), ("q_proj_hw", (hq, d), q_axes),
+        ("k_proj_hw", (hkv, d), kv_axes))]
+    q, k, v, q_hw, k_hw = projection.project(x.astype(dt), tuple(w.astype(dt) for w in kernels))
 
     half = d // 2
     q_h = rope.apply_rope_half(norm("q_norm_h", "head_dim")(q_hw[..., :half]), h, cfg.rope_theta_hw)
@@ -183,7 +187,8 @@ class NativeAttention(nn.Module):
             jax.lax.dynamic_update_slice_in_dim(cv.value, v.astype(cv.value.dtype), 0, 1))
     out = checkpoint_name(out, "attention_out")
     out = nn.with_logical_constraint(out, ("batch", "length", "heads", "head_dim"))
-    y = _dense(cfg.hidden_size, ("heads", "head_dim", "embed"), cfg, "o_proj", in_axes=(-2, -1))(out)
+    w_o = _kernel(cfg, "o_proj", (hq, d), (cfg.hidden_size,), ("heads", "head_dim", "embed"))
+    (y,) = projection.project(out.astype(dt), (w_o.astype(dt),), n_in=2)
     return checkpoint_name(y, "out_proj")
 
 

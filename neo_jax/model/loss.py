@@ -8,8 +8,9 @@ release's default). ``loss = sum(w * ce) / sum(w)``.
 Only supervised positions need logits: with ``max_supervised_tokens = M > 0``
 their hidden states are gathered (a static ``M`` per sequence) before the LM
 head. The head and the cross entropy run over vocabulary chunks with an online
-log-sum-exp under ``jax.checkpoint``, so neither the forward nor the backward
-holds ``[tokens, vocab]`` float32 logits: at most ``[tokens, chunk]``.
+log-sum-exp and a hand-written backward (``model/chunked_ce.py``), so neither the
+forward nor the backward holds ``[tokens, vocab]`` float32 logits: at most
+``[tokens, chunk]``.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from neo_jax.model import positions as pos_lib
+from neo_jax.model.chunked_ce import chunked_cross_entropy
 from neo_jax.core.tokens import IGNORE_INDEX
 
 Array = jax.Array
@@ -102,57 +104,6 @@ def make_targets(labels: Array, segment_ids: Array, *, mode: str,
   return Targets(order, jnp.where(keep, gather(target), 0),
                  per_row(jnp.where(keep, gather(weight), 0.0)),
                  jnp.sum(jnp.maximum(count - m, 0)).astype(jnp.int32))
-
-
-def chunked_cross_entropy(hidden: Array, head: Array, target: Array, *, chunk: int,
-                          head_layout: str = "vd") -> Array:
-  """Per-row cross entropy of ``hidden @ head.T`` without full logits.
-
-  Args:
-    hidden: ``[N, D]`` (compute dtype).
-    head: ``[V, D]`` LM head rows (``head_layout="vd"``: the embedding table of a
-      tied head) or ``[D, V]`` (``"dv"``: an untied ``lm_head/kernel`` as stored,
-      read in place: no transposed copy of a ``V x D`` matrix, nor of its
-      gradient). Any float dtype; cast to ``hidden.dtype``.
-    target: ``[N] int32`` in [0, V).
-    chunk: vocabulary rows per step (clipped to V). The last chunk starts at
-      ``V - chunk`` and masks the columns an earlier chunk already covered, so
-      no padded copy of ``head`` is made.
-    head_layout: "vd" | "dv" (above).
-
-  Returns:
-    ``[N] float32`` cross entropy ``logsumexp(logits) - logits[target]``,
-    logits accumulated in float32.
-  """
-  if head_layout not in ("vd", "dv"):
-    raise ValueError(f"head_layout={head_layout!r} is not 'vd' or 'dv'.")
-  v_axis = 0 if head_layout == "vd" else 1
-  vocab = head.shape[v_axis]
-  chunk = min(chunk, vocab)
-  num_chunks = -(-vocab // chunk)
-  head = head.astype(hidden.dtype)
-  spec = "nd,vd->nv" if head_layout == "vd" else "nd,dv->nv"
-
-  @jax.checkpoint
-  def step(carry, c):
-    m, s, tgt = carry
-    begin = c * chunk
-    start = jnp.minimum(begin, vocab - chunk)
-    w = jax.lax.dynamic_slice_in_dim(head, start, chunk, axis=v_axis)
-    logits = jnp.einsum(spec, hidden, w, preferred_element_type=jnp.float32)
-    col = start + jnp.arange(chunk)
-    logits = jnp.where(col[None, :] >= begin, logits, -jnp.inf)
-    m_new = jnp.maximum(m, jnp.max(logits, axis=1))
-    s = s * jnp.exp(m - m_new) + jnp.sum(jnp.exp(logits - m_new[:, None]), axis=1)
-    hit = (col[None, :] == target[:, None]) & (col[None, :] >= begin)
-    tgt = tgt + jnp.sum(jnp.where(hit, logits, 0.0), axis=1)
-    return (m_new, s, tgt), None
-
-  n = hidden.shape[0]
-  init = (jnp.full((n,), -jnp.inf, jnp.float32), jnp.zeros((n,), jnp.float32),
-          jnp.zeros((n,), jnp.float32))
-  (m, s, tgt), _ = jax.lax.scan(step, init, jnp.arange(num_chunks))
-  return m + jnp.log(s) - tgt
 
 
 class LossOutput(NamedTuple):

@@ -153,7 +153,11 @@ class Setup:
         params = nn.meta.unbox(self.model.init(jax.random.PRNGKey(seed),
                                                *_dummy_inputs(self.model.config))["params"])
       return TrainState(jnp.zeros((), jnp.int32), params, self.tx.init(params))
-    state = jax.jit(init, out_shardings=self.state_shardings)()
+    # Dispatch is asynchronous: wait for the init program, so that its temporaries
+    # (the random draws behind every kernel) are freed before glibc is asked to give
+    # them back; trimmed earlier, they stayed resident until the compile's trim (0.55 GB
+    # on issue 28's config A, held through the first steps of a step jitted by hand).
+    state = jax.block_until_ready(jax.jit(init, out_shardings=self.state_shardings)())
     host_memory.release_host_memory()  # the init's freed host blocks, before the step's
     return state
 

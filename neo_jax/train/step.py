@@ -22,11 +22,17 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from neo_jax.core import host_memory
 from neo_jax.model import loss as loss_lib
 from neo_jax.model import positions as pos_lib
 from neo_jax.model import visual_gather
 from neo_jax.model.neo import NEO
 from neo_jax.train import flops
+
+
+# A step compiled by hand (``jax.jit(train_step)``) gets the compiler's freed host memory
+# back before its first run, as ``Setup.compile_train_step`` does.
+host_memory.trim_after_long_compiles()
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -74,6 +80,11 @@ def train_step(state: TrainState, batch: dict, *, model: NEO, tx: optax.Gradient
                grad_accum_steps: int, trainable: Any, lr_schedule,
                loss_normalization: str = "global") -> tuple[TrainState, dict]:
   """One optimizer step.
+
+  Jit it with the state donated (``donate_argnums=(0,)``, as ``Setup.train_step``):
+  without donation the old and the new state (parameters and both Adam moments) are
+  alive together, one state more at the peak (0.95 GiB on issue 28's config A, a
+  151,936-token vocabulary at width 256; ``bench/train_step_memory.py``).
 
   Args:
     state: current ``TrainState``.
