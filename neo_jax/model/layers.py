@@ -231,7 +231,7 @@ class DecoderLayer(nn.Module):
 
 
 # What each ``model.remat_policy`` saves; the names are ``model_config.REMAT_POLICIES``
-# ("none" = no remat, ``DecoderStack``), checked in tests/test_model_remat.py.
+# ("none" = no remat, ``DecoderStack``), checked in tests/test_model_config.py.
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "minimal": jax.checkpoint_policies.save_only_these_names(
