@@ -20,7 +20,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-
 from neo_jax.core import paths, run_layout
 from neo_jax.model.model_config import ModelConfig
 

@@ -30,10 +30,9 @@ def cache_shapes(cfg: ModelConfig, batch: int, length: int, dtype=None) -> dict:
   hkv, d = cfg.num_kv_heads, cfg.head_dim
   out = {}
   for name, n in cfg.stack_layers.items():
-    if n:
-      out[name] = {"layers": {"self_attn": {
-          "key": jax.ShapeDtypeStruct((n, batch, length, hkv, 2 * d), dtype),
-          "value": jax.ShapeDtypeStruct((n, batch, length, hkv, d), dtype)}}}
+    out[name] = {"layers": {"self_attn": {
+        "key": jax.ShapeDtypeStruct((n, batch, length, hkv, 2 * d), dtype),
+        "value": jax.ShapeDtypeStruct((n, batch, length, hkv, d), dtype)}}}
   return out
 
 
