@@ -34,6 +34,7 @@ def main():
   import numpy as np  # pylint: disable=import-outside-toplevel
   from flax import linen as nn  # pylint: disable=import-outside-toplevel
   from neo_jax import aot  # pylint: disable=import-outside-toplevel
+  from neo_jax.core import geometry  # pylint: disable=import-outside-toplevel
   from neo_jax.infer import decode, kv_cache, sampling  # pylint: disable=import-outside-toplevel
   from neo_jax.ops import backend  # pylint: disable=import-outside-toplevel
   from neo_jax.train import sharding  # pylint: disable=import-outside-toplevel
@@ -50,7 +51,8 @@ def main():
   config.mesh.data, config.mesh.fsdp = len(devices) // a.fsdp, a.fsdp
   mesh = sharding.make_mesh(dict(config.mesh), devices=devices)
   rules = sharding.rules_from_config(config.sharding_rules)
-  boxed = abstract_params(build_model(config))
+  model = build_model(config)       # the typed ModelConfig: model.config
+  boxed = abstract_params(model)
   shardings = sharding.logical_shardings(boxed, mesh, rules)
   params = jax.tree_util.tree_map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                                   nn.meta.unbox(boxed), shardings)
@@ -59,16 +61,18 @@ def main():
   batch = {"input_ids": jax.ShapeDtypeStruct((b, s), np.int32, sharding=repl),
            "segment_ids": jax.ShapeDtypeStruct((b, s), np.int32, sharding=repl),
            "token_hw": jax.ShapeDtypeStruct((b, s, 2), np.int32, sharding=repl),
-           "pixel_values": jax.ShapeDtypeStruct((b, s, 4, 768), np.uint8, sharding=repl)}
+           "pixel_values": jax.ShapeDtypeStruct(
+               (b, s) + geometry.token_pixels_shape(model.config.patch_size), np.uint8,
+               sharding=repl)}
   lengths = jax.ShapeDtypeStruct((b,), np.int32, sharding=repl)
   key = jax.ShapeDtypeStruct((2,), np.uint32, sharding=repl)
-  gen = decode.Generator(config.model, mesh=mesh, rules=rules)
+  gen = decode.Generator(model.config, mesh=mesh, rules=rules)
   program = gen._program(a.new_tokens, (151645,), sampling.SamplingConfig(), False)  # pylint: disable=protected-access
   t0 = time.perf_counter()
   compiled = program.lower(params, batch, lengths, key).compile()
   mem = compiled.memory_analysis()
   gib = lambda x: x / 2 ** 30
-  cache = kv_cache.cache_bytes(config.model, b, s + a.new_tokens)
+  cache = kv_cache.cache_bytes(model.config, b, s + a.new_tokens)
   total = mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes
   print(f"{a.config} on {a.topology} ({len(devices)} devices, data {config.mesh.data} x fsdp "
         f"{a.fsdp}), batch {b}, prompt {s}, {a.new_tokens} new tokens, compute "

@@ -37,18 +37,20 @@ VOCABS = {"A": 151936, "B": 4096}
 def workload_batch(seq: int, vocab: int, cfg) -> dict:
   """The packed sequence of the module docstring as a ``[1, seq]`` batch."""
   from neo_jax.core import batch as batch_lib  # pylint: disable=import-outside-toplevel
+  from neo_jax.core import geometry  # pylint: disable=import-outside-toplevel
+  token_pixels = geometry.token_pixels_shape(cfg.patch_size)   # (4, 3 P P)
   rng = np.random.default_rng(0)
   per = seq // 4
   side = 8  # 256 px / (16 px patches x 2 merge) = 8 x 8 visual tokens
   samples = []
   for n in range(4):
     ids, hw, labels = [], [], []
-    pixels = np.zeros((0, 4, 3 * cfg.patch_size ** 2), np.uint8)
+    pixels = np.zeros((0,) + token_pixels, np.uint8)
     if n < 2:
       ctx = side * side
       ids += [cfg.img_start_token_id] + [cfg.img_context_token_id] * ctx + [cfg.img_end_token_id]
       hw += [(0, 0)] + [(r, c) for r in range(side) for c in range(side)] + [(0, 0)]
-      pixels = rng.integers(0, 256, size=(ctx, 4, 3 * cfg.patch_size ** 2), dtype=np.uint8)
+      pixels = rng.integers(0, 256, size=(ctx,) + token_pixels, dtype=np.uint8)
     text = per - len(ids)
     question = text - round(2 * text / 3)
     # Text ids away from the special ids at the end of the vocabulary.

@@ -225,10 +225,11 @@ def compile_train_step(config, topology: str, num_slices: int = 1,
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   tokens = config.batch_size * seq_len
+  model_cfg = setup.model.config
   model_flops = flops.train_flops_per_token(
-      config.model, avg_visible_keys=config.get("avg_visible_keys", 0) or seq_len / 4,
-      head_fraction=(config.model.max_supervised_tokens / seq_len
-                     if config.model.max_supervised_tokens else 1.0)) * tokens / len(devices)
+      model_cfg, avg_visible_keys=config.get("avg_visible_keys", 0) or seq_len / 4,
+      head_fraction=(model_cfg.max_supervised_tokens / seq_len
+                     if model_cfg.max_supervised_tokens else 1.0)) * tokens / len(devices)
   report = Report(
       topology=topo.name + (f" x{num_slices} slices" if num_slices > 1 else "")
       + (f", {seq_len}-token rows" if seq_len != config.seq_len else ""),

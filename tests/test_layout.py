@@ -2,7 +2,8 @@
 imports ``model/``, ``core/`` imports nothing else of neo_jax, files stay small; every
 package names its public API (``__all__``) and importing a package imports no JAX;
 and the repository stands alone: no file refers to a path outside it, and every
-``docs/design.md §N`` cited is a section of that document.
+``docs/design.md §N`` cited is a section of that document; the model reads its typed
+config's fields, never ``config.get(name, default)``.
 
 Every ``import`` statement counts, also the ones inside functions (a deferred
 import still ties the two modules together)."""
@@ -138,6 +139,32 @@ def test_no_file_over_the_line_limit():
   long = {str(p.relative_to(ROOT)): n for p in PKG.rglob("*.py")
           if (n := len(p.read_text().splitlines())) > MAX_LINES}
   assert not long, f"files over {MAX_LINES} lines: {long}"
+
+
+# Names the model config goes by inside ``neo_jax/model/`` (``self.config``, ``cfg``, ...).
+_CONFIG_NAMES = re.compile(r"(^|\.)(cfg|config|c|model_cfg|mcfg|model_config)$")
+
+
+def _config_gets(rel: str, text: str) -> list[str]:
+  """``X.get(...)`` calls on a model config in ``text`` (``X`` one of ``_CONFIG_NAMES``)."""
+  return [f"{rel}:{node.lineno}: {ast.unparse(node)}" for node in ast.walk(ast.parse(text))
+          if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+          and node.func.attr == "get" and _CONFIG_NAMES.search(ast.unparse(node.func.value))]
+
+
+def test_the_config_get_finder_finds_a_planted_get():
+  text = ("m = cfg.get('max_visual_tokens', 0)\nr = self.config.get('rope_mode')\n"
+          "ok = batch.get('x')\nalso_ok = cfg.rope_mode\n")
+  assert _config_gets("x.py", text) == ["x.py:1: cfg.get('max_visual_tokens', 0)",
+                                        "x.py:2: self.config.get('rope_mode')"]
+
+
+def test_the_model_reads_typed_config_fields():
+  """Inside ``neo_jax/model/`` the config is a ``ModelConfig``: fields are attributes with
+  their defaults in one place, never ``config.get(name, default)``."""
+  found = [g for p in sorted((PKG / "model").rglob("*.py"))
+           for g in _config_gets(str(p.relative_to(ROOT)), p.read_text())]
+  assert not found, "model config read with .get():\n" + "\n".join(found)
 
 
 def _repo_text_files():

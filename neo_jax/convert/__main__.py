@@ -102,7 +102,7 @@ def main(argv):
   if cmd == "random":
     _require("dst")
     from neo_jax.model import config as config_lib  # pylint: disable=import-outside-toplevel
-    cfg = config_lib.get_model_config(FLAGS.preset, param_dtype=FLAGS.dtype or "float32")
+    cfg = _typed(config_lib.get_model_config(FLAGS.preset, param_dtype=FLAGS.dtype or "float32"))
     w = orbax_io.ParamWriter(FLAGS.dst, cfg, overwrite=FLAGS.overwrite, compress=FLAGS.compress)
     dtype = FLAGS.dtype or "float32"
     cv.write(cv.random_pieces(cfg, dtype=dtype, seed=FLAGS.seed), w,
@@ -122,15 +122,22 @@ def main(argv):
   logging.info("%s done: %s", cmd, FLAGS.dst)
 
 
+def _typed(cfg):
+  """The typed ``ModelConfig`` of a model ``ConfigDict``: each command builds it once,
+  here, and hands it to the conversion functions."""
+  from neo_jax.model.model_config import ModelConfig  # pylint: disable=import-outside-toplevel
+  return ModelConfig.from_config_dict(cfg)
+
+
 def _import_qwen3(src: str) -> None:
   """``src``: a local Hugging Face Qwen3 folder (downloaded first for a URL)."""
   overrides = {}
   if FLAGS.tie_word_embeddings is not None:
     overrides["tie_word_embeddings"] = FLAGS.tie_word_embeddings.lower() in ("1", "true", "yes")
   dtype = FLAGS.dtype or "float32"
-  cfg = cv.qwen3_config(src, num_prebuffer_layers=FLAGS.num_prebuffer_layers,
-                        vocab_size=FLAGS.vocab_size, base=FLAGS.base_preset,
-                        param_dtype=dtype, **overrides)
+  cfg = _typed(cv.qwen3_config(src, num_prebuffer_layers=FLAGS.num_prebuffer_layers,
+                               vocab_size=FLAGS.vocab_size, base=FLAGS.base_preset,
+                               param_dtype=dtype, **overrides))
   w = orbax_io.ParamWriter(FLAGS.dst, cfg, overwrite=FLAGS.overwrite, compress=FLAGS.compress)
   cv.write(cv.qwen3_pieces(src, cfg, dtype=dtype, new_rows=FLAGS.new_rows, seed=FLAGS.seed), w,
            total=cv.total_bytes(cfg, dtype), desc="import-qwen3", progress=FLAGS.progress)
@@ -140,7 +147,7 @@ def _import_neo(src: str) -> None:
   """``src``: a local released NEO folder (downloaded first for a URL)."""
   dtype = FLAGS.dtype or "float32"
   overrides = {"vocab_size": FLAGS.vocab_size} if FLAGS.vocab_size else {}
-  cfg = cv.release_config(src, base=FLAGS.base_preset, param_dtype=dtype, **overrides)
+  cfg = _typed(cv.release_config(src, base=FLAGS.base_preset, param_dtype=dtype, **overrides))
   w = orbax_io.ParamWriter(FLAGS.dst, cfg, overwrite=FLAGS.overwrite, compress=FLAGS.compress)
   cv.write(cv.release_pieces(src, cfg, dtype=dtype, new_rows=FLAGS.new_rows, seed=FLAGS.seed), w,
            total=cv.total_bytes(cfg, dtype), desc="import-neo", progress=FLAGS.progress)
@@ -165,8 +172,8 @@ def _export_source():
   if step is not None or run_layout.is_workdir(FLAGS.src):
     reader, step = workdir_lib.params_reader(workdir, step)
     logging.info("Exporting step %d of the work directory %s.", step, workdir)
-    return reader, workdir_lib.model_config(workdir), workdir
-  return orbax_io.ParamReader(FLAGS.src), orbax_io.load_config(FLAGS.src), FLAGS.src
+    return reader, _typed(workdir_lib.model_config(workdir)), workdir
+  return orbax_io.ParamReader(FLAGS.src), _typed(orbax_io.load_config(FLAGS.src)), FLAGS.src
 
 
 def _processing(src_dir: str):

@@ -59,8 +59,8 @@ def check_release_compatible(cfg: ml_collections.ConfigDict) -> None:
   """Raises ValueError for a model variant the release's code cannot load or run
   (``model.rope_mode`` other than "native", ``model.attention_mask`` other than
   "mixed": the Table 3 ablations live only here)."""
-  bad = {k: cfg.get(k, want) for k, want in (("rope_mode", "native"), ("attention_mask", "mixed"))
-         if cfg.get(k, want) != want}
+  bad = {k: getattr(cfg, k) for k, want in (("rope_mode", "native"), ("attention_mask", "mixed"))
+         if getattr(cfg, k) != want}
   if bad:
     raise ValueError(f"This model is an ablation variant ({bad}); the release's NEOChatModel "
                      "runs only rope_mode='native' with attention_mask='mixed', so it cannot be "
@@ -185,7 +185,7 @@ def builtin_tokenizer_mismatch(cfg: ml_collections.ConfigDict, vocab_size: int |
   ids = tok_lib.special_token_ids()
   want = {"img_context_token_id": ids[tok_lib.IMG_CONTEXT], "img_start_token_id": ids[tok_lib.IMG_START],
           "img_end_token_id": ids[tok_lib.IMG_END]}
-  wrong = {k: (cfg[k], v) for k, v in want.items() if cfg.get(k) != v}
+  wrong = {k: (getattr(cfg, k), v) for k, v in want.items() if getattr(cfg, k) != v}
   if wrong:
     return f"image token ids {{name: (model, tokenizer)}} differ: {wrong}"
   rows = vocab_size or cfg.vocab_size
@@ -258,7 +258,7 @@ def export_release(source: Any, cfg: ml_collections.ConfigDict, dst: str, *,
                       "this model's tokenizer files.", dst, mismatch)
     else:
       tok = hf_tokenizer.write_hf_tokenizer(
-          dst, model_max_length=int(cfg.get("max_position_embeddings", 40960)))
+          dst, model_max_length=int(cfg.max_position_embeddings))
   if modeling_dir:
     for name in os.listdir(modeling_dir):
       if name.endswith(".py"):

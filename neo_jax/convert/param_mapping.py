@@ -5,7 +5,9 @@ docs/design.md §5.3 lists the release's keys (``VLMEvalKit/vlmeval/vlm/neo/to_h
 ``language_model``, a ``Qwen3ForCausalLM`` whose layers carry the extra H / W
 projections). Every conversion (Qwen3 import, NEO import, export) walks this
 table; the hook functions below turn one tensor from our layout into the
-PyTorch layout and back, so both directions share one description.
+PyTorch layout and back, so both directions share one description. Our shapes are
+not written here: they are read from the model (``model/shapes.param_shapes``, a
+``jax.eval_shape`` of ``NEO.init``), and a model parameter without an entry raises.
 
 Layouts (ours -> PyTorch):
 * Dense kernels ``[in..., out...]`` -> Linear ``weight [prod(out), prod(in)]``
@@ -27,13 +29,14 @@ import dataclasses
 import math
 from typing import Callable, Iterator
 
-import ml_collections
 import numpy as np
+
+from neo_jax.model import shapes as model_shapes
+from neo_jax.model.model_config import STACKS, ModelConfig
 
 Path = tuple[str, ...]
 
 LANGUAGE_PREFIX = "language_model."
-STACKS = ("prebuffer", "llm")
 
 
 # ----------------------------------------------------------------------------
@@ -211,56 +214,53 @@ class Leaf:
     return self.entry.kind == "layer"
 
 
-def layer_shapes(cfg: ml_collections.ConfigDict) -> dict[Path, tuple[int, ...]]:
-  """Our per-layer parameter shapes (without the stacked axis)."""
-  d_model, hq, hkv, d, inter = (cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                                cfg.intermediate_size)
-  s = {
-      "input_layernorm/scale": (d_model,), "post_attention_layernorm/scale": (d_model,),
-      "self_attn/q_proj/kernel": (d_model, hq, d), "self_attn/q_proj_hw/kernel": (d_model, hq, d),
-      "self_attn/k_proj/kernel": (d_model, hkv, d), "self_attn/k_proj_hw/kernel": (d_model, hkv, d),
-      "self_attn/v_proj/kernel": (d_model, hkv, d), "self_attn/o_proj/kernel": (hq, d, d_model),
-      "self_attn/q_norm/scale": (d,), "self_attn/k_norm/scale": (d,),
-      "self_attn/q_norm_h/scale": (d // 2,), "self_attn/q_norm_w/scale": (d // 2,),
-      "self_attn/k_norm_h/scale": (d // 2,), "self_attn/k_norm_w/scale": (d // 2,),
-      "mlp/gate_proj/kernel": (d_model, inter), "mlp/up_proj/kernel": (d_model, inter),
-      "mlp/down_proj/kernel": (inter, d_model),
-  }
-  return {tuple(k.split("/")): v for k, v in s.items()}
+def _shapes(cfg) -> dict[Path, tuple[int, ...]]:
+  """Every parameter's shape, from the model itself (``model/shapes.param_shapes``)."""
+  return model_shapes.param_shapes(ModelConfig.coerce(cfg))
 
 
-def global_shapes(cfg: ml_collections.ConfigDict) -> dict[Path, tuple[int, ...]]:
-  """Shapes of the non-layer parameters (``lm_head`` only when untied)."""
-  p2c = cfg.num_channels * cfg.patch_size ** 2
-  s = {
-      "vision_model/patch_embedding/kernel": (p2c, cfg.vision_hidden),
-      "vision_model/patch_embedding/bias": (cfg.vision_hidden,),
-      "vision_model/dense_embedding/kernel": (cfg.downsample ** 2 * cfg.vision_hidden,
-                                              cfg.hidden_size),
-      "vision_model/dense_embedding/bias": (cfg.hidden_size,),
-      "embed_tokens/embedding": (cfg.vocab_size, cfg.hidden_size),
-      "norm/scale": (cfg.hidden_size,),
-  }
-  if not cfg.tie_word_embeddings:
-    s["lm_head/kernel"] = (cfg.hidden_size, cfg.vocab_size)
-  return {tuple(k.split("/")): v for k, v in s.items()}
+def layer_shapes(cfg: ModelConfig) -> dict[Path, tuple[int, ...]]:
+  """Our per-layer parameter shapes (without the stacked axis), read from the model's
+  ``llm`` stack (the pre-Buffer layers have the same)."""
+  return {path[2:]: shape[1:] for path, shape in _shapes(cfg).items() if path[0] == "llm"}
 
 
-def stack_sizes(cfg: ml_collections.ConfigDict) -> dict[str, tuple[int, int]]:
-  """``{stack: (num_layers, release index of its first layer)}`` for the stacks present."""
-  out = {}
-  if cfg.num_prebuffer_layers:
-    out["prebuffer"] = (cfg.num_prebuffer_layers, 0)
-  out["llm"] = (cfg.num_llm_layers, cfg.num_prebuffer_layers)
+def global_shapes(cfg: ModelConfig) -> dict[Path, tuple[int, ...]]:
+  """Shapes of the non-layer parameters (``lm_head`` only when untied), read from the
+  model."""
+  return {path: shape for path, shape in _shapes(cfg).items() if path[0] not in STACKS}
+
+
+def stack_sizes(cfg: ModelConfig) -> dict[str, tuple[int, int]]:
+  """``{stack: (num_layers, release index of its first layer)}`` for the stacks present
+  (the pre-Buffer layers come first in the release's numbering)."""
+  present = {path[0]: shape[0] for path, shape in _shapes(cfg).items() if path[0] in STACKS}
+  out, offset = {}, 0
+  for stack in STACKS:
+    if stack in present:
+      out[stack] = (present[stack], offset)
+      offset += present[stack]
   return out
 
 
-def leaves(cfg: ml_collections.ConfigDict) -> Iterator[Leaf]:
+def _check_table(cfg) -> None:
+  """Raises ``ValueError`` when the model has a parameter this table does not map (a
+  changed Flax module without its conversion entry)."""
+  known = {e.path for e in GLOBAL_ENTRIES} | {(s, "layers") + e.path for s in STACKS
+                                              for e in LAYER_ENTRIES}
+  missing = sorted("/".join(p) for p in _shapes(cfg) if p not in known)
+  if missing:
+    raise ValueError(f"Parameters of the model with no entry in convert/param_mapping.py: "
+                     f"{missing}; add their release keys and layout hooks.")
+
+
+def leaves(cfg: ModelConfig) -> Iterator[Leaf]:
   """Every leaf of our parameter tree for ``cfg``, in a fixed order.
 
   Global leaves first (vision, embedding, norm, head), then the pre-Buffer and
   post-LLM stacks, entry by entry.
   """
+  _check_table(cfg)
   gshapes = global_shapes(cfg)
   for e in GLOBAL_ENTRIES:
     if e.path in gshapes:
@@ -300,7 +300,7 @@ def piece_slices(path: Path, shape: tuple[int, ...]) -> list[tuple[slice, ...]]:
           for s in range(0, shape[axis], block)]
 
 
-def release_keys(cfg: ml_collections.ConfigDict) -> list[str]:
+def release_keys(cfg: ModelConfig) -> list[str]:
   """All state-dict keys of the release model for ``cfg`` (no tied ``lm_head``)."""
   return [k for leaf in leaves(cfg) for k in leaf.keys]
 

@@ -19,7 +19,7 @@ compiled train step serves every batch. A batch is a ``dict`` with:
 ``token_hw``: ``[B, S, 2] int32``
     ``(row, col)`` of an ``<IMG_CONTEXT>`` token in its image's token grid
     ``(grid_h / 2, grid_w / 2)`` (grid in 16-px patches); 0 elsewhere.
-``pixel_values``: ``[B, S, 4, 3 * P * P] uint8`` (P = patch size, 16)
+``pixel_values``: ``[B, S, 4, 3 * P * P] uint8`` (P = patch size, 16; ``geometry.token_pixels_shape``)
     At each ``<IMG_CONTEXT>`` position the four 16x16 patches of its 32x32
     pixel region, in order (dy, dx) = (0,0), (0,1), (1,0), (1,1); each patch
     flattened channel-major ``(c, y, x)`` (the release's ``view(-1, 3, 16, 16)``
@@ -55,8 +55,8 @@ def batch_shapes(batch_size: int, seq_len: int,
       "labels": ((batch_size, seq_len), np.int32),
       "segment_ids": ((batch_size, seq_len), np.int32),
       "token_hw": ((batch_size, seq_len, 2), np.int32),
-      "pixel_values": ((batch_size, seq_len, geometry.PATCHES_PER_TOKEN,
-                        geometry.patch_bytes(patch_size)), np.uint8),
+      "pixel_values": ((batch_size, seq_len) + geometry.token_pixels_shape(patch_size),
+                       np.uint8),
   }
 
 
@@ -108,7 +108,7 @@ def assemble_batch(rows: Sequence[Sequence[Mapping]], seq_len: int, *,
     ValueError: a row's samples exceed ``seq_len``, or a sample's
       ``<IMG_CONTEXT>`` count differs from its number of visual tokens.
   """
-  pp = geometry.patch_bytes(patch_size)
+  token_pixels = geometry.token_pixels_shape(patch_size)
   out = {k: np.zeros(shape, dt) for k, (shape, dt) in
          batch_shapes(len(rows), seq_len, patch_size).items()}
   out["input_ids"][:] = pad_id
@@ -128,7 +128,7 @@ def assemble_batch(rows: Sequence[Sequence[Mapping]], seq_len: int, *,
       out["segment_ids"][r, sl] = k + 1
       out["token_hw"][r, sl] = np.asarray(el["token_hw"]).reshape(n, 2)
       ctx = np.flatnonzero(ids == img_context_id)
-      pix = np.asarray(el["pixel_values"]).reshape(-1, geometry.PATCHES_PER_TOKEN, pp)
+      pix = np.asarray(el["pixel_values"]).reshape((-1,) + token_pixels)
       if len(ctx) != len(pix):
         raise ValueError(f"Record {el.get('record_id')}: {len(ctx)} <IMG_CONTEXT> tokens for "
                          f"{len(pix)} visual tokens of pixels.")

@@ -23,3 +23,18 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 def patch_bytes(patch_size: int = PATCH_SIZE, num_channels: int = NUM_CHANNELS) -> int:
   """uint8 values in one flattened patch: ``num_channels * patch_size ** 2``."""
   return num_channels * patch_size * patch_size
+
+
+def token_pixels_shape(patch_size: int = PATCH_SIZE) -> tuple[int, int]:
+  """The trailing shape of ``pixel_values`` at one sequence position:
+  ``(PATCHES_PER_TOKEN, patch_bytes(patch_size))`` = ``(4, 3 P P)``, the token's 2x2
+  patches in (dy, dx) order, each flattened ``(c, y, x)`` (``core/batch.py``)."""
+  return (PATCHES_PER_TOKEN, patch_bytes(patch_size))
+
+
+def patch_offsets() -> tuple[tuple[int, ...], tuple[int, ...]]:
+  """``(dy, dx)`` of the ``PATCHES_PER_TOKEN`` patches of a visual token, in the order
+  ``token_pixels_shape`` lays them out: row-major over the ``DOWNSAMPLE x DOWNSAMPLE``
+  group, ``((0, 0, 1, 1), (0, 1, 0, 1))``."""
+  return (tuple(i // DOWNSAMPLE for i in range(PATCHES_PER_TOKEN)),
+          tuple(i % DOWNSAMPLE for i in range(PATCHES_PER_TOKEN)))

@@ -209,10 +209,10 @@ def patchify(rgb: np.ndarray) -> np.ndarray:
     the patches (dy, dx) = (0,0), (0,1), (1,0), (1,1), each flattened (c, y, x).
   """
   h, w, c = rgb.shape
-  gh, gw = h // FACTOR, w // FACTOR
-  x = rgb.reshape(gh, 2, PATCH, gw, 2, PATCH, c)  # r, dy, y, col, dx, x, c
+  gh, gw, k = h // FACTOR, w // FACTOR, geometry.DOWNSAMPLE
+  x = rgb.reshape(gh, k, PATCH, gw, k, PATCH, c)  # r, dy, y, col, dx, x, c
   x = x.transpose(0, 3, 1, 4, 6, 2, 5)  # r, col, dy, dx, c, y, x
-  return np.ascontiguousarray(x.reshape(gh * gw, 4, c * PATCH * PATCH))
+  return np.ascontiguousarray(x.reshape((gh * gw,) + geometry.token_pixels_shape(PATCH)))
 
 
 def token_grid_hw(num_rows: int, num_cols: int) -> np.ndarray:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from neo_jax.core import paths
+from neo_jax.core import geometry, paths
 from neo_jax.data import conversation as conv_lib
 from neo_jax.data import fitting
 from neo_jax.data import images as images_lib
@@ -174,7 +174,7 @@ class SampleProcessor:
       token_hw[ctx] = np.concatenate([images_lib.token_grid_hw(r, c) for r, c in grids])
       pv = np.concatenate(pixels)
     else:
-      pv = np.zeros((0, 4, 3 * images_lib.PATCH ** 2), np.uint8)
+      pv = np.zeros((0,) + geometry.token_pixels_shape(), np.uint8)
     if len(ctx) != len(pv):  # The text itself contained <IMG_CONTEXT>.
       raise BadSample("image_tag_mismatch", f"{len(ctx)} <IMG_CONTEXT> ids for {len(pv)} visual tokens")
     if not o.limits.fits(len(ids), len(pv)):  # the plan is checked on the real tokens

@@ -16,8 +16,8 @@ from neo_jax.core.tokens import IGNORE_INDEX
 
 
 def _random_sample(rng: np.random.Generator, *, text_hi: int, img_start_id: int,
-                   img_context_id: int, img_end_id: int, pp: int,
-                   max_image_grid: int) -> dict:
+                   img_context_id: int, img_end_id: int,
+                   token_pixels: tuple[int, int], max_image_grid: int) -> dict:
   """``text [image] text answer`` with the answer supervised (per-sample dict)."""
   ids, lab, hw = [], [], []
   n_prompt = int(rng.integers(2, 8))
@@ -36,7 +36,7 @@ def _random_sample(rng: np.random.Generator, *, text_hi: int, img_start_id: int,
   ids += ans
   lab += ans
   hw += [(0, 0)] * n_ans
-  pixels = rng.integers(0, 256, (n_ctx, geometry.PATCHES_PER_TOKEN, pp), dtype=np.uint8)
+  pixels = rng.integers(0, 256, (n_ctx,) + token_pixels, dtype=np.uint8)
   return {"input_ids": np.asarray(ids, np.int32), "labels": np.asarray(lab, np.int32),
           "token_hw": np.asarray(hw, np.int32).reshape(-1, 2), "pixel_values": pixels}
 
@@ -56,14 +56,14 @@ def make_random_batch(rng: np.random.Generator, *, batch_size: int, seq_len: int
     The batch dict (numpy arrays, ``[batch_size, seq_len, ...]``).
   """
   text_hi = min(img_start_id, img_context_id, img_end_id, vocab_size)
-  pp = geometry.patch_bytes(patch_size)
+  token_pixels = geometry.token_pixels_shape(patch_size)
   rows = []
   for _ in range(batch_size):
     row, used = [], 0
     for _ in range(rng.integers(1, 4)):
       el = _random_sample(rng, text_hi=text_hi, img_start_id=img_start_id,
-                          img_context_id=img_context_id, img_end_id=img_end_id, pp=pp,
-                          max_image_grid=max_image_grid)
+                          img_context_id=img_context_id, img_end_id=img_end_id,
+                          token_pixels=token_pixels, max_image_grid=max_image_grid)
       if used + len(el["input_ids"]) > seq_len:
         break
       row.append(el)

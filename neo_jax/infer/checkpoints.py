@@ -20,10 +20,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import ml_collections
-
 from neo_jax.core import paths, run_layout
-from neo_jax.model import config as config_lib
+from neo_jax.model.model_config import ModelConfig
 
 
 def _from_workdir(workdir: str, step: int | None) -> tuple:
@@ -35,9 +33,11 @@ def _from_workdir(workdir: str, step: int | None) -> tuple:
   return cfg, params, tokenizer, f"{workdir} step {step}"
 
 
-def load(path: str, *, overrides: dict | None = None) -> tuple[ml_collections.ConfigDict, Any,
-                                                              str, str]:
+def load(path: str, *, overrides: dict | None = None) -> tuple[ModelConfig, Any, str, str]:
   """(model config, parameters, tokenizer kind, description) for ``path``.
+
+  The model config is the typed ``ModelConfig`` (built here, once, from the stored
+  ``ConfigDict`` with the ``overrides``).
 
   Args:
     path: a training work directory, one of its ``checkpoints/<step>``
@@ -47,6 +47,7 @@ def load(path: str, *, overrides: dict | None = None) -> tuple[ml_collections.Co
 
   Raises:
     FileNotFoundError: ``path`` is none of these (the message lists what it looked for).
+    ValueError: an override names no field or sets a bad value.
   """
   path = path if paths.is_url(path) else os.path.abspath(os.path.expanduser(path))
   overrides = overrides or {}
@@ -74,7 +75,4 @@ def load(path: str, *, overrides: dict | None = None) -> tuple[ml_collections.Co
         f"{path} is not a training work directory (config.json + checkpoints/), an Orbax "
         "parameter checkpoint (model_config.json) or a NEO Hugging Face directory "
         "(config.json).")
-  for k, v in overrides.items():
-    cfg[k] = v
-  config_lib.validate(cfg)
-  return cfg, params, tok, desc
+  return ModelConfig.coerce(cfg).replace(**overrides), params, tok, desc

@@ -36,6 +36,7 @@ import numpy as np
 from neo_jax.core import batch as batch_lib
 from neo_jax.infer import kv_cache, sampling
 from neo_jax.model import positions as pos_lib
+from neo_jax.model.model_config import ModelConfig
 from neo_jax.model.neo import NEO
 
 NO_TOKEN = -1
@@ -57,10 +58,9 @@ class Generator:
     bucket: prompt lengths are rounded up to a multiple of this (fewer compiles).
   """
 
-  def __init__(self, model_cfg: ml_collections.ConfigDict, *, mesh=None, rules=None,
-               bucket: int = 64):
-    cfg = model_cfg.copy_and_resolve_references()
-    cfg.remat_policy = "none"
+  def __init__(self, model_cfg: ModelConfig | ml_collections.ConfigDict, *, mesh=None,
+               rules=None, bucket: int = 64):
+    cfg = ModelConfig.coerce(model_cfg).replace(remat_policy="none")
     self.cfg = cfg
     self.prefill_model = NEO(cfg, cache_mode="prefill")
     self.decode_model = NEO(cfg, cache_mode="decode")
@@ -132,12 +132,12 @@ class Generator:
     last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0]
     logits = self.prefill_model.apply({"params": params}, last, method=NEO.logits)
     pos = pos_lib.rope_positions(
-        cfg.get("rope_mode", "native"), batch["input_ids"], batch["segment_ids"],
+        cfg.rope_mode, batch["input_ids"], batch["segment_ids"],
         batch["token_hw"], img_start_id=cfg.img_start_token_id,
         img_context_id=cfg.img_context_token_id)
     # Native / 1d: the next t follows the largest t (h, w are in-image coordinates).
     # mRoPE: Qwen2-VL's rule, one past the largest of all three indices.
-    t = jnp.max(pos, axis=-1) if cfg.get("rope_mode", "native") == "mrope" else pos[..., 0]
+    t = jnp.max(pos, axis=-1) if cfg.rope_mode == "mrope" else pos[..., 0]
     next_t = jnp.max(jnp.where(batch["segment_ids"] > 0, t, -1), axis=1) + 1
     return mut["cache"], logits, next_t.astype(jnp.int32)
 

@@ -20,12 +20,12 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 from jax.ad_checkpoint import checkpoint_name
 
 from neo_jax.model import projection
 from neo_jax.model import rope
 from neo_jax.model import swiglu as swiglu_lib
+from neo_jax.model.model_config import ModelConfig
 from neo_jax.ops import attention as attention_ops
 from neo_jax.ops import reference as reference_ops
 
@@ -87,7 +87,7 @@ class _Kernel(nn.Module):
   do their own matmuls (``MLP``)."""
   shape: tuple[int, ...]
   axes: tuple[str, ...]
-  config: ml_collections.ConfigDict
+  config: ModelConfig
 
   @nn.compact
   def __call__(self) -> Array:
@@ -117,7 +117,7 @@ class NativeAttention(nn.Module):
   one token per row (``S = 1``), writes it at ``cache_index [B]`` and attends to the
   row's cache positions ``<= cache_index``.
   """
-  config: ml_collections.ConfigDict
+  config: ModelConfig
   cache_mode: str = "none"
 
   def _cache(self):
@@ -149,7 +149,7 @@ class NativeAttention(nn.Module):
     q_w = rope.apply_rope_half(norm("q_norm_w", "head_dim")(q_hw[..., half:]), w, cfg.rope_theta_hw)
     k_h = rope.apply_rope_half(norm("k_norm_h", "head_dim")(k_hw[..., :half]), h, cfg.rope_theta_hw)
     k_w = rope.apply_rope_half(norm("k_norm_w", "head_dim")(k_hw[..., half:]), w, cfg.rope_theta_hw)
-    if cfg.get("rope_mode", "native") == "mrope":
+    if cfg.rope_mode == "mrope":
       # Qwen2-VL's mRoPE on the T branch; the H / W branches are off (zero scores).
       q = rope.apply_mrope_half(norm("q_norm", "head_dim")(q), positions, cfg.rope_theta)
       k = rope.apply_mrope_half(norm("k_norm", "head_dim")(k), positions, cfg.rope_theta)
@@ -178,7 +178,7 @@ class NativeAttention(nn.Module):
       out = attention_ops.attention(
           q, k, v, segment_ids, unit_ids, scale=d ** -0.5, impl=cfg.attention_impl,
           block_q=cfg.attention_block_q, block_kv=cfg.attention_block_kv,
-          max_sample_tokens=cfg.get("max_sample_tokens", 0))
+          max_sample_tokens=cfg.max_sample_tokens)
       if self.cache_mode == "prefill":
         ck, cv = self._cache()
         ck.value = _constrain_cache(
@@ -199,7 +199,7 @@ class MLP(nn.Module):
   (as ``nn.DenseGeneral`` names them); the matmuls and their backward are
   ``model/swiglu.py``'s.
   """
-  config: ml_collections.ConfigDict
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -218,7 +218,7 @@ class DecoderLayer(nn.Module):
   ``__call__(x, positions, segment_ids, unit_ids, cache_index) -> (x, None)`` with
   ``x [B, S, D]`` in the compute dtype (``cache_index``: see ``NativeAttention``).
   """
-  config: ml_collections.ConfigDict
+  config: ModelConfig
   cache_mode: str = "none"
 
   @nn.compact
@@ -235,6 +235,8 @@ class DecoderLayer(nn.Module):
     return nn.with_logical_constraint(x, ("batch", "length", "embed")), None
 
 
+# What each ``model.remat_policy`` saves; the names are ``model_config.REMAT_POLICIES``
+# ("none" = no remat, ``DecoderStack``), checked in tests/test_model_config.py.
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
     "minimal": jax.checkpoint_policies.save_only_these_names(
@@ -256,7 +258,7 @@ class DecoderStack(nn.Module):
   logical axis ``layers``), each wrapped in ``nn.remat`` with the config's
   policy (``none`` = no remat). ``[B, S, D] -> [B, S, D]``. With a ``cache_mode``
   the ``"cache"`` collection is scanned too (leading axis = layer)."""
-  config: ml_collections.ConfigDict
+  config: ModelConfig
   num_layers: int
   cache_mode: str = "none"
 

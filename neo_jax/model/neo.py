@@ -16,10 +16,11 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
+from neo_jax.core import geometry
 from neo_jax.model import layers, positions as pos_lib
 from neo_jax.model import visual_gather
+from neo_jax.model.model_config import ModelConfig
 from neo_jax.model.vision import VisionEmbeddings
 
 Array = jax.Array
@@ -47,17 +48,26 @@ class NEO(nn.Module):
 
   ``__call__(input_ids, segment_ids, token_hw, pixel_values, return_hidden=False)``:
     input_ids, segment_ids: ``[B, S] int32``; token_hw ``[B, S, 2] int32``;
-    pixel_values ``[B, S, 4, 3 P P] uint8`` (see ``core/batch.py``).
+    pixel_values ``[B, S, 4, 3 P P] uint8`` (``core/geometry.token_pixels_shape``).
     Returns logits ``[B, S, vocab] float32``, or with ``return_hidden`` the
     final-normed hidden states ``[B, S, D]`` in the compute dtype (feed them to
-    ``loss.chunked_lm_loss`` with ``head_weights``).
+    ``loss.lm_loss`` with ``head_weights``).
 
   ``cache_mode`` (``layers.CACHE_MODES``): ``"prefill"`` runs ``__call__`` and fills
   the KV cache; ``"decode"`` is for ``decode_step``. Both apply with the
   ``"cache"`` collection (``infer/kv_cache.py``) mutable; the parameters are the same.
+
+  ``config`` is a ``ModelConfig``; a model ``ConfigDict`` (or mapping) given instead is
+  converted once here (``ModelConfig.from_config_dict``: unknown keys and bad values
+  raise ``ValueError``), so ``self.config`` is always typed.
   """
-  config: ml_collections.ConfigDict
+  config: ModelConfig
   cache_mode: str = "none"
+
+  def __post_init__(self):
+    if not isinstance(self.config, ModelConfig):
+      object.__setattr__(self, "config", ModelConfig.from_config_dict(self.config))
+    super().__post_init__()
 
   def setup(self):
     cfg = self.config
@@ -66,9 +76,10 @@ class NEO(nn.Module):
         cfg.vocab_size, cfg.hidden_size, dtype=layers.dtype_of(cfg.dtype), param_dtype=pdt,
         embedding_init=layers.normal_init(cfg.init_std, ("vocab", "embed")))
     self.vision_model = VisionEmbeddings(cfg)
-    if cfg.num_prebuffer_layers:
-      self.prebuffer = layers.DecoderStack(cfg, cfg.num_prebuffer_layers, self.cache_mode)
-    self.llm = layers.DecoderStack(cfg, cfg.num_llm_layers, self.cache_mode)
+    stacks = cfg.stack_layers  # prebuffer (when it has layers), llm
+    if "prebuffer" in stacks:
+      self.prebuffer = layers.DecoderStack(cfg, stacks["prebuffer"], self.cache_mode)
+    self.llm = layers.DecoderStack(cfg, stacks["llm"], self.cache_mode)
     self.norm = layers.RMSNorm(cfg.rms_norm_eps, "embed", pdt)
     if not cfg.tie_word_embeddings:
       self.lm_head = LMHead(cfg.hidden_size, cfg.vocab_size, cfg.init_std, pdt)
@@ -82,7 +93,7 @@ class NEO(nn.Module):
     act = ("batch", "length", "embed")
     text = nn.with_logical_constraint(self.embed_tokens(input_ids), act)
     is_ctx = input_ids == cfg.img_context_token_id
-    m = cfg.get("max_visual_tokens", 0)
+    m = cfg.max_visual_tokens
     if m:   # the patch embedder on the visual positions only (model/visual_gather.py)
       vis = visual_gather.embed_visual_gathered(self.vision_model, pixel_values, token_hw,
                                                 is_ctx, m)
@@ -95,11 +106,11 @@ class NEO(nn.Module):
                pixel_values: Array, return_hidden: bool = False) -> Array:
     cfg = self.config
     positions = pos_lib.rope_positions(
-        cfg.get("rope_mode", "native"), input_ids, segment_ids, token_hw,
+        cfg.rope_mode, input_ids, segment_ids, token_hw,
         img_start_id=cfg.img_start_token_id, img_context_id=cfg.img_context_token_id)
     units = pos_lib.unit_ids(input_ids, img_start_id=cfg.img_start_token_id,
                              img_context_id=cfg.img_context_token_id)
-    if cfg.get("attention_mask", "mixed") == "causal":
+    if cfg.attention_mask == "causal":
       units = jnp.zeros_like(units)   # no bidirectional image blocks: plain causal
     x = self.embed(input_ids, token_hw, pixel_values)
     x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
@@ -130,9 +141,9 @@ class NEO(nn.Module):
     cfg = self.config
     b = tokens.shape[0]
     ids = tokens[:, None]
-    pixels = jnp.zeros((b, 1, 4, 3 * cfg.patch_size ** 2), jnp.uint8)
+    pixels = jnp.zeros((b, 1) + geometry.token_pixels_shape(cfg.patch_size), jnp.uint8)
     x = self.embed(ids, jnp.zeros((b, 1, 2), jnp.int32), pixels)
-    if cfg.get("rope_mode", "native") == "mrope":
+    if cfg.rope_mode == "mrope":
       positions = jnp.broadcast_to(t[:, None, None], (b, 1, 3))
     else:
       positions = jnp.concatenate([t[:, None, None], jnp.zeros((b, 1, 2), jnp.int32)], axis=-1)

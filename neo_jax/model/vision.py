@@ -18,11 +18,11 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from neo_jax.core import geometry
 from neo_jax.model import layers, rope
+from neo_jax.model.model_config import ModelConfig
 
 Array = jax.Array
 
@@ -35,7 +35,7 @@ class VisionEmbeddings(nn.Module):
   non-visual positions are computed and discarded by the caller
   (``jnp.where``), so shapes stay static.
   """
-  config: ml_collections.ConfigDict
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, pixel_values: Array, token_hw: Array) -> Array:
@@ -54,14 +54,14 @@ class VisionEmbeddings(nn.Module):
                      kernel_init=kinit(("patch", "vision")), bias_init=binit(("vision",)),
                      name="patch_embedding")(x)  # [B, S, 4, V]
     patch = nn.gelu(patch, approximate=False)
-    dy = jnp.asarray([0, 0, 1, 1], jnp.int32)
-    dx = jnp.asarray([0, 1, 0, 1], jnp.int32)
-    pos_y = 2 * token_hw[..., 0:1] + dy  # [B, S, 4]
-    pos_x = 2 * token_hw[..., 1:2] + dx
+    dy, dx = (jnp.asarray(o, jnp.int32) for o in geometry.patch_offsets())
+    k = geometry.DOWNSAMPLE
+    pos_y = k * token_hw[..., 0:1] + dy  # [B, S, 4]
+    pos_x = k * token_hw[..., 1:2] + dx
     patch = rope.apply_rope_2d_vision(patch.astype(jnp.float32), pos_x, pos_y,
                                       cfg.rope_theta_vision).astype(dt)
     b, s = patch.shape[:2]
-    patch = patch.reshape(b, s, 4 * cfg.vision_hidden)
+    patch = patch.reshape(b, s, geometry.PATCHES_PER_TOKEN * cfg.vision_hidden)
     out = nn.Dense(cfg.hidden_size, dtype=dt, param_dtype=pdt,
                    kernel_init=kinit(("vision_in", "embed")), bias_init=binit(("embed",)),
                    name="dense_embedding")(patch)

@@ -24,7 +24,7 @@ import functools
 from absl import logging
 import jax
 
-ATTENTION_IMPLS = ("xla", "xla_blockwise", "pallas", "auto")
+from neo_jax.ops.impls import ATTENTION_IMPLS  # the one list (importable without JAX)
 
 
 def target_platform(mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh | None = None) -> str:

@@ -41,8 +41,8 @@ class Evaluator:
     self.examples = pipeline.make_eval_examples(config.data, split="heldout",
                                                 limit=ec.limit_per_task or None)
     self.tokenizer = pipeline.get_tokenizer(config.data.tokenizer)
-    health.check_prompts(self.examples, config.model)
-    self.generator = decode.Generator(config.model, mesh=setup.mesh, rules=setup.rules)
+    health.check_prompts(self.examples, self.model.config)
+    self.generator = decode.Generator(self.model.config, mesh=setup.mesh, rules=setup.rules)
 
   def predictions(self, params: Any,
                   stop: Callable[[], bool] | None = None) -> list[tuple[dict, str]] | None:

@@ -22,6 +22,7 @@ Peaks: ``peak_flops_per_device`` reads a table of published dense peaks per chip
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from typing import Any
@@ -29,8 +30,10 @@ from typing import Any
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
-import ml_collections
 
+from neo_jax.core import geometry
+from neo_jax.model import shapes as model_shapes
+from neo_jax.model.model_config import ModelConfig
 from neo_jax.ops import block_ranges
 
 # Dense peaks per device [FLOP/s] (bf16, fp32) from the vendors' data sheets. fp32:
@@ -95,12 +98,13 @@ class StepFlops:
   """Model FLOPs of a train step from the parameter shapes and the trainable mask.
 
   Args:
-    model_cfg: the model config.
+    model_cfg: the model config (a ``ModelConfig``; a model ``ConfigDict`` is converted).
     params: the (abstract) parameter tree (shapes only are read).
     trainable: a tree of bools like ``params`` (``optimizer.trainable_mask``).
   """
 
-  def __init__(self, model_cfg: ml_collections.ConfigDict, params: Any, trainable: Any):
+  def __init__(self, model_cfg: ModelConfig, params: Any, trainable: Any):
+    model_cfg = ModelConfig.coerce(model_cfg)
     self.cfg = model_cfg
     flat = traverse_util.flatten_dict(params)
     train = traverse_util.flatten_dict(trainable)
@@ -120,10 +124,11 @@ class StepFlops:
         group = "head"
       else:
         continue
-      n = leaf.size * (4 if name == "vision_model/patch_embedding/kernel" else 1)
+      # The patch embedder runs once per patch, PATCHES_PER_TOKEN times per visual token.
+      n = leaf.size * (geometry.PATCHES_PER_TOKEN
+                       if name == "vision_model/patch_embedding/kernel" else 1)
       self.groups[group][0 if train[path] else 1] += n
-    layers = model_cfg.num_prebuffer_layers + model_cfg.num_llm_layers
-    self.attn_per_pair = 2 * layers * model_cfg.num_heads * 3 * model_cfg.head_dim
+    self.attn_per_pair = 2 * model_cfg.num_layers * model_cfg.num_heads * 3 * model_cfg.head_dim
 
   def _matmul(self, group: str, rows: float) -> float:
     trainable, frozen = self.groups[group]
@@ -136,14 +141,20 @@ class StepFlops:
             + self._matmul("head", head_rows) + 3 * self.attn_per_pair * attention_pairs)
 
 
-def layer_matmul_params(c: ml_collections.ConfigDict) -> int:
-  """Weights of one native primitive used in matmuls (norms excluded)."""
-  d, hq, hkv, D, inter = c.head_dim, c.num_heads, c.num_kv_heads, c.hidden_size, c.intermediate_size
-  attn = D * hq * d * 2 + D * hkv * d * 3 + hq * d * D  # q, q_hw, k, k_hw, v, o
-  return attn + 3 * D * inter
+def _kernel_size(shapes: dict, path: tuple[str, ...]) -> int:
+  return math.prod(shapes[path])
 
 
-def train_flops_per_token(c: ml_collections.ConfigDict, *, avg_visible_keys: float,
+def layer_matmul_params(c: ModelConfig) -> int:
+  """Weights of one native primitive used in matmuls (norms excluded): the ``kernel``
+  leaves of one layer of the model's parameters (``model/shapes.param_shapes``), i.e.
+  ``q, q_hw, k, k_hw, v, o`` and the three MLP matrices."""
+  shapes = model_shapes.param_shapes(ModelConfig.coerce(c))
+  return sum(math.prod(s[1:]) for p, s in shapes.items()
+             if p[0] == "llm" and p[-1] == "kernel")
+
+
+def train_flops_per_token(c: ModelConfig, *, avg_visible_keys: float,
                           head_fraction: float = 1.0, visual_fraction: float = 0.0) -> float:
   """Planning estimate of the model FLOPs of one training token (every weight trains).
 
@@ -155,11 +166,15 @@ def train_flops_per_token(c: ml_collections.ConfigDict, *, avg_visible_keys: flo
       fraction when the head is applied to gathered positions only).
     visual_fraction: fraction of tokens that are visual (patch embedder cost).
   """
-  layers = c.num_prebuffer_layers + c.num_llm_layers
+  c = ModelConfig.coerce(c)
+  shapes = model_shapes.param_shapes(c)
+  layers = c.num_layers
   fwd = 2 * layers * layer_matmul_params(c)
   # QK^T on 2 * head_dim wide vectors and PV on head_dim, per visible key.
   fwd += layers * 2 * c.num_heads * avg_visible_keys * (2 * c.head_dim + c.head_dim)
   fwd += 2 * c.hidden_size * c.vocab_size * head_fraction
-  patch = 4 * 3 * c.patch_size ** 2 * c.vision_hidden + 4 * c.vision_hidden * c.hidden_size
+  patch = (geometry.PATCHES_PER_TOKEN
+           * _kernel_size(shapes, ("vision_model", "patch_embedding", "kernel"))
+           + _kernel_size(shapes, ("vision_model", "dense_embedding", "kernel")))
   fwd += 2 * patch * visual_fraction
   return 3.0 * fwd

@@ -99,8 +99,7 @@ def check_prompts(examples, model_cfg) -> None:
     model_cfg: the model config (``max_sample_tokens``, ``max_visual_tokens``,
       ``img_context_token_id``).
   """
-  max_len = int(model_cfg.get("max_sample_tokens", 0) or 0)
-  max_vis = int(model_cfg.get("max_visual_tokens", 0) or 0)
+  max_len, max_vis = int(model_cfg.max_sample_tokens), int(model_cfg.max_visual_tokens)
   for ex in examples:
     ids = np.asarray(ex["input_ids"])
     name = f"task {ex.get('task')!r}, record {ex.get('record_id')!r}"

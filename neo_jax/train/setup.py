@@ -22,38 +22,32 @@ import numpy as np
 
 from neo_jax.core import host_memory
 from neo_jax.core.batch import batch_shapes
-from neo_jax.model import config as model_config_lib
+from neo_jax.model import shapes as model_shapes
+from neo_jax.model.model_config import ModelConfig
 from neo_jax.model.neo import NEO
 from neo_jax.train import optimizer, sharding
 from neo_jax.train.step import TrainState, train_step
 
 
 def build_model(config: ml_collections.ConfigDict) -> NEO:
-  """The model of ``config.model`` (validated).
+  """The model of ``config.model``: the run's ``ConfigDict`` becomes the typed
+  ``ModelConfig`` here, once.
 
   Raises:
-    ValueError: an inconsistent model config (``model/config.validate``).
+    ValueError: an unknown key or a bad value in ``config.model`` (``ModelConfig``).
   """
-  model_config_lib.validate(config.model)
-  return NEO(config.model)
+  return NEO(ModelConfig.from_config_dict(config.model))
 
 
-def _dummy_inputs(model_cfg, seq_len: int = 8):
-  shapes = batch_shapes(1, seq_len, model_cfg.patch_size)
-  return [jnp.zeros(*shapes[k]) for k in ("input_ids", "segment_ids", "token_hw", "pixel_values")]
+_dummy_inputs = model_shapes.dummy_inputs
+abstract_params = model_shapes.abstract_params
 
 
-def abstract_params(model: NEO) -> Any:
-  """Boxed (``nn.Partitioned``) abstract parameters: shapes + logical axes, no memory."""
-  return jax.eval_shape(
-      lambda: model.init(jax.random.PRNGKey(0), *_dummy_inputs(model.config)))["params"]
-
-
-def _optimizer_pieces(config, abs_params, param_shardings, mesh):
+def _optimizer_pieces(config, model_cfg: ModelConfig, abs_params, param_shardings, mesh):
   """(trainable patterns, trainable mask, tx, lr schedule, opt-state shardings)."""
-  patterns = optimizer.trainable_patterns(config.train, config.model.tie_word_embeddings)
+  patterns = optimizer.trainable_patterns(config.train, model_cfg.tie_word_embeddings)
   trainable = optimizer.trainable_mask(abs_params, patterns)
-  tx = optimizer.make_optimizer(config.train, abs_params, patterns, config.model)
+  tx = optimizer.make_optimizer(config.train, abs_params, patterns, model_cfg)
   abs_opt = jax.eval_shape(tx.init, abs_params)
   opt_shardings = sharding.state_shardings_like_params(abs_opt, abs_params, param_shardings, mesh)
   return patterns, trainable, tx, optimizer.learning_rate_schedule(config.train), abs_opt, \
@@ -82,14 +76,14 @@ class Setup:
     self.param_shardings = sharding.logical_shardings(boxed, self.mesh, self.rules)
     abs_params = nn.meta.unbox(boxed)
     (self.patterns, self.trainable, self.tx, self.lr_schedule, abs_opt,
-     opt_shardings) = _optimizer_pieces(config, abs_params, self.param_shardings, self.mesh)
+     opt_shardings) = _optimizer_pieces(config, self.model.config, abs_params, self.param_shardings, self.mesh)
     self.state_shardings = TrainState(step=sharding.replicated(self.mesh),
                                       params=self.param_shardings, opt_state=opt_shardings)
     abs_state = TrainState(jax.ShapeDtypeStruct((), jnp.int32), abs_params, abs_opt)
     self.abstract_state = jax.tree_util.tree_map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abs_state,
         self.state_shardings)
-    shapes = batch_shapes(config.batch_size, config.seq_len, config.model.patch_size)
+    shapes = batch_shapes(config.batch_size, config.seq_len, self.model.config.patch_size)
     self.batch_shardings = {k: sharding.batch_sharding(self.mesh, self.rules, len(s))
                             for k, (s, _) in shapes.items()}
     self.train_step = self._jit_train_step()
@@ -125,7 +119,7 @@ class Setup:
     c = self.config
     return {k: jax.ShapeDtypeStruct(s, d, sharding=self.batch_shardings[k])
             for k, (s, d) in batch_shapes(c.batch_size, seq_len or c.seq_len,
-                                          c.model.patch_size).items()}
+                                          self.model.config.patch_size).items()}
 
   def compile_train_step(self, log=print, seq_len: int | None = None):
     """Compiles the step ahead of the first batch, saying so and how long it took.

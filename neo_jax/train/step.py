@@ -19,13 +19,13 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
 from neo_jax.core import host_memory
 from neo_jax.model import loss as loss_lib
 from neo_jax.model import positions as pos_lib
 from neo_jax.model import visual_gather
+from neo_jax.model.model_config import ModelConfig
 from neo_jax.model.neo import NEO
 from neo_jax.train import flops
 
@@ -42,7 +42,7 @@ class TrainState(flax.struct.PyTreeNode):
   opt_state: Any
 
 
-def head_weights(params: Any, model_cfg: ml_collections.ConfigDict) -> tuple[jax.Array, str]:
+def head_weights(params: Any, model_cfg: ModelConfig) -> tuple[jax.Array, str]:
   """The LM head read from a parameter tree, as stored, with its layout.
 
   Returns:
@@ -154,7 +154,7 @@ def train_step(state: TrainState, batch: dict, *, model: NEO, tx: optax.Gradient
                                                  img_context_id=cfg.img_context_token_id)),
       "dropped_supervised": out.dropped,
       "dropped_visual": visual_gather.dropped_visual(
-          batch["input_ids"] == cfg.img_context_token_id, cfg.get("max_visual_tokens", 0)),
+          batch["input_ids"] == cfg.img_context_token_id, cfg.max_visual_tokens),
       # The loss above is of the old parameters; this guards the new ones, so a
       # step that produced inf / NaN parameters is never checkpointed.
       # max |x| is NaN / inf iff an entry is: one reduction per leaf, no [V, D] mask.

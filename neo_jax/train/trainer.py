@@ -165,7 +165,7 @@ def _loop(config, workdir, setup, manager, state, phase_step, batches, preemptio
       read += 1
       _log_data_summary(config, batches, read)
       health.check_sample_lengths(host_batch["segment_ids"],
-                                  config.model.get("max_sample_tokens", 0), step)
+                                  setup.model.config.max_sample_tokens, step)
       batch = setup.global_batch(host_batch)
       state, metrics = train_step(state, batch)
       step += 1
@@ -178,10 +178,10 @@ def _loop(config, workdir, setup, manager, state, phase_step, batches, preemptio
       if log_now or save_now:
         # Checked before every save too, so a non-finite state is never saved.
         m = {k: v.item() for k, v in jax.device_get(metrics).items()}
-        health.check_visual_fit(m, config.model.get("max_visual_tokens", 0))
+        health.check_visual_fit(m, setup.model.config.max_visual_tokens)
         health.check_finite(m, step, manager.latest_step())
       if log_now:
-        health.check_supervised_fit(m, config.model.max_supervised_tokens)
+        health.check_supervised_fit(m, setup.model.config.max_supervised_tokens)
         m.update(meter.measure())
         m.update(pipeline_metrics(batches.consumed))
         writer.write(step, m)
