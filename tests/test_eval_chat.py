@@ -59,7 +59,7 @@ def test_generation_settings_over_a_preset():
 
 
 def test_loglikelihood_equals_float64_log_softmax():
-  from neo_jax.infer import generate  # pylint: disable=import-outside-toplevel
+  from neo_jax.core import batch as batch_lib  # pylint: disable=import-outside-toplevel
   from neo_jax.model.neo import NEO  # pylint: disable=import-outside-toplevel
   cfg = mf.tiny_config()
   params = mf.init_params(cfg, seed=4)
@@ -68,8 +68,8 @@ def test_loglikelihood_equals_float64_log_softmax():
   rows = [dict(p, input_ids=np.concatenate([p["input_ids"], c]),
                token_hw=np.concatenate([p["token_hw"], np.zeros((len(c), 2), np.int32)]))
           for p, c in zip(prompts, conts)]
-  batch, _ = generate.prompts_to_batch(rows, max(len(r["input_ids"]) for r in rows),
-                                       cfg.img_context_token_id)
+  batch, _ = batch_lib.prompt_batch(rows, max(len(r["input_ids"]) for r in rows),
+                                    img_context_id=cfg.img_context_token_id, pad_segment=1)
   logits = np.asarray(NEO(cfg).apply({"params": params}, batch["input_ids"],
                                      batch["segment_ids"], batch["token_hw"],
                                      batch["pixel_values"]), np.float64)

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 
+from neo_jax.core import batch as batch_lib
 from neo_jax.infer import decode, generate, sampling
 from neo_jax.model.neo import NEO
 from testlib import model as mf
@@ -69,7 +70,8 @@ def _uncached_loop(cfg, step_fn, params, prompts, steps, penalty):
   """The model's raw last-position logits of each whole row (no cache), then ban +
   penalty (float64) + argmax in NumPy."""
   banned = [cfg.img_start_token_id, cfg.img_context_token_id, cfg.img_end_token_id]
-  batch, lengths = generate.prompts_to_batch(prompts, 64, cfg.img_context_token_id)
+  batch, lengths = batch_lib.prompt_batch(prompts, 64, img_context_id=cfg.img_context_token_id,
+                                          pad_segment=1)
   out = [[] for _ in prompts]
   for _ in range(steps):
     _, logits = step_fn(params, batch, lengths)

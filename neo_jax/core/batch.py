@@ -136,3 +136,47 @@ def assemble_batch(rows: Sequence[Sequence[Mapping]], seq_len: int, *,
         out["pixel_values"][r, pos + ctx] = pix
       pos += n
   return out
+
+
+def prompt_batch(prompts: Sequence[Mapping], seq_len: int, *, img_context_id: int,
+                 patch_size: int = geometry.PATCH_SIZE,
+                 pad_segment: int = 0) -> tuple[dict[str, np.ndarray], np.ndarray]:
+  """Prompts, one per row, right-padded to ``seq_len``: the batch generation and
+  scoring feed the model (no ``labels``), and the prompt lengths.
+
+  The one builder of prompt batches: the cached decoder (``infer/decode.py``), the
+  uncached oracle (``infer/generate.py``) and likelihood scoring
+  (``eval/likelihood.py``) all call it.
+
+  Args:
+    prompts: mappings with ``input_ids [n] int``, ``token_hw [n, 2] int`` and
+      ``pixel_values [num_ctx, 4, 3 P P] uint8`` (the visual tokens in order).
+    seq_len: ``S`` [tokens] of every row (>= the longest prompt).
+    img_context_id: the ``<IMG_CONTEXT>`` id.
+    patch_size: [pixels] patch side P.
+    pad_segment: segment id of the padding positions: 0 (the cached decoder: padding
+      is outside every sample) or 1 (the uncached oracle appends its tokens in the
+      padding, which must see the prompt).
+
+  Returns:
+    ``(batch, lengths)``: ``input_ids``, ``segment_ids`` (1 on each prompt),
+    ``token_hw``, ``pixel_values`` as in the module docstring; ``lengths [B] int32``.
+
+  Raises:
+    ValueError: a prompt longer than ``seq_len`` (naming it), or a pixel count that
+      does not match its ``<IMG_CONTEXT>`` tokens.
+  """
+  if pad_segment not in (0, 1):
+    raise ValueError(f"pad_segment={pad_segment} is not 0 or 1.")
+  for i, p in enumerate(prompts):
+    if len(p["input_ids"]) > seq_len:
+      raise ValueError(f"Prompt {i} has {len(p['input_ids'])} tokens, longer than the "
+                       f"row of {seq_len}.")
+  batch = assemble_batch([[dict(p, labels=None, record_id=f"prompt {i}")]
+                          for i, p in enumerate(prompts)], seq_len, pad_id=0,
+                         img_context_id=img_context_id, patch_size=patch_size)
+  batch.pop("labels")
+  lengths = (batch["segment_ids"] > 0).sum(axis=1).astype(np.int32)
+  if pad_segment:
+    batch["segment_ids"] = np.ones_like(batch["segment_ids"])
+  return batch, lengths

@@ -2,7 +2,7 @@
 
 For each prompt (a processed ``prompt_only`` sample: the chat up to the assistant header)
 and continuation token ids, one forward pass over ``prompt + continuation`` (the
-uncached model, rows right-padded, ``infer/generate.prompts_to_batch``) gives the
+uncached model, rows right-padded, ``core.batch.prompt_batch``) gives the
 hidden state before each continuation token; only those positions go through the
 output head. Returned per row: the summed log-probability of the continuation
 [nats] and whether each of its tokens is the argmax (lmms-eval's ``is_greedy``).
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from neo_jax.infer import generate
+from neo_jax.core import batch as batch_lib
 from neo_jax.model.neo import NEO
 
 
@@ -66,8 +66,9 @@ class LogLikelihood:
                        token_hw=np.concatenate([p["token_hw"], np.zeros((len(c), 2), np.int32)])))
     longest = max(len(r["input_ids"]) for r in rows)
     cfg = self.model.config
-    batch, _ = generate.prompts_to_batch(rows, -(-longest // self.bucket) * self.bucket,
-                                         cfg.img_context_token_id, cfg.patch_size)
+    batch, _ = batch_lib.prompt_batch(rows, -(-longest // self.bucket) * self.bucket,
+                                      img_context_id=cfg.img_context_token_id,
+                                      patch_size=cfg.patch_size, pad_segment=1)
     width = -(-max(len(c) for c in continuations) // 8) * 8
     targets = np.zeros((len(rows), width), np.int32)
     mask = np.zeros((len(rows), width), bool)

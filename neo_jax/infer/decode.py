@@ -80,14 +80,12 @@ class Generator:
     return stack
 
   def prompts_batch(self, prompts: Sequence[dict]) -> tuple[dict, np.ndarray]:
-    """Right-padded prefill batch (segment 1 on each prompt) and prompt lengths ``[B]``."""
+    """Right-padded prefill batch (segment 1 on each prompt, padding 0) and prompt
+    lengths ``[B]`` (``core.batch.prompt_batch``; rows bucketed to ``self.bucket``)."""
     longest = max(len(p["input_ids"]) for p in prompts)
-    batch = batch_lib.assemble_batch(
-        [[dict(p, labels=None, record_id=f"prompt {i}")] for i, p in enumerate(prompts)],
-        _bucket(longest, self.bucket), pad_id=0, img_context_id=self.cfg.img_context_token_id,
-        patch_size=self.cfg.patch_size)
-    batch.pop("labels")
-    return batch, (batch["segment_ids"] > 0).sum(axis=1).astype(np.int32)
+    return batch_lib.prompt_batch(prompts, _bucket(longest, self.bucket),
+                                  img_context_id=self.cfg.img_context_token_id,
+                                  patch_size=self.cfg.patch_size)
 
   def _program(self, max_new_tokens: int, stop_ids: tuple[int, ...],
                scfg: sampling.SamplingConfig, return_logits: bool):

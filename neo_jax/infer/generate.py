@@ -17,44 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from neo_jax.core import batch as batch_lib
-from neo_jax.core import geometry
 from neo_jax.infer import sampling
 from neo_jax.model.neo import NEO
-
-
-def prompts_to_batch(prompts: Sequence[dict], length: int, img_context_id: int,
-                     patch_size: int = geometry.PATCH_SIZE) -> tuple[dict, np.ndarray]:
-  """Per-sample prompts -> a right-padded batch and the prompt lengths.
-
-  Each prompt is one row (``core.batch.assemble_batch``); the whole row is
-  segment 1, so the tokens appended after the prompt see it.
-
-  Args:
-    prompts: dicts with ``input_ids [n] int``, ``token_hw [n, 2] int`` and
-      ``pixel_values [num_ctx, 4, 3 P P] uint8`` (the visual tokens in order).
-    length: row length L (>= longest prompt + tokens to generate).
-    img_context_id: the ``<IMG_CONTEXT>`` id.
-    patch_size: [pixels] patch side.
-
-  Returns:
-    (batch dict with ``input_ids``, ``segment_ids``, ``token_hw``,
-    ``pixel_values``; ``lengths [E] int32``).
-
-  Raises:
-    ValueError: a prompt longer than ``length``, or a pixel count that does not
-      match its ``<IMG_CONTEXT>`` tokens.
-  """
-  for i, p in enumerate(prompts):
-    if len(p["input_ids"]) > length:
-      raise ValueError(f"Prompt {i} has {len(p['input_ids'])} tokens, longer than the "
-                       f"generation row {length}.")
-  full = batch_lib.assemble_batch([[dict(p, record_id=f"prompt {i}", labels=None)]
-                                   for i, p in enumerate(prompts)], length, pad_id=0,
-                                  img_context_id=img_context_id, patch_size=patch_size)
-  lengths = (full["segment_ids"] > 0).sum(axis=1).astype(np.int32)
-  batch = {"input_ids": full["input_ids"], "segment_ids": np.ones_like(full["segment_ids"]),
-           "token_hw": full["token_hw"], "pixel_values": full["pixel_values"]}
-  return batch, lengths
 
 
 def make_greedy_step(model: NEO, banned_ids: Sequence[int] = ()):
@@ -81,7 +45,7 @@ def greedy_generate(model: NEO, params: Any, prompts: Sequence[dict], *, max_new
 
   Args:
     model / params: the model and its (unboxed) parameters.
-    prompts: see ``prompts_to_batch``.
+    prompts: see ``core.batch.prompt_batch``.
     max_new_tokens: tokens to generate at most.
     stop_ids: generation of a row stops after one of these (it is not returned).
     step_fn: a cached ``make_greedy_step(model, banned_ids)`` (compiled once per shape).
@@ -97,8 +61,9 @@ def greedy_generate(model: NEO, params: Any, prompts: Sequence[dict], *, max_new
   step_fn = step_fn or make_greedy_step(model, banned_ids)
   longest = max(len(p["input_ids"]) for p in prompts)
   length = -(-(longest + max_new_tokens) // bucket) * bucket
-  batch, lengths = prompts_to_batch(prompts, length, model.config.img_context_token_id,
-                                    model.config.patch_size)
+  batch, lengths = batch_lib.prompt_batch(
+      prompts, length, img_context_id=model.config.img_context_token_id,
+      patch_size=model.config.patch_size, pad_segment=1)
   out = [[] for _ in prompts]
   done = np.zeros(len(prompts), bool)
   stop = set(int(s) for s in stop_ids)

@@ -126,7 +126,7 @@ def lm_loss(hidden: Array, head: Array, labels: Array, segment_ids: Array, *,
 
   Args:
     hidden: ``[B, S, D]`` final-normed hidden states.
-    head: ``[V, D]`` LM head (``NEO.head_weights()``), or ``[D, V]`` with
+    head: ``[V, D]`` LM head (``neo.head_weights``), or ``[D, V]`` with
       ``head_layout="dv"`` (``chunked_cross_entropy``).
     labels, segment_ids: ``[B, S] int32`` (see ``core/batch.py``).
     mode: loss weighting; chunk: vocabulary chunk; max_supervised_tokens: M;

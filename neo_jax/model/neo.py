@@ -13,6 +13,8 @@ Parameter tree (names follow the release so that conversion is a table):
 
 from __future__ import annotations
 
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -51,7 +53,7 @@ class NEO(nn.Module):
     pixel_values ``[B, S, 4, 3 P P] uint8`` (``core/geometry.token_pixels_shape``).
     Returns logits ``[B, S, vocab] float32``, or with ``return_hidden`` the
     final-normed hidden states ``[B, S, D]`` in the compute dtype (feed them to
-    ``loss.lm_loss`` with ``head_weights``).
+    ``loss.lm_loss`` with ``neo.head_weights``).
 
   ``cache_mode`` (``layers.CACHE_MODES``): ``"prefill"`` runs ``__call__`` and fills
   the KV cache; ``"decode"`` is for ``decode_step``. Both apply with the
@@ -119,8 +121,8 @@ class NEO(nn.Module):
     x = self.llm(x, positions, segment_ids, units)
     x = self.norm(x)
     if return_hidden:
-      if self.is_initializing():
-        self.head_weights()  # create lm_head/kernel when initialising without logits
+      if self.is_initializing() and not cfg.tie_word_embeddings:
+        self.lm_head()  # create lm_head/kernel when initialising without logits
       return x
     return self.logits(x)
 
@@ -155,13 +157,27 @@ class NEO(nn.Module):
     return self.logits(self.norm(x))[:, 0]
 
   def logits(self, hidden: Array) -> Array:
-    """``[..., D] -> [..., vocab] float32`` through the (tied or untied) LM head."""
-    w = self.head_weights()
-    return jnp.einsum("...d,vd->...v", hidden, w.astype(hidden.dtype),
-                      preferred_element_type=jnp.float32)
-
-  def head_weights(self) -> Array:
-    """The LM head as ``[vocab, D]`` (the ``embed_tokens`` table when tied)."""
+    """``[..., D] -> [..., vocab] float32`` through the (tied or untied) LM head, read
+    in its stored layout (``head_weights``)."""
     if self.config.tie_word_embeddings:
-      return self.embed_tokens.embedding
-    return self.lm_head().T
+      w, spec = self.embed_tokens.embedding, "...d,vd->...v"
+    else:
+      w, spec = self.lm_head(), "...d,dv->...v"
+    return jnp.einsum(spec, hidden, w.astype(hidden.dtype), preferred_element_type=jnp.float32)
+
+
+def head_weights(params: Any, config: Any) -> tuple[Array, str]:
+  """The LM head read from a parameter tree as stored, with its layout.
+
+  Args:
+    params: the model's ``params`` tree.
+    config: a ``ModelConfig`` (or anything with ``tie_word_embeddings``).
+
+  Returns:
+    ``(embed_tokens/embedding [V, D], "vd")`` for a tied head,
+    ``(lm_head/kernel [D, V], "dv")`` for an untied one: no transposed copy of a
+    ``V x D`` matrix (``model/chunked_ce.py`` reads either layout).
+  """
+  if config.tie_word_embeddings:
+    return params["embed_tokens"]["embedding"], "vd"
+  return params["lm_head"]["kernel"], "dv"

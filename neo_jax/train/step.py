@@ -26,7 +26,7 @@ from neo_jax.model import loss as loss_lib
 from neo_jax.model import positions as pos_lib
 from neo_jax.model import visual_gather
 from neo_jax.model.model_config import ModelConfig
-from neo_jax.model.neo import NEO
+from neo_jax.model.neo import NEO, head_weights
 from neo_jax.train import flops
 
 
@@ -40,18 +40,6 @@ class TrainState(flax.struct.PyTreeNode):
   step: jax.Array
   params: Any
   opt_state: Any
-
-
-def head_weights(params: Any, model_cfg: ModelConfig) -> tuple[jax.Array, str]:
-  """The LM head read from a parameter tree, as stored, with its layout.
-
-  Returns:
-    ``(embed_tokens [V, D], "vd")`` for a tied head, ``(lm_head/kernel [D, V], "dv")``
-    for an untied one (no transposed copy: ``loss.chunked_cross_entropy``).
-  """
-  if model_cfg.tie_word_embeddings:
-    return params["embed_tokens"]["embedding"], "vd"
-  return params["lm_head"]["kernel"], "dv"
 
 
 def loss_sums(params: Any, batch: dict, model: NEO,

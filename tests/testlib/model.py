@@ -192,8 +192,9 @@ def _lm_loss(hidden, head, labels, segment_ids, *, mode, chunk, m):
 
 
 def head_weights(cfg, params):
-  """The LM head ``[vocab, D]`` (``NEO.head_weights``)."""
-  return neo.NEO(cfg).apply({"params": params}, method=neo.NEO.head_weights)
+  """The LM head ``[vocab, D]`` (``neo.head_weights``, transposed when stored ``[D, V]``)."""
+  w, layout = neo.head_weights(params, cfg)
+  return w if layout == "vd" else w.T
 
 
 def model_loss(cfg, params, batch):
@@ -265,7 +266,7 @@ def loss_terms(cfg, params, batch):
   variables = {"params": params}
   hidden = model.apply(variables, batch["input_ids"], batch["segment_ids"], batch["token_hw"],
                        batch["pixel_values"], return_hidden=True)
-  head = model.apply(variables, method=neo.NEO.head_weights)
+  head = head_weights(cfg, params)
   return loss_lib.lm_loss(hidden, head, batch["labels"], batch["segment_ids"],
                           mode=cfg.loss_weighting, chunk=cfg.loss_vocab_chunk,
                           max_supervised_tokens=cfg.max_supervised_tokens)
