@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import ablation
+from neo_jax.configs import ablation
 from neo_jax.model.neo import NEO
 from neo_jax.train import evaluate, trainer
 

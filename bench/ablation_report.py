@@ -1,0 +1,199 @@
+"""The Markdown report of the Table 3 study (``bench/ablation.py``): per-variant held-out
+accuracy at each run's kept evaluation, the paper's orderings as paired differences
+across seeds with 95% paired-t intervals, the power reasoning from the pilot seeds, and
+the wall time.
+
+A run is ``{"evals": {step: eval record}, "train": {step: train record}, "done":
+done.json}``; its kept evaluation is ``done["best_step"]`` (lowest held-out loss).
+The primary measure is ``position``: the mean held-out exact-match accuracy over the
+four position tasks (``neo_jax/configs/ablation.py``'s ``POSITION_TASKS``); ``digit`` is the
+control ("learned at all": >= ``CONTROL_THRESHOLD``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+import ablation_stats
+from neo_jax.configs import ablation as ablation_config
+
+POSITION_TASKS = ablation_config.POSITION_TASKS
+CONTROL = ablation_config.CONTROL_TASK
+CONTROL_THRESHOLD = 0.8
+POSITION_THRESHOLD = 0.6
+# The paper's orderings (Table 3), as (better, worse) pairs.
+ORDERINGS = (("H", "G"), ("H", "B"), ("G", "A"), ("B", "A"), ("H", "D"), ("H", "I"))
+POWER_TARGET = 0.8
+
+
+def position(rec: dict) -> float:
+  """Mean held-out accuracy over the position tasks of one eval record."""
+  return float(np.mean([rec[f"acc/{t}"] for t in POSITION_TASKS]))
+
+
+def measure(rec: dict, name: str) -> float:
+  """``position`` or one task's accuracy (``acc/<name>``) or ``loss``."""
+  if name == "position":
+    return position(rec)
+  return float(rec[name if name == "loss" else f"acc/{name}"])
+
+
+def kept(run: dict) -> dict:
+  """The run's kept eval record (lowest held-out loss)."""
+  return run["evals"][run["done"]["best_step"]]
+
+
+def first_step(run: dict, name: str, threshold: float) -> int | None:
+  """First evaluation step where ``measure >= threshold`` (None: never)."""
+  for step in sorted(run["evals"]):
+    if measure(run["evals"][step], name) >= threshold:
+      return step
+  return None
+
+
+def _ms(values) -> str:
+  a = np.asarray(values, np.float64)
+  return f"{a.mean():.3f} ± {a.std(ddof=1):.3f}" if len(a) > 1 else f"{a.mean():.3f}"
+
+
+def _steps(values) -> str:
+  hit = [v for v in values if v is not None]
+  if not hit:
+    return "never"
+  return f"{int(np.median(hit))} ({len(hit)}/{len(values)})"
+
+
+def variant_table(runs: dict[str, dict[int, dict]]) -> list[str]:
+  """Per variant: final (kept) held-out accuracy and loss, mean ± sample sd over seeds."""
+  cols = [CONTROL, *POSITION_TASKS, "position", "loss"]
+  lines = ["| variant | mask | RoPE | θ_hw | paper | seeds | stop step | kept step | "
+           + " | ".join(cols) + f" | steps to {CONTROL} ≥ {CONTROL_THRESHOLD} | "
+           f"steps to position ≥ {POSITION_THRESHOLD} |", "|---" * (len(cols) + 10) + "|"]
+  for v, by_seed in runs.items():
+    if not by_seed:
+      continue
+    spec = ablation_config.VARIANTS[v]
+    rs = list(by_seed.values())
+    stop = [r["done"]["last_eval_step"] for r in rs]
+    best = [r["done"]["best_step"] for r in rs]
+    vals = [_ms([measure(kept(r), c) for r in rs]) for c in cols]
+    lines.append(
+        f"| {v} | {spec['attention_mask']} | {spec['rope_mode']} | {spec['rope_theta_hw']:.0e} | "
+        f"{spec['paper']} | {len(rs)} | {int(np.median(stop))} [{min(stop)}-{max(stop)}] | "
+        f"{int(np.median(best))} [{min(best)}-{max(best)}] | " + " | ".join(vals) + " | "
+        f"{_steps([first_step(r, CONTROL, CONTROL_THRESHOLD) for r in rs])} | "
+        f"{_steps([first_step(r, 'position', POSITION_THRESHOLD) for r in rs])} |")
+  return lines
+
+
+def pairs(runs, hi: str, lo: str, name: str, seeds=None) -> tuple[list[int], list[float],
+                                                                    list[float]]:
+  """Seeds both variants finished (within ``seeds``), and their kept ``measure``s."""
+  common = sorted(set(runs.get(hi, {})) & set(runs.get(lo, {})))
+  if seeds is not None:
+    common = [s for s in common if s in seeds]
+  return (common, [measure(kept(runs[hi][s]), name) for s in common],
+          [measure(kept(runs[lo][s]), name) for s in common])
+
+
+def ordering_table(runs, name: str = "position") -> list[str]:
+  """The paper's orderings: paired difference of ``name`` with its 95% paired-t interval."""
+  lines = [f"| ordering (paper's scores) | seeds | {name}: mean difference [95% CI] | p | "
+           "seeds where it holds | verdict |", "|---|---|---|---|---|---|"]
+  for hi, lo in ORDERINGS:
+    seeds, a, b = pairs(runs, hi, lo, name)
+    paper = (f"{ablation_config.VARIANTS[hi]['paper']} vs "
+             f"{ablation_config.VARIANTS[lo]['paper']}")
+    if len(seeds) < 2:
+      lines.append(f"| {hi} > {lo} ({paper}) | {len(seeds)} | — | — | — | not run |")
+      continue
+    r = ablation_stats.paired(a, b)
+    lines.append(f"| {hi} > {lo} ({paper}) | {r.n} | {r.mean:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}] "
+                 f"| {r.p:.3f} | {r.holds}/{r.n} | {r.verdict} |")
+  return lines
+
+
+def task_table(runs) -> list[str]:
+  """Each ordering's paired mean difference [95% CI] per task and on the loss."""
+  names = [CONTROL, *POSITION_TASKS, "loss"]
+  lines = ["| ordering | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+  for hi, lo in ORDERINGS:
+    cells = []
+    for name in names:
+      seeds, a, b = pairs(runs, hi, lo, name)
+      if len(seeds) < 2:
+        cells.append("—")
+        continue
+      r = ablation_stats.paired(a, b)
+      cells.append(f"{r.mean:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]")
+    lines.append(f"| {hi} > {lo} | " + " | ".join(cells) + " |")
+  return lines
+
+
+def power_table(runs, pilot: list[int]) -> list[str]:
+  """From the pilot seeds: each ordering's difference and sd, the seeds needed for 80%
+  power at that difference, and the power the study's seeds have for it."""
+  lines = ["| ordering | pilot seeds | pilot mean difference | pilot sd | seeds for 80% power "
+           "| study seeds | power at the study's seeds |", "|---|---|---|---|---|---|---|"]
+  for hi, lo in ORDERINGS:
+    ps, a, b = pairs(runs, hi, lo, "position", seeds=set(pilot))
+    n_all = len(pairs(runs, hi, lo, "position")[0])
+    if len(ps) < 2:
+      lines.append(f"| {hi} > {lo} | {len(ps)} | — | — | — | {n_all} | — |")
+      continue
+    d = np.subtract(a, b)
+    mean, sd = float(d.mean()), float(d.std(ddof=1))
+    need = ablation_stats.seeds_needed(mean, sd, target=POWER_TARGET)
+    pw = ablation_stats.power(n_all, mean, sd)
+    lines.append(f"| {hi} > {lo} | {len(ps)} | {mean:+.3f} | {sd:.3f} | "
+                 f"{need if need is not None else '> 1000'} | {n_all} | {pw:.2f} |")
+  return lines
+
+
+def control_lines(runs) -> list[str]:
+  """Runs whose control stayed under the threshold at the kept evaluation."""
+  low = [f"{v} seed {s} ({measure(kept(r), CONTROL):.3f})" for v, by in runs.items()
+         for s, r in sorted(by.items()) if measure(kept(r), CONTROL) < CONTROL_THRESHOLD]
+  n = sum(len(by) for by in runs.values())
+  if not low:
+    return [f"Control: every run ({n}) reached {CONTROL} ≥ {CONTROL_THRESHOLD} held-out at "
+            "its kept evaluation."]
+  return [f"Control: {len(low)} of {n} runs stayed under {CONTROL} {CONTROL_THRESHOLD} at "
+          f"their kept evaluation: {', '.join(low)}."]
+
+
+def wall_lines(runs, walltimes_path: str) -> list[str]:
+  """Wall and CPU time of the runs (all invocations), and the median logged step time."""
+  wall = cpu = 0.0
+  if os.path.exists(walltimes_path):
+    with open(walltimes_path, encoding="utf-8") as f:
+      for line in f:
+        r = json.loads(line)
+        wall, cpu = wall + r["wall_s"], cpu + r["cpu_s"]
+  steps = [t["step_time_s"] for by in runs.values() for r in by.values()
+           for t in r["train"].values() if "step_time_s" in t]
+  trained = sum(max(r["train"], default=0) for by in runs.values() for r in by.values())
+  return [f"Wall time of the runs: {wall / 3600:.2f} h ({cpu / 3600:.2f} h of CPU time); "
+          f"{trained} steps in all; median logged step time "
+          f"{np.median(steps) if steps else float('nan'):.3f} s."]
+
+
+def report(runs, pilot: list[int], rule: dict, walltimes_path: str) -> str:
+  """The whole Markdown report."""
+  n_runs = sum(len(by) for by in runs.values())
+  out = [f"Table 3 ablation: {n_runs} runs (`bench/ablation.py`, rule {json.dumps(rule)}); "
+         "each run's result is its evaluation with the lowest held-out loss.", "",
+         "Held-out accuracy (grids of sizes never trained on; digit: unseen drawings), mean "
+         "± sample sd over seeds:", "", *variant_table(runs), "", *control_lines(runs), "",
+         "The paper's orderings on `position` (mean of the four position tasks), paired by "
+         "seed; 95% paired-t intervals (Student t, n - 1 df); reproduced = the interval lies "
+         "above 0, refuted = below 0:", "", *ordering_table(runs), "",
+         "Per task and on the held-out loss (mean difference [95% CI]; lower loss is better, "
+         "so the paper's ordering predicts a negative loss difference):", "",
+         *task_table(runs), "", f"Power (pilot seeds {pilot}; paired t-test, two-sided, "
+         f"α = 0.05, target power {POWER_TARGET}):", "", *power_table(runs, pilot), "",
+         *wall_lines(runs, walltimes_path)]
+  return "\n".join(out) + "\n"
