@@ -1,14 +1,17 @@
 """The NEO paper's Table 3 ablation at CPU scale: every variant x several seeds, each run
 stopped early on its held-out loss; paired comparisons with 95% intervals.
 
-    python bench/ablation.py --workdir /tmp/neo_ablation --seeds 0,1,2      # the pilot
-    python bench/ablation.py --workdir /tmp/neo_ablation --seeds 0-7 --out bench/results
-    python bench/ablation.py --workdir /tmp/neo_ablation --seeds 0-7 --report_only --out bench/results
+    python bench/ablation.py --workdir /tmp/neo_ablation --seeds 0-2 --parallel 2   # the pilot
+    python bench/ablation.py --workdir /tmp/neo_ablation --seeds 0-4 --parallel 2 --out bench/results
+    python bench/ablation.py --workdir /tmp/neo_ablation --seeds 0-4 --report_only --out bench/results
+
+(the study of BUILD_NOTES §0e: the second line; the pilot's runs are its first three
+seeds, kept).
 
 Each (variant, seed) is one ``python -m neo_jax.train --config
-ablation:variant=V,seed=S,...`` process in ``{workdir}/{V}_s{S}``, one after
-the other. While it trains, this script reads its ``metrics.jsonl``; when the held-out
-loss has not improved by ``--min_delta`` (relative) for ``--patience`` evaluations it
+ablation:variant=V,seed=S,...`` process in ``{workdir}/{V}_s{S}``, seed by seed,
+``--parallel`` at a time. While it trains, this script reads its ``metrics.jsonl``; when
+the held-out loss has not improved by ``--min_delta`` (relative) for ``--patience`` evaluations it
 sends the run SIGTERM (the trainer saves and exits 0, ``train/preemption.py``) and
 writes ``done.json``; the evaluation with the lowest held-out loss is the run's result
 (``ablation_stats.early_stop``). A run with ``done.json`` is kept; one without resumes
@@ -31,7 +34,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent import futures
 
 from absl import app, flags
 
@@ -48,16 +53,19 @@ _OUT = flags.DEFINE_string("out", "", "Where ablation.md / .png go (default: --w
 _VARIANTS = flags.DEFINE_string("variants", "ABDGHI", "Table 3 letters to run.")
 _SEEDS = flags.DEFINE_string("seeds", "0,1,2", "Seeds: '0,1,2' or '0-7'.")
 _PILOT = flags.DEFINE_string("pilot_seeds", "0,1,2", "Seeds whose spread sizes the study.")
-_MAX_STEPS = flags.DEFINE_integer("max_steps", 1200, "The most steps a run may take.")
-_EVAL_EVERY = flags.DEFINE_integer("eval_every", 100, "Held-out evaluation interval [steps].")
-_EVAL_LIMIT = flags.DEFINE_integer("eval_limit", 120, "Held-out examples per task.")
+_MAX_STEPS = flags.DEFINE_integer("max_steps", 300, "The most steps a run may take.")
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", 50, "Held-out evaluation interval [steps].")
+_EVAL_LIMIT = flags.DEFINE_integer("eval_limit", 40, "Held-out examples per task.")
 _PATIENCE = flags.DEFINE_integer("patience", 3, "Evaluations without improvement that stop.")
 _MIN_DELTA = flags.DEFINE_float("min_delta", 0.01, "Relative improvement that resets patience.")
-_MIN_STEP = flags.DEFINE_integer("min_step", 300, "No early stop before this step.")
+_MIN_STEP = flags.DEFINE_integer("min_step", 150, "No early stop before this step.")
 _POLL_S = flags.DEFINE_float("poll_s", 5.0, "How often a running run's metrics are read [s].")
 _REPORT_ONLY = flags.DEFINE_bool("report_only", False, "Only aggregate existing runs.")
+_PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs trained at the same time.")
 
 _CHILD: list[subprocess.Popen] = []
+_STOP = threading.Event()        # set by a signal or a failed run: start no further run
+_T0 = time.time()
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -126,6 +134,8 @@ def train_one(workdir: str, variant: str, seed: int) -> dict | None:
   decision = decide(records(metrics, "eval"))
   if decision.stop:        # stopped before its done.json was written
     return _finish(d, records(metrics, "eval"), decision, 0.0, 0.0)
+  if _STOP.is_set():
+    return None
   arg = (f"variant={variant},seed={seed},steps={_MAX_STEPS.value},"
          f"eval_every={_EVAL_EVERY.value},eval_limit={_EVAL_LIMIT.value}")
   cmd = [sys.executable, "-m", "neo_jax.train", f"--config=ablation:{arg}",
@@ -187,13 +197,43 @@ def collect(workdir: str, variants: str, seeds: list[int]) -> dict[str, dict[int
   return out
 
 
+def _log_invocation(workdir: str, status: str) -> None:
+  """Appends this invocation's wall time to ``{workdir}/invocations.jsonl`` (the
+  study's wall time is their sum: runs trained side by side overlap)."""
+  with open(os.path.join(workdir, "invocations.jsonl"), "a", encoding="utf-8") as f:
+    f.write(json.dumps({"start": _T0, "wall_s": time.time() - _T0, "status": status,
+                        "parallel": _PARALLEL.value, "argv": sys.argv[1:]}) + "\n")
+
+
 def _on_signal(signum, frame):
   del frame
+  _STOP.set()
   for p in list(_CHILD):
     p.send_signal(signal.SIGTERM)
+  for p in list(_CHILD):
     p.wait()
+  _log_invocation(_WORKDIR.value, f"signal {signum}")
   print(f"[ablation] stopped by signal {signum}; the next invocation resumes.", flush=True)
-  sys.exit(128 + signum)
+  os._exit(128 + signum)   # pylint: disable=protected-access  (worker threads hold no state)
+
+
+def train_all(workdir: str, variants: str, seeds: list[int], parallel: int) -> None:
+  """Trains every missing (variant, seed), seed-major (a stopped study has whole seeds of
+  every variant), ``parallel`` at a time; the first failure stops new starts and is raised
+  once the runs in flight have ended."""
+  jobs = [(v, s) for s in seeds for v in variants]
+
+  def one(job):
+    try:
+      return train_one(workdir, *job)
+    except Exception:
+      _STOP.set()
+      raise
+
+  with futures.ThreadPoolExecutor(max(1, parallel)) as pool:
+    done = [pool.submit(one, j) for j in jobs]
+  for f in done:
+    f.result()
 
 
 def main(argv):
@@ -211,14 +251,13 @@ def main(argv):
   if not _REPORT_ONLY.value:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    for s in seeds:          # seed-major: a stopped study has whole seeds of every variant
-      for v in variants:
-        train_one(workdir, v, s)
+    train_all(workdir, variants, seeds, _PARALLEL.value)
+    _log_invocation(workdir, "trained")
   runs = collect(workdir, variants, seeds)
   rule = {"patience": _PATIENCE.value, "min_delta": _MIN_DELTA.value,
           "min_step": _MIN_STEP.value, "max_steps": _MAX_STEPS.value,
           "eval_every": _EVAL_EVERY.value, "eval_limit": _EVAL_LIMIT.value}
-  md = ablation_report.report(runs, pilot, rule, os.path.join(workdir, "walltimes.jsonl"))
+  md = ablation_report.report(runs, pilot, rule, workdir)
   with open(os.path.join(out, "ablation.md"), "w", encoding="utf-8") as f:
     f.write(md)
   ablation_plot.plot(runs, os.path.join(out, "ablation.png"))

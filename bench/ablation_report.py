@@ -165,24 +165,35 @@ def control_lines(runs) -> list[str]:
           f"their kept evaluation: {', '.join(low)}."]
 
 
-def wall_lines(runs, walltimes_path: str) -> list[str]:
-  """Wall and CPU time of the runs (all invocations), and the median logged step time."""
-  wall = cpu = 0.0
-  if os.path.exists(walltimes_path):
-    with open(walltimes_path, encoding="utf-8") as f:
-      for line in f:
-        r = json.loads(line)
-        wall, cpu = wall + r["wall_s"], cpu + r["cpu_s"]
+def _jsonl(path: str) -> list[dict]:
+  if not os.path.exists(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def wall_lines(runs, workdir: str) -> list[str]:
+  """The study's wall time (sum over the invocations of ``bench/ablation.py``, from
+  ``{workdir}/invocations.jsonl``), the runs' summed wall and CPU time (from
+  ``walltimes.jsonl``; runs trained side by side overlap), the steps trained and the
+  median logged step time."""
+  inv = _jsonl(os.path.join(workdir, "invocations.jsonl"))
+  per_run = _jsonl(os.path.join(workdir, "walltimes.jsonl"))
+  wall = sum(r["wall_s"] for r in per_run)
+  cpu = sum(r["cpu_s"] for r in per_run)
   steps = [t["step_time_s"] for by in runs.values() for r in by.values()
            for t in r["train"].values() if "step_time_s" in t]
   trained = sum(max(r["train"], default=0) for by in runs.values() for r in by.values())
-  return [f"Wall time of the runs: {wall / 3600:.2f} h ({cpu / 3600:.2f} h of CPU time); "
-          f"{trained} steps in all; median logged step time "
-          f"{np.median(steps) if steps else float('nan'):.3f} s."]
+  study = sum(r["wall_s"] for r in inv)
+  par = sorted({r.get("parallel", 1) for r in inv})
+  return [f"Wall time of the study: {study / 3600:.2f} h over {len(inv)} invocation(s) "
+          f"(runs side by side: {par}); the runs' own wall times sum to {wall / 3600:.2f} h, "
+          f"their CPU time to {cpu / 3600:.2f} h; {trained} steps in all; median logged "
+          f"step time {np.median(steps) if steps else float('nan'):.3f} s."]
 
 
-def report(runs, pilot: list[int], rule: dict, walltimes_path: str) -> str:
-  """The whole Markdown report."""
+def report(runs, pilot: list[int], rule: dict, workdir: str) -> str:
+  """The whole Markdown report (``workdir``: where the wall-time logs are)."""
   n_runs = sum(len(by) for by in runs.values())
   out = [f"Table 3 ablation: {n_runs} runs (`bench/ablation.py`, rule {json.dumps(rule)}); "
          "each run's result is its evaluation with the lowest held-out loss.", "",
@@ -195,5 +206,5 @@ def report(runs, pilot: list[int], rule: dict, walltimes_path: str) -> str:
          "so the paper's ordering predicts a negative loss difference):", "",
          *task_table(runs), "", f"Power (pilot seeds {pilot}; paired t-test, two-sided, "
          f"α = 0.05, target power {POWER_TARGET}):", "", *power_table(runs, pilot), "",
-         *wall_lines(runs, walltimes_path)]
+         *wall_lines(runs, workdir)]
   return "\n".join(out) + "\n"

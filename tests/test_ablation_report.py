@@ -58,7 +58,15 @@ def test_records_keeps_the_last_record_of_a_step(tmp_path):
 
 def test_report_numbers_and_plot(tmp_path):
   runs = _runs(np.random.default_rng(0))
-  md = rep.report(runs, [0, 1, 2], {"patience": 3}, str(tmp_path / "none.jsonl"))
+  # Two invocations of 1800 s and 900 s; three runs side by side of 1000, 1200, 700 s.
+  (tmp_path / "invocations.jsonl").write_text(
+      '{"wall_s": 1800, "parallel": 2}\n{"wall_s": 900, "parallel": 2}\n')
+  (tmp_path / "walltimes.jsonl").write_text("".join(
+      json.dumps({"wall_s": w, "cpu_s": w / 2}) + "\n" for w in (1000, 1200, 700)))
+  md = rep.report(runs, [0, 1, 2], {"patience": 3}, str(tmp_path))
+  assert "Wall time of the study: 0.75 h over 2 invocation(s)" in md
+  assert "sum to 0.81 h, their CPU time to 0.40 h" in md
+  assert f"{6 * 4 * 100} steps in all" in md
   for hi, lo in rep.ORDERINGS:
     a = [runs[hi][s]["evals"][400]["acc/grid_where"] for s in range(4)]
     b = [runs[lo][s]["evals"][400]["acc/grid_where"] for s in range(4)]
@@ -104,14 +112,15 @@ def test_train_one_finishes_a_run_its_rule_already_stopped(tmp_path):
 
 @pytest.mark.slow
 def test_study_end_to_end_stops_early_and_reports(tmp_path):
-  """Two variants x one seed of real training: min_delta 1 means no evaluation ever
+  """Two variants x one seed of real training, side by side: min_delta 1 means no evaluation ever
   improves, so each run is sent SIGTERM after its second evaluation, saves, exits 0;
   done.json, the report and the figure follow; a second invocation trains nothing."""
   import subprocess  # pylint: disable=import-outside-toplevel
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   cmd = [sys.executable, "bench/ablation.py", f"--workdir={tmp_path}", "--variants=HB",
          "--seeds=0", "--pilot_seeds=0", "--max_steps=40", "--eval_every=4", "--eval_limit=2",
-         "--patience=1", "--min_delta=1.0", "--min_step=0", "--poll_s=0.5", f"--out={tmp_path}"]
+         "--patience=1", "--min_delta=1.0", "--min_step=0", "--poll_s=0.5", f"--out={tmp_path}",
+         "--parallel=2"]
   env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
   r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1200)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
