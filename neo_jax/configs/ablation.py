@@ -20,7 +20,7 @@ heads: head_dim 32 leaves the H and W branches 4 frequencies each), the real
 Qwen3 vocabulary, fp32; rows of 256 tokens, 4 rows a step (about 20 examples; the
 LM head over the 151936-token vocabulary is most of a step's FLOPs).
 
-Arguments (``ablation:variant=A,seed=1,steps=300``): ``variant``
+Arguments (``ablation:variant=A,seed=1,steps=200``): ``variant``
 (A B D G H I), ``seed``, ``steps`` (the most a run may take), ``eval_every``,
 ``eval_limit`` (held-out examples per task).
 """
@@ -54,7 +54,7 @@ def get_config(arg=None):
     ValueError: an unknown variant letter or argument.
   """
   from neo_jax.configs import common  # pylint: disable=g-import-not-at-top
-  a = common.parse_arg(arg, variant="H", seed=0, steps=300, eval_every=50, eval_limit=40)
+  a = common.parse_arg(arg, variant="H", seed=0, steps=200, eval_every=50, eval_limit=40)
   if a.variant not in VARIANTS:
     raise ValueError(f"Unknown variant {a.variant!r}; Table 3 letters: {sorted(VARIANTS)}.")
   c = demo.get_config(f"steps={a.steps},eval_every={a.eval_every},seq_len=256,batch_size=4")
