@@ -121,7 +121,10 @@ def test_study_end_to_end_stops_early_and_reports(tmp_path):
          "--seeds=0", "--pilot_seeds=0", "--max_steps=40", "--eval_every=4", "--eval_limit=2",
          "--patience=1", "--min_delta=1.0", "--min_step=0", "--poll_s=0.5", f"--out={tmp_path}",
          "--parallel=2"]
-  env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu")
+  # One CPU device, as the study runs (conftest's 8 fake devices do not divide 4 rows).
+  xla = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split()
+                 if "xla_force_host_platform_device_count" not in f)
+  env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu", XLA_FLAGS=xla)
   r = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=1200)
   assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
   for v in "HB":
