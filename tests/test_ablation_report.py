@@ -22,15 +22,17 @@ import ablation_report as rep  # pylint: disable=wrong-import-position
 TASKS = ("digit",) + rep.POSITION_TASKS
 
 
-def _eval(step, acc, loss):
+def _eval(step, acc, loss, task_loss=None):
   r = {"kind": "eval", "step": step, "loss": loss, "acc": acc}
   r.update({f"acc/{t}": acc for t in TASKS})
   r.update({f"loss/{t}": loss for t in TASKS})
+  r.update(task_loss or {})
   return r
 
 
 def _runs(rng):
-  """Six variants x 4 seeds; position accuracy = base(variant) + seed effect + noise."""
+  """Six variants x 4 seeds; position accuracy = base(variant) + seed effect + noise;
+  each position task's loss at the kept step falls with the base, plus its own noise."""
   base = {"A": 0.5, "B": 0.52, "D": 0.55, "G": 0.6, "H": 0.7, "I": 0.69}
   runs = {}
   for v, b in base.items():
@@ -38,7 +40,8 @@ def _runs(rng):
     for s in range(4):
       final = float(np.clip(b + 0.05 * s + rng.normal(0, 0.02), 0, 1))
       evals = {st: _eval(st, final * st / 400, 2.0 - st / 400) for st in (100, 200, 300)}
-      evals[400] = _eval(400, final, 1.0)
+      evals[400] = _eval(400, final, 1.0, {f"loss/{t}": 1.5 - b + rng.normal(0, 0.03)
+                                           for t in rep.POSITION_TASKS})
       evals[500] = _eval(500, final - 0.1, 1.1)     # after the kept one: worse
       runs[v][s] = {"evals": evals, "train": {100: {"step_time_s": 0.5}},
                     "done": {"best_step": 400, "last_eval_step": 500}}
@@ -79,6 +82,21 @@ def test_report_numbers_and_plot(tmp_path):
     assert float(m.group(3)) == pytest.approx(ci.high, abs=6e-4)
     want = "reproduced" if ci.low > 0 else ("refuted" if ci.high < 0 else "not resolved")
     assert m.group(6) == want
+  # The loss table: loss(worse) - loss(better), the position tasks' mean loss.
+  loss_md = md[md.index("The same on `position_loss`"):]
+  for hi, lo in rep.ORDERINGS:
+    lh, ll = ([np.mean([runs[v][s]["evals"][400][f"loss/{t}"] for t in rep.POSITION_TASKS])
+               for s in range(4)] for v in (hi, lo))
+    ci = stats.ttest_rel(ll, lh).confidence_interval(0.95)
+    m = re.search(rf"\| {hi} > {lo} \(.*?\) \| 4 \| ([-+.\d]+) \[([-+.\d]+), ([-+.\d]+)\] \|"
+                  rf" ([.\d]+) \| (\d)/4 \| ([a-z ]+) \|", loss_md)
+    assert m, f"{hi} > {lo} missing from the loss table"
+    assert float(m.group(1)) == pytest.approx(np.mean(np.subtract(ll, lh)), abs=6e-4)
+    assert float(m.group(2)) == pytest.approx(ci.low, abs=6e-4)
+    assert float(m.group(3)) == pytest.approx(ci.high, abs=6e-4)
+    want = "reproduced" if ci.low > 0 else ("refuted" if ci.high < 0 else "not resolved")
+    assert m.group(6) == want
+  assert "| H > G | position_loss | 3 |" in md
   assert "H > G (44.0 vs 40.3) | 4 |" in md and "| H > G |" in md
   # Kept = the lowest-loss evaluation (step 400), not the last (500).
   h = [runs["H"][s]["evals"][400]["acc/digit"] for s in range(4)]
