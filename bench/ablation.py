@@ -181,8 +181,22 @@ def train_one(workdir: str, variant: str, seed: int) -> dict | None:
   return done
 
 
+def predictions(run_path: str, step: int) -> dict[str, list[str]]:
+  """``{task: [prediction, ...]}`` of one evaluation (``{run}/eval/predictions_{step}.jsonl``,
+  written by ``train/evaluate.py``); {} when the file is missing."""
+  out: dict[str, list[str]] = {}
+  path = os.path.join(run_path, "eval", f"predictions_{step}.jsonl")
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      for line in f:
+        r = json.loads(line)
+        out.setdefault(r["task"], []).append(r["prediction"])
+  return out
+
+
 def collect(workdir: str, variants: str, seeds: list[int]) -> dict[str, dict[int, dict]]:
-  """``{variant: {seed: {"evals", "train", "done"}}}`` of the finished runs."""
+  """``{variant: {seed: {"evals", "train", "done", "predictions"}}}`` of the finished runs
+  (``predictions``: those of the kept evaluation)."""
   out = {}
   for v in variants:
     out[v] = {}
@@ -193,7 +207,8 @@ def collect(workdir: str, variants: str, seeds: list[int]) -> dict[str, dict[int
       with open(os.path.join(d, "done.json"), encoding="utf-8") as f:
         done = json.load(f)
       m = os.path.join(d, "metrics.jsonl")
-      out[v][s] = {"evals": records(m, "eval"), "train": records(m, "train"), "done": done}
+      out[v][s] = {"evals": records(m, "eval"), "train": records(m, "train"), "done": done,
+                   "predictions": predictions(d, done["best_step"])}
   return out
 
 

@@ -175,6 +175,30 @@ def power_table(runs, pilot: list[int], name: str = "position") -> list[str]:
   return lines
 
 
+def top_share(answers: list[str]) -> float:
+  """The most common answer's share of ``answers`` (1.0: one answer to every question, the
+  answer prior, whatever the image shows); nan when there are none."""
+  if not answers:
+    return float("nan")
+  return max(answers.count(a) for a in set(answers)) / len(answers)
+
+
+def prior_table(runs) -> list[str]:
+  """Per variant and task: the most common held-out answer's share at the kept evaluation,
+  mean over seeds (``nan`` where a run's predictions file is missing)."""
+  tasks = [CONTROL, *POSITION_TASKS]
+  lines = ["| variant | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+  for v, by_seed in runs.items():
+    if not by_seed:
+      continue
+    shares = {t: [top_share(r.get("predictions", {}).get(t, [])) for r in by_seed.values()]
+              for t in tasks}
+    cells = [[x for x in shares[t] if not np.isnan(x)] for t in tasks]
+    lines.append(f"| {v} | " + " | ".join(f"{np.mean(c):.2f}" if c else "nan" for c in cells)
+                 + " |")
+  return lines
+
+
 def control_lines(runs) -> list[str]:
   """Runs whose control stayed under the threshold at the kept evaluation."""
   low = [f"{v} seed {s} ({measure(kept(r), CONTROL):.3f})" for v, by in runs.items()
@@ -221,6 +245,12 @@ def report(runs, pilot: list[int], rule: dict, workdir: str) -> str:
          "each run's result is its evaluation with the lowest held-out loss.", "",
          "Held-out accuracy (grids of sizes never trained on; digit: unseen drawings), mean "
          "± sample sd over seeds:", "", *variant_table(runs), "", *control_lines(runs), "",
+         "Answer priors: the most common held-out answer's share per task at the kept "
+         "evaluation (mean over seeds; 1.00 = the same answer to every question, whatever "
+         "the image shows; grid_relation offers two words in its question, so picking one of "
+         "them gives a share near 0.5-0.6 without reading the image). Where a run answers "
+         "from its prior, its accuracy differences measure which answer it settled on, not "
+         "its use of position:", "", *prior_table(runs), "",
          "The paper's orderings on `position` (held-out exact-match accuracy, mean of the four "
          "position tasks), paired by seed; 95% paired-t intervals (Student t, n - 1 df); "
          "reproduced = the interval lies above 0, refuted = below 0, else not resolved:", "",

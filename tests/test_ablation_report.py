@@ -44,8 +44,20 @@ def _runs(rng):
                                            for t in rep.POSITION_TASKS})
       evals[500] = _eval(500, final - 0.1, 1.1)     # after the kept one: worse
       runs[v][s] = {"evals": evals, "train": {100: {"step_time_s": 0.5}},
-                    "done": {"best_step": 400, "last_eval_step": 500}}
+                    "done": {"best_step": 400, "last_eval_step": 500},
+                    "predictions": {"grid_where": ["1,1"] * (7 + s) + ["2,3"] * 3}}
   return runs
+
+
+def test_predictions_of_an_evaluation(tmp_path):
+  (tmp_path / "eval").mkdir()
+  rows = [{"task": "digit", "record_id": i, "prediction": p, "answer": "3", "correct": p == "3"}
+          for i, p in enumerate("3383")]
+  (tmp_path / "eval" / "predictions_50.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in rows))
+  got = ablation.predictions(str(tmp_path), 50)
+  assert got == {"digit": ["3", "3", "8", "3"]} and rep.top_share(got["digit"]) == 0.75
+  assert ablation.predictions(str(tmp_path), 100) == {}
 
 
 def test_records_keeps_the_last_record_of_a_step(tmp_path):
@@ -97,6 +109,9 @@ def test_report_numbers_and_plot(tmp_path):
     want = "reproduced" if ci.low > 0 else ("refuted" if ci.high < 0 else "not resolved")
     assert m.group(6) == want
   assert "| H > G | position_loss | 3 |" in md
+  # Answer priors: grid_where's top answer has 7/10 .. 10/13 of the answers over seeds 0-3.
+  share = np.mean([(7 + s) / (10 + s) for s in range(4)])
+  assert re.search(rf"\| H \| nan \| {share:.2f} \| nan \| nan \| nan \|", md)
   assert "H > G (44.0 vs 40.3) | 4 |" in md and "| H > G |" in md
   # Kept = the lowest-loss evaluation (step 400), not the last (500).
   h = [runs["H"][s]["evals"][400]["acc/digit"] for s in range(4)]
