@@ -110,7 +110,9 @@ def power(n: int, delta: float, sd: float, alpha: float = 0.05) -> float:
     return 1.0 if delta != 0 else alpha
   df, nc = n - 1, abs(delta) / sd * math.sqrt(n)
   crit = stats.t.ppf(1 - alpha / 2, df)
-  return float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+  # The lower tail P(T < -crit) as P(T > crit) at -nc: scipy's nct.cdf returns nan where
+  # that tail underflows (large nc), the mirrored sf returns 0.
+  return float(stats.nct.sf(crit, df, nc) + stats.nct.sf(crit, df, -nc))
 
 
 def seeds_needed(delta: float, sd: float, *, alpha: float = 0.05, target: float = 0.8,

@@ -109,6 +109,15 @@ def test_report_numbers_and_plot(tmp_path):
     want = "reproduced" if ci.low > 0 else ("refuted" if ci.high < 0 else "not resolved")
     assert m.group(6) == want
   assert "| H > G | position_loss | 3 |" in md
+  # Power: the pilot's (seeds 0-2) paired differences of position accuracy, H > G.
+  d = [runs["H"][s]["evals"][400]["acc/grid_where"]
+       - runs["G"][s]["evals"][400]["acc/grid_where"] for s in range(3)]
+  m = re.search(r"\| H > G \| position \| 3 \| ([-+.\d]+) \| ([.\d]+) \| (\d+) \| "
+                r"(\d+) \| 4 \| ([.\d]+) \|", md)
+  assert m and float(m.group(1)) == pytest.approx(np.mean(d), abs=6e-4)
+  assert float(m.group(2)) == pytest.approx(np.std(d, ddof=1), abs=6e-4)
+  # dz about 8: 3 seeds for 80% power and for 95%; 4 seeds give more than 0.99.
+  assert (int(m.group(3)), int(m.group(4))) == (3, 3) and float(m.group(5)) > 0.99
   # Answer priors: grid_where's top answer has 7/10 .. 10/13 of the answers over seeds 0-3.
   share = np.mean([(7 + s) / (10 + s) for s in range(4)])
   assert re.search(rf"\| H \| nan \| {share:.2f} \| nan \| nan \| nan \|", md)

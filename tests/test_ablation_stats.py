@@ -51,6 +51,10 @@ def test_seeds_needed_equals_gpower_and_a_simulation():
     assert st.seeds_needed(dz * 0.1, 0.1) == n
     assert st.power(n - 1, dz, 1.0) < 0.8 <= st.power(n, dz, 1.0)
   assert st.seeds_needed(0.0, 0.1) is None
+  # A large effect (dz 8.3): finite power, 3 seeds (n = 2 has 1 df: t(0.975) = 12.7).
+  assert 0.5 < st.power(2, 0.108, 0.013) < 0.8 and st.seeds_needed(0.108, 0.013) == 3
+  # Negative differences: the same power (two-sided test).
+  assert st.power(8, -0.05, 0.08) == pytest.approx(st.power(8, 0.05, 0.08), rel=1e-12)
   assert st.seeds_needed(0.001, 1.0, most=50) is None
   rng = np.random.default_rng(0)
   d = rng.normal(0.05, 0.08, size=(20000, 8))        # 20000 studies of 8 seeds
