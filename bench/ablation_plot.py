@@ -1,8 +1,8 @@
 """The figure of the Table 3 study (``bench/ablation.py``): held-out loss (all tasks and
 the position tasks), position accuracy and control (digit) accuracy against steps per
 variant (thin lines: one seed; thick: the mean over the seeds that reached the step; a
-dot: each run's kept evaluation), and the paper's orderings as paired mean differences of position accuracy
-and position loss with their 95% intervals. Needs matplotlib."""
+dot: each run's kept evaluation), and the paper's orderings as paired mean differences
+of position accuracy and position loss with their 95% intervals. Needs matplotlib."""
 
 from __future__ import annotations
 

@@ -129,7 +129,8 @@ def ordering_table(runs, name: str = "position") -> list[str]:
     paper = (f"{ablation_config.VARIANTS[hi]['paper']} vs "
              f"{ablation_config.VARIANTS[lo]['paper']}")
     if len(seeds) < 2:
-      lines.append(f"| {hi} > {lo} ({paper}) | {len(seeds)} | — | — | — | fewer than 2 seeds |")
+      lines.append(f"| {hi} > {lo} ({paper}) | {len(seeds)} | — | — | — | "
+                   "fewer than 2 seeds |")
       continue
     r = ablation_stats.paired(a, b)
     lines.append(f"| {hi} > {lo} ({paper}) | {r.n} | {r.mean:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}] "

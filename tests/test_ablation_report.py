@@ -132,7 +132,8 @@ def test_report_numbers_and_plot(tmp_path):
 
 def _flags(tmp_path, **kw):
   from absl import flags  # pylint: disable=import-outside-toplevel
-  argv = ["ablation", f"--workdir={tmp_path}", "--poll_s=0.5"] + [f"--{k}={v}" for k, v in kw.items()]
+  argv = (["ablation", f"--workdir={tmp_path}", "--poll_s=0.5"]
+          + [f"--{k}={v}" for k, v in kw.items()])
   flags.FLAGS.unparse_flags()
   flags.FLAGS(argv)
 
