@@ -20,6 +20,12 @@ Tasks (what each tests is in BUILD_NOTES.md §3):
   video       a digit moving across 4 frames (FFV1 .mkv decoded by PyAV):
               direction or which digit; or 4 GIF frames (frame list):
               played forward or backward.
+
+Registered from ``data/embedded_position.py`` (built into their own cache folder,
+``embedded_position_v1``, so this module's ``embedded_v1`` stays as it was):
+  grid_where / grid_relation / grid_count / grid_read: marks on grids of varied
+              size and aspect ratio; the answer depends on the marks' cells; the
+              held-out grids have sizes never trained on (the Table 3 ablation).
 """
 
 from __future__ import annotations
@@ -32,6 +38,8 @@ from typing import Callable
 import numpy as np
 import tqdm
 from PIL import Image
+
+from neo_jax.data import embedded_position
 
 VERSION = "v1"
 SPLITS = ("train", "heldout")
@@ -49,7 +57,11 @@ TASK_OPTIONS = {
     "video": {"video_fps": 1.0, "max_frames": 8, "video_min_pixels": 1024,
               "video_max_pixels": 12288, "frame_list_fps": 1.0},
 }
-TASKS = tuple(TASK_OPTIONS)
+TASKS = tuple(TASK_OPTIONS)   # built into ``embedded_{VERSION}`` (``build``), in seed order
+# The position tasks (``embedded_position``): their own cache folder and builder.
+POSITION_TASKS = embedded_position.TASKS
+ALL_TASKS = TASKS + POSITION_TASKS
+TASK_OPTIONS.update(embedded_position.TASK_OPTIONS)
 # Counts per split; digit-based held-out sets use every held-out digit once.
 TRAIN_SIZES = {"text": 5000, "digit": 4, "aspect": 2000, "spatial": 3000, "multi_image": 3000,
                "video": 2000}
@@ -75,8 +87,11 @@ def load_records(task: str, split: str = "train", cache_dir: str | None = None) 
   Raises:
     ValueError: unknown task or split.
   """
-  if task not in TASKS or split not in SPLITS:
-    raise ValueError(f"unknown embedded task/split {task!r}/{split!r}; tasks {TASKS}, splits {SPLITS}.")
+  if task not in ALL_TASKS or split not in SPLITS:
+    raise ValueError(f"unknown embedded task/split {task!r}/{split!r}; tasks {ALL_TASKS}, "
+                     f"splits {SPLITS}.")
+  if task in POSITION_TASKS:
+    return embedded_position.load_records(task, split, cache_dir or default_cache_dir())
   root = dataset_dir(cache_dir)
   with open(os.path.join(root, f"{task}_{split}.jsonl")) as f:
     recs = [json.loads(line) for line in f]
@@ -327,7 +342,7 @@ _BUILDERS: dict[str, Callable] = {"text": _task_text, "digit": _task_digit, "asp
 
 
 def build(root: str) -> None:
-  """Builds every task and split into ``root`` (atomic: temp dir + rename).
+  """Builds every ``TASKS`` task and split into ``root`` (atomic: temp dir + rename).
 
   Deterministic: a fixed seed per (task, split).
   """
