@@ -62,6 +62,7 @@ def test_cli_fails_clearly_when_it_does_not_fit():
   assert "DOES NOT FIT" in r.stderr and "total" in r.stdout
 
 
+@pytest.mark.slow  # over a minute on 2 cores: `bash scripts/test.sh -m slow`
 def test_cli_compiles_every_context_phase():
   """With a context schedule the CLI compiles one step per phase length (each must fit)."""
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS="cpu")

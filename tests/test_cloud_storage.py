@@ -98,6 +98,7 @@ def test_convert_reads_and_writes_the_bucket(gcs_emulator):
     np.testing.assert_array_equal(got.get(path), want.get(path), err_msg="/".join(path))
 
 
+@pytest.mark.slow  # over a minute on 2 cores: `bash scripts/test.sh -m slow`
 def test_json_source_in_the_bucket_trains(gcs_emulator):
   bucket = gcs_emulator.create_bucket("data")
   rng = np.random.default_rng(0)

@@ -86,6 +86,7 @@ def _losses(workdir):
   return out
 
 
+@pytest.mark.slow  # over a minute on 2 cores: `bash scripts/test.sh -m slow`
 def test_trainer_switches_phase_and_resumes_before_and_after_the_switch(tmp_path, capsys):
   """Smoke model, 64-token rows for steps 1-4, 128 from step 5: a resume from step 2 (before
   the switch) and from step 6 (after it) give the uninterrupted run's losses bit for bit."""

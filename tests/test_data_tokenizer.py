@@ -10,7 +10,7 @@ import json
 import pytest
 
 from neo_jax.data import hf_tokenizer, tokenizer as tok_lib
-from neo_jax.model import config as model_config
+from neo_jax.core import tokens as core_tokens
 
 TEXTS = [
     "Hello, world! What digit is shown in the image?",
@@ -40,11 +40,11 @@ def test_special_ids():
   ids = tok_lib.special_token_ids()
   assert ids["<|endoftext|>"] == 151643 and ids["<|im_start|>"] == 151644 and ids["<|im_end|>"] == 151645
   assert ids["</think>"] == 151668
-  assert ids["<IMG_CONTEXT>"] == model_config.IMG_CONTEXT_TOKEN_ID == 151669
+  assert ids["<IMG_CONTEXT>"] == core_tokens.IMG_CONTEXT_TOKEN_ID == 151669
   assert ids["<img>"] == 151670 and ids["</img>"] == 151671
   assert ids["<quad>"] == 151672 and ids["<|interpreter|>"] == 151681
   tk = tok_lib.get_tokenizer("embedded")
-  assert tk.vocab_size == 151682 <= model_config.QWEN3_VOCAB_SIZE
+  assert tk.vocab_size == 151682 <= core_tokens.QWEN3_VOCAB_SIZE
   assert (tk.img_context_id, tk.img_start_id, tk.img_end_id) == (151669, 151670, 151671)
 
 

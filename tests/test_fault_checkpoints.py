@@ -17,6 +17,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from testlib.train import ROOT, logged_losses
 
 
@@ -41,6 +43,7 @@ def _dirs(workdir):
   return sorted(os.listdir(os.path.join(workdir, "checkpoints")))
 
 
+@pytest.mark.slow  # over a minute on 2 cores: `bash scripts/test.sh -m slow`
 def test_corrupt_newest_checkpoint_falls_back_and_resumes_exactly(tmp_path):
   w = str(tmp_path / "run")
   r = _cli(w)

@@ -14,6 +14,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from neo_jax.configs import smoke
 from neo_jax.launch import local
 from neo_jax.train import trainer
@@ -84,6 +86,7 @@ def _eval_cmd(workdir):
           "--config.log_every=1"]
 
 
+@pytest.mark.slow  # over a minute on 2 cores: `bash scripts/test.sh -m slow`
 def test_eval_with_parameters_sharded_across_processes_equals_one_process(tmp_path):
   """lr 0 keeps the initial parameters, so both runs evaluate the same model: FSDP over
   4 devices in 2 processes (no process holds every parameter) vs 4 devices in one."""
