@@ -49,6 +49,7 @@ def _reference(cfg, params, examples) -> dict[str, float]:
   return out
 
 
+@pytest.mark.slow  # about a minute on 2 cores: `bash scripts/test.sh -m slow`
 def test_heldout_loss_equals_a_float64_reference():
   c = _config()
   setup = trainer.Setup(c)

@@ -105,6 +105,7 @@ def test_eval_with_parameters_sharded_across_processes_equals_one_process(tmp_pa
       k: v for k, v in es.items() if k.startswith("acc")}
 
 
+@pytest.mark.slow  # about a minute on 2 cores: `bash scripts/test.sh -m slow`
 def test_profile_window_and_goodput(tmp_path):
   c = smoke.get_config("steps=6")
   c.profile.start_step, c.profile.num_steps = 3, 2
