@@ -39,6 +39,7 @@ import numpy as np
 import tqdm
 from PIL import Image
 
+from neo_jax.data import atomic_dir
 from neo_jax.data import embedded_position
 
 VERSION = "v1"
@@ -360,11 +361,4 @@ def build(root: str) -> None:
       for k, r in enumerate(recs):
         r["id"] = f"{task}/{split}/{k}"
         f.write(json.dumps(r) + "\n")
-  with open(os.path.join(tmp, "DONE"), "w") as f:
-    f.write(VERSION + "\n")
-  try:
-    os.rename(tmp, root)
-  except OSError:  # Another process finished first.
-    if not os.path.exists(os.path.join(root, "DONE")):
-      raise
-    shutil.rmtree(tmp, ignore_errors=True)
+  atomic_dir.publish(tmp, root, VERSION)

@@ -38,6 +38,8 @@ import shutil
 import numpy as np
 from PIL import Image
 
+from neo_jax.data import atomic_dir
+
 VERSION = "v1"
 SPLITS = ("train", "heldout")
 CELL = 32                      # [pixels] a visual token's side (patch 16 x merge 2)
@@ -228,11 +230,4 @@ def build(root: str, sizes: dict[str, int] | None = None) -> None:
         for k, r in enumerate(recs):
           r["id"] = f"{task}/{split}/{k}"
           f.write(json.dumps(r) + "\n")
-  with open(os.path.join(tmp, "DONE"), "w", encoding="utf-8") as f:
-    f.write(VERSION + "\n")
-  try:
-    os.rename(tmp, root)
-  except OSError:  # Another process finished first.
-    if not os.path.exists(os.path.join(root, "DONE")):
-      raise
-    shutil.rmtree(tmp, ignore_errors=True)
+  atomic_dir.publish(tmp, root, VERSION)
