@@ -137,19 +137,25 @@ def _measure(name: str, impl: str, a) -> dict:
           "xla_temp_gib": temp / 2 ** 30, "loss": float(m["loss"]), "first_loss": first_loss}
 
 
-def main():
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--configs", default="A,B")
-  ap.add_argument("--impls", default="xla,xla_blockwise")
+def add_workload_args(ap: argparse.ArgumentParser, max_visual: int) -> None:
+  """The workload's size flags (``make_config`` reads them), shared by the bench scripts
+  that build this step (``train_step_hlo.py``, ``train_step_memory.py``)."""
   ap.add_argument("--seq", type=int, default=2048)
   ap.add_argument("--hidden", type=int, default=256)
   ap.add_argument("--layers", type=int, default=8, help="half of them pre-Buffer")
   ap.add_argument("--block", type=int, default=256, help="blockwise / kernel block size")
   ap.add_argument("--max_supervised", type=int, default=1280,
                   help="gathered LM-head rows (0 = the head on every position)")
-  ap.add_argument("--max_visual", type=int, default=0,
+  ap.add_argument("--max_visual", type=int, default=max_visual,
                   help="gathered patch-embedder positions (0 = every position; the "
                        "workload has 128 visual tokens)")
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--configs", default="A,B")
+  ap.add_argument("--impls", default="xla,xla_blockwise")
+  add_workload_args(ap, max_visual=0)
   ap.add_argument("--warmup", type=int, default=2)
   ap.add_argument("--steps", type=int, default=5)
   ap.add_argument("--one", default=None, help=argparse.SUPPRESS)

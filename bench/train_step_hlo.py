@@ -80,12 +80,7 @@ def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--configs", default="A,B")
   ap.add_argument("--impl", default="auto")
-  ap.add_argument("--seq", type=int, default=2048)
-  ap.add_argument("--hidden", type=int, default=256)
-  ap.add_argument("--layers", type=int, default=8)
-  ap.add_argument("--block", type=int, default=256)
-  ap.add_argument("--max_supervised", type=int, default=1280)
-  ap.add_argument("--max_visual", type=int, default=128)
+  train_step.add_workload_args(ap, max_visual=128)
   a = ap.parse_args()
   for name in a.configs.split(","):
     print(json.dumps(analyse(name, a)))
