@@ -1,6 +1,7 @@
 """Test defaults: JAX on the CPU with 8 fake devices, float64 available for references."""
 
 import os
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 flags = os.environ.get("XLA_FLAGS", "")
@@ -9,6 +10,14 @@ if "xla_force_host_platform_device_count" not in flags:
 # Two pytest-xdist workers may both AOT-compile for TPU through libtpu; its
 # single-user lockfile is for processes that own TPU chips (none here).
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+# One persistent XLA compilation cache for the suite and the CLIs its tests start: the
+# multi-process tests compile the same train step in every run they make (reference,
+# interrupted, resumed); later runs load it. Keys hash the HLO, the flags and the jax
+# version, so an entry is reused only for the same program. Bounded, with file locks
+# (two xdist workers share it).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), f"neo_jax_test_jit_cache_{os.getuid()}"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(2 << 30))
 # Cloud clients stay on loopback (testlib/gcs.py): no credential probe leaves the
 # machine, and any Python connection to another address fails the test.
 from testlib import gcs as _gcs  # noqa: E402

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from neo_jax.configs import smoke
@@ -231,3 +232,26 @@ def test_recipes_state_stage_defaults_and_modality_weights(tmp_path):
   assert c1.data.options.max_pixels == 4194304
   assert {k: v.weight for k, v in input_pipeline.data_config(c1).sources.items()} == {
       "s0": 1.0, "s1": 1.0, "s2": 1.0, "s3": 1.0, "extra": 3.0}
+
+
+def test_parquet_source_reads_from_many_threads(tmp_path):
+  """grain's prefetch threads share one source: concurrent reads of different row groups
+  must give each thread its own rows (an unguarded shared file handle interleaved their
+  seeks and crashed pyarrow)."""
+  from concurrent import futures  # pylint: disable=import-outside-toplevel
+  from neo_jax.data.parquet_source import ParquetSource  # pylint: disable=import-outside-toplevel
+  n = 400
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  rows = [{"conversations": _conv("delta", i, image=False), "blob": bytes([i % 251]) * 4000}
+          for i in range(n)]
+  pq.write_table(pa.table({k: [r[k] for r in rows] for k in rows[0]}),
+                 tmp_path / "d.parquet", row_group_size=3)
+  src = ParquetSource(str(tmp_path / "d.parquet"))
+  order = np.random.default_rng(0).permutation(np.repeat(np.arange(n), 5))
+  with futures.ThreadPoolExecutor(16) as pool:
+    got = list(pool.map(lambda i: (i, src[int(i)]), order))
+  for i, rec in got:
+    assert "_error" not in rec, rec["_error"]
+    assert rec["conversations"] == json.loads(rows[i]["conversations"]), i
+    assert rec["blob"] == rows[i]["blob"], i

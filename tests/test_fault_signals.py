@@ -85,11 +85,19 @@ def test_host_prefetch_order_state_stop_and_errors():
   fresh.set_state(json.loads(batches.consumed.get_state()))
   np.testing.assert_array_equal(next(fresh)["input_ids"], want[3]["input_ids"])
   batches.next()                       # the 4th batch; the 5th never comes
-  flag = threading.Event()
-  threading.Timer(0.3, flag.set).start()
-  t0 = time.monotonic()
+  # It waits for the reader until asked to stop, then gives None: not before the stop
+  # (the flag is set when it returns) and not long after (the poll interval, with a wide
+  # margin for a loaded machine).
+  flag, set_at = threading.Event(), []
+
+  def request_stop():
+    set_at.append(time.monotonic())
+    flag.set()
+
+  threading.Timer(0.3, request_stop).start()
   assert batches.next(stop=flag.is_set) is None
-  assert 0.25 < time.monotonic() - t0 < 5
+  assert flag.is_set()
+  assert time.monotonic() - set_at[0] < 30
   it.release.set()
   batches.close()
 
@@ -140,6 +148,7 @@ def test_sigterm_while_the_input_pipeline_stalls_saves_and_resumes_exactly(tmp_p
 def test_sigterm_during_compilation_ends_within_the_grace_period(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT,
              XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)     # the step must really compile
   cmd = [sys.executable, "-m", "neo_jax.train", "--config=smoke:steps=5",
          f"--workdir={tmp_path / 'w'}", "--config.train.signal_grace_s=0.2"]
   p = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
@@ -158,4 +167,4 @@ def test_sigterm_during_compilation_ends_within_the_grace_period(tmp_path):
   assert "Preemption notice 0.2 s ago and the run has not finished: it was compiling the " \
          "train step" in text, text[-3000:]
   assert "The last committed checkpoint is none" in text
-  assert took < 10, took
+  assert took < 30, took

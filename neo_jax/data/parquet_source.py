@@ -5,7 +5,9 @@ One row = one record. Columns: ``conversations`` (a JSON string, or a list of
 bytes, a path, a ``{"bytes": ..., "path": ...}`` struct as ``datasets`` writes images,
 or a list of those), and any others (``video``, ``id``, ...) passed through. The file is
 read one row group at a time (the last one is cached), through ``core.paths`` so a
-``gs://`` shard works. A row that cannot be read or decoded becomes a record carrying
+``gs://`` shard works. Reads are serialized per source (grain's prefetch threads share
+one: pyarrow's reads through a shared file handle are not thread-safe, interleaved
+seeks crashed it). A row that cannot be read or decoded becomes a record carrying
 ``_error`` (a counted skip downstream, ``processor``), never an exception.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import threading
 from typing import Any
 
 import numpy as np
@@ -36,6 +39,7 @@ class ParquetSource:
                                     for i in range(pf.num_row_groups)]).tolist()
     self._file = pf     # reused for the reads in this process; reopened after pickling
     self._cache = (None, None)
+    self._lock = threading.Lock()
 
   def _open(self):
     import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
@@ -48,7 +52,7 @@ class ParquetSource:
     return {"path": self.path, "_starts": self._starts}
 
   def __setstate__(self, state):
-    self.__dict__.update(state, _file=None, _cache=(None, None))
+    self.__dict__.update(state, _file=None, _cache=(None, None), _lock=threading.Lock())
 
   def __len__(self) -> int:
     return self._starts[-1]
@@ -59,10 +63,11 @@ class ParquetSource:
     return list(self._starts)
 
   def _row_group(self, g: int) -> list[dict]:
-    if self._cache[0] != g:
-      self._file = self._file or self._open()
-      self._cache = (g, self._file.read_row_group(g).to_pylist())
-    return self._cache[1]
+    with self._lock:
+      if self._cache[0] != g:
+        self._file = self._file or self._open()
+        self._cache = (g, self._file.read_row_group(g).to_pylist())
+      return self._cache[1]
 
   def __getitem__(self, i: int) -> dict:
     g = bisect.bisect_right(self._starts, i) - 1
