@@ -3,6 +3,7 @@ against the float64 NumPy reference and against the XLA path, forward and grads.
 
 import jax
 import numpy as np
+import pytest
 
 from testlib import model as mf
 from testlib import np_reference as ref
@@ -21,6 +22,7 @@ def test_pallas_path_logits_match_float64_reference():
   assert np.abs(got - want)[real].max() <= 1e-4
 
 
+@pytest.mark.slow  # a minute; the kernel's gradients are tested op by op in test_flash_mixed (default)
 def test_pallas_path_gradients_match_xla_path():
   """Gradients of the training loss agree between the kernel and the XLA attention."""
   pb = None

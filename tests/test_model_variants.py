@@ -38,6 +38,7 @@ def test_each_switch_changes_the_logits_of_visual_tokens(switch):
     np.testing.assert_allclose(got[0][first], want[0][first], atol=1e-5)
 
 
+@pytest.mark.slow  # over a minute; the kernel's causal-only blocks are in test_flash_mixed (default)
 def test_causal_mask_kernel_path_equals_reference_path():
   cfgs = {impl: mf.tiny_config(attention_mask="causal", attention_impl=impl,
                                attention_block_q=32, attention_block_kv=32)

@@ -91,7 +91,7 @@ def test_two_processes_match_one_process_and_resume_on_one(tmp_path):
   assert {STEPS + 1, STEPS + 2} <= set(after) and all(np.isfinite(after[s]) for s in after)
 
 
-@pytest.mark.parametrize("impl", ["xla_blockwise", "pallas",
+@pytest.mark.parametrize("impl", ["xla_blockwise", pytest.param("pallas", marks=pytest.mark.slow),
                                   pytest.param("xla", marks=pytest.mark.slow)])
 def test_context_axis_shards_the_sequence_and_keeps_the_loss(impl, monkeypatch):
   """data=2 x context=4 on 8 fake devices == 1 device with the XLA attention.

@@ -52,6 +52,7 @@ def _train_cmd(workdir, steps, extra=()):
           f"--workdir={workdir}", "--config.checkpoint.every_steps=100", *extra]
 
 
+@pytest.mark.slow  # 2.5 min; default: test_fault_eval (SIGTERM on one process, both save one step), test_cloud_storage (bit-exact resume)
 def test_sigterm_on_one_process_saves_one_step_everywhere_and_resumes(tmp_path):
   steps = 30
   full, pre = str(tmp_path / "full"), str(tmp_path / "pre")

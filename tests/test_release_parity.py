@@ -119,6 +119,7 @@ def test_release_decay_mask_equals_transformers_trainer():
   assert got - ours == {p for p in got if re.search(r"_norm_[hw]/scale$", p)}
 
 
+@pytest.mark.slow  # a minute on 2 cores: `bash scripts/test.sh -m slow`
 def test_per_sequence_loss_on_8_devices_is_the_mean_of_each_sequence_alone(devices8):
   c = smoke.get_config()
   c.train.loss_normalization = "per_sequence"
