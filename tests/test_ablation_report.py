@@ -49,6 +49,20 @@ def _runs(rng):
   return runs
 
 
+def _assert_ordering_row(md, hi, lo, better, worse):
+  """The 4-seed row ``hi > lo`` of the first table in ``md``: the mean paired difference
+  ``better - worse``, scipy's 95% paired-t interval and the verdict it implies."""
+  ci = stats.ttest_rel(better, worse).confidence_interval(0.95)
+  m = re.search(rf"\| {hi} > {lo} \(.*?\) \| 4 \| ([-+.\d]+) \[([-+.\d]+), ([-+.\d]+)\] \|"
+                rf" ([.\d]+) \| (\d)/4 \| ([a-z ]+) \|", md)
+  assert m, f"{hi} > {lo} missing"
+  assert float(m.group(1)) == pytest.approx(np.mean(np.subtract(better, worse)), abs=6e-4)
+  assert float(m.group(2)) == pytest.approx(ci.low, abs=6e-4)
+  assert float(m.group(3)) == pytest.approx(ci.high, abs=6e-4)
+  want = "reproduced" if ci.low > 0 else ("refuted" if ci.high < 0 else "not resolved")
+  assert m.group(6) == want
+
+
 def test_predictions_of_an_evaluation(tmp_path):
   (tmp_path / "eval").mkdir()
   rows = [{"task": "digit", "record_id": i, "prediction": p, "answer": "3", "correct": p == "3"}
@@ -85,29 +99,13 @@ def test_report_numbers_and_plot(tmp_path):
   for hi, lo in rep.ORDERINGS:
     a = [runs[hi][s]["evals"][400]["acc/grid_where"] for s in range(4)]
     b = [runs[lo][s]["evals"][400]["acc/grid_where"] for s in range(4)]
-    ci = stats.ttest_rel(a, b).confidence_interval(0.95)
-    m = re.search(rf"\| {hi} > {lo} \(.*?\) \| 4 \| ([-+.\d]+) \[([-+.\d]+), ([-+.\d]+)\] \|"
-                  rf" ([.\d]+) \| (\d)/4 \| ([a-z ]+) \|", md)
-    assert m, f"{hi} > {lo} missing"
-    assert float(m.group(1)) == pytest.approx(np.mean(np.subtract(a, b)), abs=6e-4)
-    assert float(m.group(2)) == pytest.approx(ci.low, abs=6e-4)
-    assert float(m.group(3)) == pytest.approx(ci.high, abs=6e-4)
-    want = "reproduced" if ci.low > 0 else ("refuted" if ci.high < 0 else "not resolved")
-    assert m.group(6) == want
+    _assert_ordering_row(md, hi, lo, a, b)
   # The loss table: loss(worse) - loss(better), the position tasks' mean loss.
   loss_md = md[md.index("The same on `position_loss`"):]
   for hi, lo in rep.ORDERINGS:
     lh, ll = ([np.mean([runs[v][s]["evals"][400][f"loss/{t}"] for t in rep.POSITION_TASKS])
                for s in range(4)] for v in (hi, lo))
-    ci = stats.ttest_rel(ll, lh).confidence_interval(0.95)
-    m = re.search(rf"\| {hi} > {lo} \(.*?\) \| 4 \| ([-+.\d]+) \[([-+.\d]+), ([-+.\d]+)\] \|"
-                  rf" ([.\d]+) \| (\d)/4 \| ([a-z ]+) \|", loss_md)
-    assert m, f"{hi} > {lo} missing from the loss table"
-    assert float(m.group(1)) == pytest.approx(np.mean(np.subtract(ll, lh)), abs=6e-4)
-    assert float(m.group(2)) == pytest.approx(ci.low, abs=6e-4)
-    assert float(m.group(3)) == pytest.approx(ci.high, abs=6e-4)
-    want = "reproduced" if ci.low > 0 else ("refuted" if ci.high < 0 else "not resolved")
-    assert m.group(6) == want
+    _assert_ordering_row(loss_md, hi, lo, ll, lh)
   assert "| H > G | position_loss | 3 |" in md
   # Power: the pilot's (seeds 0-2) paired differences of position accuracy, H > G.
   d = [runs["H"][s]["evals"][400]["acc/grid_where"]
