@@ -23,9 +23,19 @@ the image-token ids banned on both sides (ours always; the release by
   call. ``--release_attn sdpa`` swaps in transformers' SDPA for the eager attention
   the ``to_hf`` code hard-codes.
 
-Each side is a fresh process per batch size (peak RSS = its VmHWM). The run fails unless
-every prompt's tokens are equal on both sides, token for token. Timings are only
-meaningful on a quiet machine.
+Each side is a fresh process per batch size (peak RSS = its VmHWM) and times
+``--rounds`` calls of each measurement, reporting their medians (the machine's speed
+drifts by 10-20% within minutes). The run fails unless every prompt's tokens are equal
+on both sides, token for token. Timings are only meaningful on a quiet machine.
+
+The time-to-first-token floor (``ttft_floor_s``): what any implementation needs on this
+machine for the prefill's arithmetic and the head's bytes, ``max(body FLOPs / peak,
+body weight bytes / bandwidth) + max(head FLOPs / peak, head bytes / bandwidth)``, with
+the peak a 2048^3 float32 matmul and the bandwidth a sum over the head's kernel, both
+measured in our process; body FLOPs are the forward model FLOPs of the real prompt
+tokens (``train.flops.StepFlops``' weight groups, causal attention pairs: a lower
+bound). The release's time to first token over that floor is the largest ratio any
+prefill could reach here.
 
     NEO_RELEASE_DIR=$EXTRACT/VLMEvalKit/vlmeval/vlm/neo/to_hf JAX_PLATFORMS=cpu \\
         PYTHONPATH=. python bench/decode_vs_release.py --batches 1,8 --new_tokens 128
@@ -82,8 +92,39 @@ def prompts(cfg, n: int, seed: int) -> list[tuple[dict, dict]]:
   return out
 
 
+def ttft_floor(cfg, params, batch: list[dict]) -> dict:
+  """The prefill's floor on this machine [s] (module docstring), with the measured
+  peak [FLOP/s] and bandwidth [B/s]."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from neo_jax.train import flops  # pylint: disable=import-outside-toplevel
+  peak = flops.measure_peak_flops("float32", n=2048, reps=10)
+  head = params["lm_head"]["kernel"]
+  total = jax.jit(jnp.sum)
+  total(head).block_until_ready()
+  best = float("inf")
+  for _ in range(10):
+    t0 = time.perf_counter()
+    total(head).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  bandwidth = head.nbytes / best
+  counts = flops.StepFlops(cfg, params, jax.tree_util.tree_map(lambda _: True, params))
+  body_flops = 0.0
+  for p in batch:
+    n, nv = len(p["input_ids"]), len(p["pixel_values"])
+    body_flops += (2 * counts.groups["decoder"][0] * n + 2 * counts.groups["vision"][0] * nv
+                   + counts.attn_per_pair * n * (n + 1) / 2)
+  body_bytes = 4 * (counts.groups["decoder"][0] + counts.groups["vision"][0])
+  head_flops = 2 * head.size * len(batch)
+  floor = (max(body_flops / peak, body_bytes / bandwidth)
+           + max(head_flops / peak, head.nbytes / bandwidth))
+  return {"ttft_floor_s": floor, "peak_gflops": peak / 1e9,
+          "bandwidth_gbs": bandwidth / 1e9, "prefill_gflop": (body_flops + head_flops) / 1e9}
+
+
 def ours_measure(a) -> dict:
-  """One fresh process: our cached decoder on ``a.batch`` prompts."""
+  """One fresh process: our cached decoder on ``a.batch`` prompts (medians of
+  ``a.rounds`` calls after a compiling one)."""
   import jax  # pylint: disable=import-outside-toplevel
   from neo_jax.infer import decode  # pylint: disable=import-outside-toplevel
   cfg = model_config(a)
@@ -92,15 +133,18 @@ def ours_measure(a) -> dict:
   gen = decode.Generator(cfg)
   gen.generate(params, batch, max_new_tokens=a.new_tokens)     # compiles
   compile_s = gen.timing["compile_s"]
-  t0 = time.perf_counter()
-  tokens = gen.generate(params, batch, max_new_tokens=a.new_tokens)
-  wall = time.perf_counter() - t0
-  t = gen.timing
-  n = sum(len(x) for x in tokens)
-  return {"side": "ours", "batch": a.batch, "ttft_s": t["prefill_s"],
-          "decode_s": t["decode_s"], "wall_s": wall, "new_tokens": n,
-          "tokens_per_s": n / (t["prefill_s"] + t["decode_s"]), "compile_s": compile_s,
-          "peak_rss_gib": benchlib.hwm_mib() / 1024, "tokens": tokens}
+  floor = ttft_floor(cfg, params, batch)
+  ttft, rate = [], []
+  for _ in range(a.rounds):
+    tokens = gen.generate(params, batch, max_new_tokens=a.new_tokens)
+    t = gen.timing
+    ttft.append(t["prefill_s"])
+    rate.append(t["new_tokens"] / (t["prefill_s"] + t["decode_s"]))
+  return {"side": "ours", "batch": a.batch, "ttft_s": float(np.median(ttft)),
+          "new_tokens": sum(len(x) for x in tokens), "rounds": a.rounds,
+          "tokens_per_s": float(np.median(rate)), "ttft_all_s": ttft,
+          "tokens_per_s_all": rate, "compile_s": compile_s,
+          "peak_rss_gib": benchlib.hwm_mib() / 1024, "tokens": tokens, **floor}
 
 
 def release_measure(a) -> dict:
@@ -131,19 +175,23 @@ def release_measure(a) -> dict:
 
   batch = [r for _, r in prompts(cfg, a.batch, a.seed)]
   generate(batch[0], min(4, a.new_tokens))                       # warm-up
-  ttft, wall, tokens = 0.0, 0.0, []
-  for p in batch:
-    t0 = time.perf_counter()
-    generate(p, 1)
-    ttft += time.perf_counter() - t0
-    t0 = time.perf_counter()
-    tokens.append(generate(p, a.new_tokens))
-    wall += time.perf_counter() - t0
-  n = sum(len(x) for x in tokens)
-  return {"side": "release", "batch": a.batch, "attn": a.release_attn, "ttft_s": ttft,
-          "wall_s": wall, "new_tokens": n, "tokens_per_s": n / wall,
-          "threads": torch.get_num_threads(), "peak_rss_gib": benchlib.hwm_mib() / 1024,
-          "tokens": tokens}
+  ttft_all, rate = [], []
+  for _ in range(a.rounds):
+    ttft, wall, tokens = 0.0, 0.0, []
+    for p in batch:
+      t0 = time.perf_counter()
+      generate(p, 1)
+      ttft += time.perf_counter() - t0
+      t0 = time.perf_counter()
+      tokens.append(generate(p, a.new_tokens))
+      wall += time.perf_counter() - t0
+    ttft_all.append(ttft)
+    rate.append(sum(len(x) for x in tokens) / wall)
+  return {"side": "release", "batch": a.batch, "attn": a.release_attn,
+          "ttft_s": float(np.median(ttft_all)), "new_tokens": sum(len(x) for x in tokens),
+          "rounds": a.rounds, "tokens_per_s": float(np.median(rate)), "ttft_all_s": ttft_all,
+          "tokens_per_s_all": rate, "threads": torch.get_num_threads(),
+          "peak_rss_gib": benchlib.hwm_mib() / 1024, "tokens": tokens}
 
 
 def export(a, directory: str) -> None:
@@ -164,6 +212,7 @@ def main():
   ap.add_argument("--init_std", type=float, default=0.1,
                   help="random weights' std (larger spreads the logits: fewer near-ties)")
   ap.add_argument("--seed", type=int, default=0)
+  ap.add_argument("--rounds", type=int, default=3, help="timed calls per side (medians)")
   ap.add_argument("--release_attn", default="eager", choices=("eager", "sdpa"))
   ap.add_argument("--release_dir", default=os.environ.get("NEO_RELEASE_DIR"))
   ap.add_argument("--workdir", default=None, help="the export (default: a temp dir)")
@@ -183,7 +232,7 @@ def main():
                            "export")
   export(a, directory)
   common = [f"--new_tokens={a.new_tokens}", f"--hidden={a.hidden}", f"--layers={a.layers}",
-            f"--init_std={a.init_std}", f"--seed={a.seed}"]
+            f"--init_std={a.init_std}", f"--seed={a.seed}", f"--rounds={a.rounds}"]
   rows, bad = [], []
   for b in (int(x) for x in a.batches.split(",")):
     o = benchlib.run_fresh(__file__, common + [f"--batch={b}", "--ours_one"])
@@ -200,15 +249,19 @@ def main():
   print(f"config A size (hidden {a.hidden}, {a.layers} layers, vocab "
         f"{train_step.VOCABS['A']}), float32, greedy, {a.new_tokens} new tokens, one-image "
         f"prompts; release attention {a.release_attn}")
+  print(f"medians of {a.rounds} rounds; TTFT floor: prefill FLOPs / measured peak + head "
+        "bytes / measured bandwidth (module docstring)")
   print("| batch | ours tokens/s | release tokens/s | ratio | ours TTFT s | release TTFT s | "
-        "TTFT ratio | ours peak RSS GiB | release peak RSS GiB | tokens equal |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
+        "TTFT ratio | TTFT floor s | largest possible TTFT ratio | peak GFLOP/s | "
+        "ours peak RSS GiB | release peak RSS GiB | tokens equal |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   for b, o, r in rows:
     same = not any(s.startswith(f"batch {b},") for s in bad)
     print(f"| {b} | {o['tokens_per_s']:.1f} | {r['tokens_per_s']:.1f} | "
-          f"{o['tokens_per_s'] / r['tokens_per_s']:.2f}x | {o['ttft_s']:.3f} | "
-          f"{r['ttft_s']:.3f} | {r['ttft_s'] / o['ttft_s']:.2f}x | {o['peak_rss_gib']:.2f} | "
-          f"{r['peak_rss_gib']:.2f} | {'yes' if same else 'NO'} |")
+          f"{o['tokens_per_s'] / r['tokens_per_s']:.2f}x | {o['ttft_s']:.4f} | "
+          f"{r['ttft_s']:.4f} | {r['ttft_s'] / o['ttft_s']:.2f}x | {o['ttft_floor_s']:.4f} | "
+          f"{r['ttft_s'] / o['ttft_floor_s']:.2f}x | {o['peak_gflops']:.0f} | "
+          f"{o['peak_rss_gib']:.2f} | {r['peak_rss_gib']:.2f} | {'yes' if same else 'NO'} |")
   if bad:
     sys.exit("Different tokens: " + "; ".join(bad))
 

@@ -52,3 +52,20 @@ def test_errors_name_the_prompt():
     batch_lib.prompt_batch([bad], 8, img_context_id=CTX)
   with pytest.raises(ValueError, match="pad_segment"):
     batch_lib.prompt_batch([bad], 8, img_context_id=CTX, pad_segment=2)
+
+
+def test_padded_length_geometric_buckets():
+  # The rule by hand: 16 below 256 tokens, then 1/8 of the octave's power of two.
+  assert [batch_lib.padded_length(n) for n in (1, 16, 17, 102, 255, 256, 257, 1000, 1025)] \
+      == [16, 16, 32, 112, 256, 256, 288, 1024, 1152]
+  lengths = {n: batch_lib.padded_length(n) for n in range(1, 9000)}
+  for n, p in lengths.items():
+    assert p >= n and p % 16 == 0
+    assert p - n < 16 or (p - n) * 8 < n          # at most 1/8 of a row is padding
+  for k in range(7, 13):                          # eight programs per octave
+    assert len({p for n, p in lengths.items() if 2 ** k < n <= 2 ** (k + 1)}) == 8
+  assert batch_lib.padded_length(102, 64) == 128 and batch_lib.padded_length(128, 64) == 128
+  with pytest.raises(ValueError, match="n >= 1"):
+    batch_lib.padded_length(0)
+  with pytest.raises(ValueError, match="bucket >= 1"):
+    batch_lib.padded_length(5, 0)

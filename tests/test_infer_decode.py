@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from neo_jax.infer import decode, generate, kv_cache, sampling
+from neo_jax.model import layers
 from neo_jax.model.neo import NEO
 from testlib import model as mf
 
@@ -48,15 +49,17 @@ def tiny():
   return cfg, mf.init_params(cfg, seed=4), _prompts(cfg)
 
 
-def test_cached_greedy_equals_uncached_token_for_token(tiny):
+@pytest.mark.parametrize("unroll_layers", [True, False])
+def test_cached_greedy_equals_uncached_token_for_token(tiny, unroll_layers):
   cfg, params, prompts = tiny
   assert len({len(p["input_ids"]) for p in prompts}) == 4
   banned = (cfg.img_start_token_id, cfg.img_context_token_id, cfg.img_end_token_id)
   steps = 8
   want, want_logits = generate.greedy_generate(NEO(cfg), params, prompts, max_new_tokens=steps,
                                                banned_ids=banned, return_logits=True)
-  got, got_logits = decode.Generator(cfg, bucket=16).generate(
-      params, prompts, max_new_tokens=steps, return_logits=True)
+  gen = decode.Generator(cfg, bucket=16, unroll_layers=unroll_layers)
+  assert gen.unrolled == unroll_layers
+  got, got_logits = gen.generate(params, prompts, max_new_tokens=steps, return_logits=True)
   assert got == want
   assert all(len(g) == steps for g in got)
   np.testing.assert_allclose(got_logits, want_logits, atol=1e-4, rtol=0)
@@ -128,3 +131,42 @@ def test_decoding_under_the_training_mesh_keeps_params_sharded(devices8):
   want = decode.Generator(c.model, bucket=16).generate(jax.device_get(state.params), prompts,
                                                        max_new_tokens=5)
   assert got == want
+
+
+def test_unrolled_layers_forward_equals_the_scanned_stack(tiny):
+  cfg, params, prompts = tiny
+  gen = decode.Generator(cfg, bucket=16)
+  batch, _ = gen.prompts_batch(prompts)
+  args = (batch["input_ids"], batch["segment_ids"], batch["token_hw"], batch["pixel_values"])
+  want = NEO(cfg).apply({"params": params}, *args)
+  stacks = gen.cfg.stack_layers          # (the typed config)
+  split = layers.unrolled_layer_params(params, stacks)
+  for stack, n in stacks.items():
+    assert sorted(split[stack]) == sorted(f"layers_{i}" for i in range(n))
+    np.testing.assert_array_equal(
+        split[stack][f"layers_{n - 1}"]["mlp"]["up_proj"]["kernel"],
+        params[stack]["layers"]["mlp"]["up_proj"]["kernel"][n - 1])
+  got = NEO(cfg, unrolled_layers=True).apply({"params": {**params, **split}}, *args)
+  np.testing.assert_allclose(got, want, atol=2e-5, rtol=0)
+  # The unrolled cache holds the stacked one's entries, layer by layer.
+  shapes = kv_cache.cache_shapes(cfg, 2, 32)
+  flat = kv_cache.cache_shapes(cfg, 2, 32, unrolled=True)
+  for stack, n in stacks.items():
+    for name in ("key", "value"):
+      s = shapes[stack]["layers"]["self_attn"][name]
+      assert s.shape[0] == n
+      assert all(flat[stack][f"layers_{i}"]["self_attn"][name].shape == s.shape[1:]
+                 for i in range(n))
+
+
+def test_greedy_is_argmax_with_ties_infinities_and_nans():
+  rng = np.random.default_rng(0)
+  logits = rng.integers(-3, 4, (64, 257)).astype(np.float32)   # many ties per row
+  logits[5] = -np.inf
+  logits[6, [10, 200]] = np.inf
+  logits[7, [30, 40]] = np.nan
+  logits[8, 0] = np.nan
+  got = np.asarray(sampling.greedy(logits))
+  assert got.dtype == np.int32
+  np.testing.assert_array_equal(got, np.argmax(logits, axis=-1))
+  assert got[5] == 0 and got[6] == 10 and got[7] == 30 and got[8] == 0

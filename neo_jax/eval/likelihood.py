@@ -39,7 +39,7 @@ class LogLikelihood:
   """``LogLikelihood(model_cfg)(params, prompts, continuations)`` (module docstring);
   compiled once per padded shape."""
 
-  def __init__(self, model_cfg, bucket: int = 64):
+  def __init__(self, model_cfg, bucket: int | None = None):
     self.model = NEO(model_cfg)
     self.bucket = bucket
     self._fn = jax.jit(functools.partial(_score, self.model))
@@ -66,7 +66,7 @@ class LogLikelihood:
                        token_hw=np.concatenate([p["token_hw"], np.zeros((len(c), 2), np.int32)])))
     longest = max(len(r["input_ids"]) for r in rows)
     cfg = self.model.config
-    batch, _ = batch_lib.prompt_batch(rows, -(-longest // self.bucket) * self.bucket,
+    batch, _ = batch_lib.prompt_batch(rows, batch_lib.padded_length(longest, self.bucket),
                                       img_context_id=cfg.img_context_token_id,
                                       patch_size=cfg.patch_size, pad_segment=1)
     width = -(-max(len(c) for c in continuations) // 8) * 8

@@ -15,7 +15,8 @@
   are carried as a ``[B, V]`` mask) and stops when every row has produced a stop id.
 
 Rows of different prompt lengths share one cache of ``L = S + max_new_tokens``
-positions. Under a mesh (``mesh`` and ``rules``) the parameters keep the training
+positions. On CPU (``unroll_layers``) the loop runs the layers unrolled, on the
+layer weights and cache split per layer after the prefill. Under a mesh (``mesh`` and ``rules``) the parameters keep the training
 layout and the cache follows the activations' logical axes.
 """
 
@@ -35,15 +36,12 @@ import numpy as np
 
 from neo_jax.core import batch as batch_lib
 from neo_jax.infer import kv_cache, sampling
+from neo_jax.model import layers
 from neo_jax.model import positions as pos_lib
 from neo_jax.model.model_config import ModelConfig
 from neo_jax.model.neo import NEO
 
 NO_TOKEN = -1
-
-
-def _bucket(n: int, bucket: int) -> int:
-  return -(-n // bucket) * bucket
 
 
 class Generator:
@@ -55,15 +53,34 @@ class Generator:
 
     mesh, rules: optional device mesh and logical-axis rules (the training
       ``Setup``'s); the programs are traced under them.
-    bucket: prompt lengths are rounded up to a multiple of this (fewer compiles).
+    bucket: prompt lengths are rounded up to a multiple of this; ``None`` (default):
+      geometric buckets, at most 1/8 padding (``core.batch.padded_length``). A
+      bucket is one compiled prefill program per prompt shape.
+    unroll_layers: run the decode loop's layers unrolled, on one parameter (and
+      cache) buffer per layer (``NEO(unrolled_layers=True)``): after the prefill
+      (scanned, which XLA:CPU runs faster) the stacked layer weights and the filled
+      cache are split per layer (one copy of the decoder weights, held until
+      ``generate`` returns), so every step's dots read them in place, where the
+      scanned layers make XLA:CPU copy each layer's weights out of the stack at
+      every step (BUILD_NOTES.md §0l). ``None`` (default): on when the programs run
+      on CPU.
   """
 
   def __init__(self, model_cfg: ModelConfig | ml_collections.ConfigDict, *, mesh=None,
-               rules=None, bucket: int = 64):
+               rules=None, bucket: int | None = None, unroll_layers: bool | None = None):
     cfg = ModelConfig.coerce(model_cfg).replace(remat_policy="none")
     self.cfg = cfg
+    if unroll_layers is None:
+      platform = (mesh.devices.flat[0].platform if mesh is not None
+                  else jax.default_backend())
+      unroll_layers = platform == "cpu"
+    self.unrolled = bool(unroll_layers)
     self.prefill_model = NEO(cfg, cache_mode="prefill")
-    self.decode_model = NEO(cfg, cache_mode="decode")
+    self.decode_model = NEO(cfg, cache_mode="decode", unrolled_layers=self.unrolled)
+    split = functools.partial(layers.unrolled_layer_params, stack_layers=cfg.stack_layers)
+    # (stacked layer params, stacked cache) -> the same per layer (the stacked cache is
+    # dropped by the caller: donating it would not help, no output has its shape).
+    self._split = jax.jit(lambda p, c: (split(p), split(c)))
     self.mesh, self.rules, self.bucket = mesh, rules, bucket
     self.image_ids = (cfg.img_start_token_id, cfg.img_context_token_id, cfg.img_end_token_id)
     self._programs = {}
@@ -81,9 +98,10 @@ class Generator:
 
   def prompts_batch(self, prompts: Sequence[dict]) -> tuple[dict, np.ndarray]:
     """Right-padded prefill batch (segment 1 on each prompt, padding 0) and prompt
-    lengths ``[B]`` (``core.batch.prompt_batch``; rows bucketed to ``self.bucket``)."""
+    lengths ``[B]`` (``core.batch.prompt_batch``; rows padded to
+    ``core.batch.padded_length(longest, self.bucket)``)."""
     longest = max(len(p["input_ids"]) for p in prompts)
-    return batch_lib.prompt_batch(prompts, _bucket(longest, self.bucket),
+    return batch_lib.prompt_batch(prompts, batch_lib.padded_length(longest, self.bucket),
                                   img_context_id=self.cfg.img_context_token_id,
                                   patch_size=self.cfg.patch_size)
 
@@ -234,8 +252,14 @@ class Generator:
     init = jax.block_until_ready(start(params, batch, lengths, rng))
     t1 = time.perf_counter()
     cache = init.pop("cache")
+    # From here on, compiling (first calls) is subtracted from the decode time.
+    t2, compiled = time.perf_counter(), self.timing["compile_s"]
+    if self.unrolled:   # the layers' weights and cache, one buffer per layer
+      stacks = {k: params[k] for k in self.cfg.stack_layers}
+      split = self._compiled(("split",), self._split, stacks, cache)
+      layer_params, cache = split(stacks, cache)
+      params = {**params, **layer_params}
     loop = self._compiled(("loop",) + key, loop, params, cache, init)
-    t2 = time.perf_counter()
     out, logits, _ = loop(params, cache, init)
     del cache, init
     out = np.asarray(out)
@@ -244,6 +268,7 @@ class Generator:
     for row in out:
       stop = np.flatnonzero(row == NO_TOKEN)
       tokens.append([int(x) for x in (row[:stop[0]] if len(stop) else row)])
-    self.timing.update(prefill_s=t1 - t0, decode_s=t3 - t2,
+    self.timing.update(prefill_s=t1 - t0,
+                       decode_s=t3 - t2 - (self.timing["compile_s"] - compiled),
                        new_tokens=sum(len(t) for t in tokens))
     return (tokens, np.asarray(logits)) if return_logits else tokens

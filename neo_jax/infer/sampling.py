@@ -62,6 +62,21 @@ def penalize(logits: jax.Array, seen: jax.Array, penalty: float) -> jax.Array:
   return jnp.where(seen, hit, logits)
 
 
+def greedy(logits: jax.Array) -> jax.Array:
+  """``jnp.argmax(logits, -1)`` as two plain reductions: ``[B, V] -> [B] int32``.
+
+  The first position of the row's maximum (the first NaN when the row has one, as
+  ``jnp.argmax``; index 0 for a row of ``-inf``). XLA:CPU runs ``argmax``'s
+  variadic (value, index) reduction element by element; a max, then a min over the
+  positions holding it, vectorize (0.3 against 0.8 ms over a 151,936-token row).
+  """
+  v = logits.shape[-1]
+  top = jnp.max(logits, axis=-1, keepdims=True)
+  nan = jnp.isnan(logits)          # (XLA:CPU's max may skip a NaN: test it apart)
+  hit = jnp.where(jnp.any(nan, axis=-1, keepdims=True), nan, logits == top)
+  return jnp.min(jnp.where(hit, jnp.arange(v, dtype=jnp.int32), v), axis=-1)
+
+
 def choose(logits: jax.Array, key: jax.Array, cfg: SamplingConfig,
            seen: jax.Array | None = None) -> jax.Array:
   """The next token of each row.
@@ -80,7 +95,7 @@ def choose(logits: jax.Array, key: jax.Array, cfg: SamplingConfig,
   if cfg.repetition_penalty != 1 and seen is not None:
     logits = penalize(logits, seen, cfg.repetition_penalty)
   if cfg.temperature == 0:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return greedy(logits)
   logits = logits / cfg.temperature
   if cfg.top_k:
     kth = jax.lax.top_k(logits, cfg.top_k)[0][..., -1:]

@@ -263,10 +263,17 @@ class DecoderStack(nn.Module):
   """``num_layers`` DecoderLayers under ``nn.scan`` (parameters stacked on axis 0,
   logical axis ``layers``), each wrapped in ``nn.remat`` with the config's
   policy (``none`` = no remat). ``[B, S, D] -> [B, S, D]``. With a ``cache_mode``
-  the ``"cache"`` collection is scanned too (leading axis = layer)."""
+  the ``"cache"`` collection is scanned too (leading axis = layer).
+
+  ``unrolled=True`` (cached inference on XLA:CPU, ``infer/decode.py``): the layers
+  are a Python loop over submodules ``layers_0 ... layers_{n-1}``, each with its
+  own parameter (and cache) subtree, ``unrolled_layer_params`` of the stacked ones.
+  XLA:CPU copies a layer's weights out of the stacked arrays at every iteration of
+  the scan; separate buffers are read in place."""
   config: ModelConfig
   num_layers: int
   cache_mode: str = "none"
+  unrolled: bool = False
 
   @nn.compact
   def __call__(self, x: Array, positions: Array, segment_ids: Array, unit_ids: Array,
@@ -278,6 +285,11 @@ class DecoderStack(nn.Module):
     if cfg.remat_policy != "none" and self.cache_mode == "none":
       layer_cls = nn.remat(DecoderLayer, policy=REMAT_POLICIES[cfg.remat_policy],
                            prevent_cse=False)
+    if self.unrolled:
+      for i in range(self.num_layers):
+        x, _ = layer_cls(cfg, self.cache_mode, name=f"layers_{i}")(
+            x, positions, segment_ids, unit_ids, cache_index)
+      return x
     scanned = nn.scan(
         layer_cls, variable_axes={"params": 0, "cache": 0}, split_rngs={"params": True},
         in_axes=(nn.broadcast,) * 4, length=self.num_layers,
@@ -285,3 +297,24 @@ class DecoderStack(nn.Module):
     x, _ = scanned(cfg, self.cache_mode, name="layers")(x, positions, segment_ids, unit_ids,
                                                       cache_index)
     return x
+
+
+def unrolled_layer_params(params: dict, stack_layers: dict[str, int]) -> dict:
+  """Each decoder stack's layer subtree as ``DecoderStack(unrolled=True)`` reads it.
+
+  Args:
+    params: the model's parameters with the stacks' scanned layers
+      (``params[stack]["layers"]``, leaves ``[n, ...]``).
+    stack_layers: ``{stack: n}`` (``ModelConfig.stack_layers``).
+
+  Returns:
+    ``{stack: {"layers_0": ..., ..., "layers_{n-1}": ...}}``: leaf ``[i]`` of every
+    stacked leaf (a copy; the other parameters are not included).
+
+  Raises:
+    KeyError: a stack without scanned layers.
+  """
+  return {stack: {f"layers_{i}": jax.tree_util.tree_map(lambda a, i=i: a[i],
+                                                       params[stack]["layers"])
+                  for i in range(n)}
+          for stack, n in stack_layers.items()}

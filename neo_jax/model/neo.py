@@ -58,6 +58,8 @@ class NEO(nn.Module):
   ``cache_mode`` (``layers.CACHE_MODES``): ``"prefill"`` runs ``__call__`` and fills
   the KV cache; ``"decode"`` is for ``decode_step``. Both apply with the
   ``"cache"`` collection (``infer/kv_cache.py``) mutable; the parameters are the same.
+  ``unrolled_layers``: the decoder stacks as ``layers.DecoderStack(unrolled=True)``
+  (parameters per layer: ``layers.unrolled_layer_params``; cache per layer).
 
   ``config`` is a ``ModelConfig``; a model ``ConfigDict`` (or mapping) given instead is
   converted once here (``ModelConfig.from_config_dict``: unknown keys and bad values
@@ -65,6 +67,7 @@ class NEO(nn.Module):
   """
   config: ModelConfig
   cache_mode: str = "none"
+  unrolled_layers: bool = False
 
   def __post_init__(self):
     if not isinstance(self.config, ModelConfig):
@@ -80,8 +83,9 @@ class NEO(nn.Module):
     self.vision_model = VisionEmbeddings(cfg)
     stacks = cfg.stack_layers  # prebuffer (when it has layers), llm
     if "prebuffer" in stacks:
-      self.prebuffer = layers.DecoderStack(cfg, stacks["prebuffer"], self.cache_mode)
-    self.llm = layers.DecoderStack(cfg, stacks["llm"], self.cache_mode)
+      self.prebuffer = layers.DecoderStack(cfg, stacks["prebuffer"], self.cache_mode,
+                                           self.unrolled_layers)
+    self.llm = layers.DecoderStack(cfg, stacks["llm"], self.cache_mode, self.unrolled_layers)
     self.norm = layers.RMSNorm(cfg.rms_norm_eps, "embed", pdt)
     if not cfg.tie_word_embeddings:
       self.lm_head = LMHead(cfg.hidden_size, cfg.vocab_size, cfg.init_std, pdt)
