@@ -12,8 +12,9 @@ builds both formats from the same pixels), greedy, ``--new_tokens`` tokens, no s
 the image-token ids banned on both sides (ours always; the release by
 ``suppress_tokens``, as ``tests/testlib/release.py``'s ``check_generate``).
 
-* Ours: ``infer.decode.Generator`` on all prompts at once (one prefill program, one
-  ``while_loop`` program). Time to first token = the prefill call (prefill + first
+* Ours: ``infer.decode.Generator`` on all prompts at once (one prefill program, then
+  the split of the layer weights and cache per layer that its CPU default does, then
+  one ``while_loop`` program). Time to first token = the prefill call (prefill + first
   token of every row, compile excluded: ``Generator.timing["prefill_s"]``); tokens/s =
   generated tokens / (prefill + loop) wall time, of a second call after a compiling one.
 * The release: its ``generate`` asserts one prompt per call, so the prompts run one
