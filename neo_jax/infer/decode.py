@@ -1,6 +1,7 @@
 """Cached decoding: one prefill over the prompts, then a jitted loop of one-token steps.
 
-``Generator(model_cfg)`` compiles two programs per shape bucket:
+``Generator(model_cfg)`` compiles two programs per shape bucket (and, on CPU, the split
+of the layer weights and cache between them, ``unroll_layers``):
 
 * prefill: the prompts, right-padded to a bucket of ``S`` positions (segment 1 on the
   prompt, 0 on padding), through the model with the mixed mask (the Pallas kernel
