@@ -170,3 +170,15 @@ def test_greedy_is_argmax_with_ties_infinities_and_nans():
   assert got.dtype == np.int32
   np.testing.assert_array_equal(got, np.argmax(logits, axis=-1))
   assert got[5] == 0 and got[6] == 10 and got[7] == 30 and got[8] == 0
+
+
+def test_default_unrolling_is_cpu_and_bounded_by_the_copy(tiny, monkeypatch):
+  cfg, params, _ = tiny
+  stacks = decode.Generator(cfg).cfg.stack_layers
+  want = sum(np.asarray(x).nbytes for k in stacks
+             for x in jax.tree_util.tree_leaves(params[k]))
+  assert decode.decoder_bytes(decode.Generator(cfg).cfg) == want
+  assert decode.Generator(cfg).unrolled            # CPU, a small copy
+  monkeypatch.setattr(decode, "UNROLL_MAX_BYTES", want - 1)
+  assert not decode.Generator(cfg).unrolled
+  assert decode.Generator(cfg, unroll_layers=True).unrolled

@@ -17,8 +17,9 @@ of the layer weights and cache between them, ``unroll_layers``):
 
 Rows of different prompt lengths share one cache of ``L = S + max_new_tokens``
 positions. On CPU (``unroll_layers``) the loop runs the layers unrolled, on the
-layer weights and cache split per layer after the prefill. Under a mesh (``mesh`` and ``rules``) the parameters keep the training
-layout and the cache follows the activations' logical axes.
+layer weights and cache split per layer after the prefill. Under a mesh (``mesh`` and
+``rules``) the parameters keep the training layout and the cache follows the
+activations' logical axes.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 import time
 from typing import Any, Sequence
 
@@ -39,10 +41,21 @@ from neo_jax.core import batch as batch_lib
 from neo_jax.infer import kv_cache, sampling
 from neo_jax.model import layers
 from neo_jax.model import positions as pos_lib
+from neo_jax.model import shapes
 from neo_jax.model.model_config import ModelConfig
 from neo_jax.model.neo import NEO
 
 NO_TOKEN = -1
+# The largest per-layer copy of the decoder weights ``Generator`` makes by default [B].
+UNROLL_MAX_BYTES = 2 ** 30
+
+
+def decoder_bytes(cfg: ModelConfig) -> int:
+  """Bytes of the decoder stacks' parameters (``param_dtype``): what ``unroll_layers``
+  copies."""
+  itemsize = jnp.dtype(cfg.param_dtype).itemsize
+  return sum(math.prod(shape) * itemsize for path, shape in shapes.param_shapes(cfg).items()
+             if path[0] in cfg.stack_layers)
 
 
 class Generator:
@@ -64,7 +77,8 @@ class Generator:
       ``generate`` returns), so every step's dots read them in place, where the
       scanned layers make XLA:CPU copy each layer's weights out of the stack at
       every step (BUILD_NOTES.md §0l). ``None`` (default): on when the programs run
-      on CPU.
+      on CPU and that copy is at most ``UNROLL_MAX_BYTES`` (larger models keep one
+      copy of their weights; pass ``True`` to trade the memory for the speed).
   """
 
   def __init__(self, model_cfg: ModelConfig | ml_collections.ConfigDict, *, mesh=None,
@@ -74,7 +88,7 @@ class Generator:
     if unroll_layers is None:
       platform = (mesh.devices.flat[0].platform if mesh is not None
                   else jax.default_backend())
-      unroll_layers = platform == "cpu"
+      unroll_layers = platform == "cpu" and decoder_bytes(cfg) <= UNROLL_MAX_BYTES
     self.unrolled = bool(unroll_layers)
     self.prefill_model = NEO(cfg, cache_mode="prefill")
     self.decode_model = NEO(cfg, cache_mode="decode", unrolled_layers=self.unrolled)

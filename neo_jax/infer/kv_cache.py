@@ -1,11 +1,12 @@
 """The KV cache of cached decoding: a ``"cache"`` collection of static shape.
 
 Per decoder stack (``prebuffer``, ``llm``) and layer (stacked on axis 0, as the
-parameters under ``nn.scan``; or one subtree per layer, ``unrolled``): ``key [layers, B, L, Hkv, 2 * head_dim]`` (after the
-norms and Native-RoPE, the [T | H | W] layout the attention consumes) and
-``value [layers, B, L, Hkv, head_dim]``. ``L`` is static (prompt bucket + tokens
-to generate), so one compiled decode step serves every step; each row keeps its own
-length (``cache_index``), so prompts of different lengths share the cache.
+parameters under ``nn.scan``; or one subtree per layer, ``unrolled``): ``key [layers,
+B, L, Hkv, 2 * head_dim]`` (after the norms and Native-RoPE, the [T | H | W] layout the
+attention consumes) and ``value [layers, B, L, Hkv, head_dim]``. ``L`` is static
+(prompt bucket + tokens to generate), so one compiled decode step serves every step;
+each row keeps its own length (``cache_index``), so prompts of different lengths share
+the cache.
 """
 
 from __future__ import annotations
