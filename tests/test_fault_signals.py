@@ -120,8 +120,8 @@ def test_sigterm_while_the_input_pipeline_stalls_saves_and_resumes_exactly(tmp_p
 
   stalled = []
 
-  def stalling_iterator(config):
-    stalled.append(_StallsAfter(input_pipeline.make_data_iterator(config), 6))
+  def stalling_iterator(config, *args, **kwargs):    # the trainer's signature, passed on
+    stalled.append(_StallsAfter(input_pipeline.make_data_iterator(config, *args, **kwargs), 6))
     return stalled[-1]
 
   monkeypatch.setattr(trainer, "make_data_iterator", stalling_iterator)
