@@ -112,19 +112,19 @@ def floors(cfg, params, batch: list[dict]) -> dict:
     best = min(best, time.perf_counter() - t0)
   bandwidth = head.nbytes / best
   counts = flops.StepFlops(cfg, params, jax.tree_util.tree_map(lambda _: True, params))
+  decoder, vision = counts.groups["decoder"][0], counts.groups["vision"][0]  # weights
   body_flops = 0.0
   for p in batch:
     n, nv = len(p["input_ids"]), len(p["pixel_values"])
-    body_flops += (2 * counts.groups["decoder"][0] * n + 2 * counts.groups["vision"][0] * nv
-                   + counts.attn_per_pair * n * (n + 1) / 2)
-  body_bytes = 4 * (counts.groups["decoder"][0] + counts.groups["vision"][0])
+    body_flops += 2 * decoder * n + 2 * vision * nv + counts.attn_per_pair * n * (n + 1) / 2
+  body_bytes = 4 * (decoder + vision)
   head_flops = 2 * head.size * len(batch)
   floor = (max(body_flops / peak, body_bytes / bandwidth)
            + max(head_flops / peak, head.nbytes / bandwidth))
   # A decode step reads every decoder weight and the head once and multiplies each
   # row's token through them (the cache's attention left out: a lower bound).
-  step = max(2 * len(batch) * (counts.groups["decoder"][0] + head.size) / peak,
-             (4 * counts.groups["decoder"][0] + head.nbytes) / bandwidth)
+  step = max(2 * len(batch) * (decoder + head.size) / peak,
+             (4 * decoder + head.nbytes) / bandwidth)
   return {"ttft_floor_s": floor, "peak_gflops": peak / 1e9,
           "bandwidth_gbs": bandwidth / 1e9, "prefill_gflop": (body_flops + head_flops) / 1e9,
           "tokens_per_s_ceiling": len(batch) / step}

@@ -101,7 +101,8 @@ class Generator:
     self._programs = {}
     self._executables = {}
     # The last ``generate``: compile_s, prefill_s (the time to the first token, without
-    # compiling), decode_s (the remaining tokens), new_tokens (all rows) [s, tokens].
+    # compiling), decode_s (the remaining tokens, the per-layer split included, without
+    # compiling), new_tokens (all rows) [s, tokens].
     self.timing: dict[str, float] = {}
 
   def _context(self):

@@ -303,8 +303,9 @@ def unrolled_layer_params(params: dict, stack_layers: dict[str, int]) -> dict:
   """Each decoder stack's layer subtree as ``DecoderStack(unrolled=True)`` reads it.
 
   Args:
-    params: the model's parameters with the stacks' scanned layers
-      (``params[stack]["layers"]``, leaves ``[n, ...]``).
+    params: a variable collection with the stacks' scanned layers
+      (``params[stack]["layers"]``, leaves ``[n, ...]``): the parameters, or the
+      ``"cache"`` collection (``infer/kv_cache.py``), which has the same layout.
     stack_layers: ``{stack: n}`` (``ModelConfig.stack_layers``).
 
   Returns:
