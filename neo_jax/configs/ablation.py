@@ -18,20 +18,27 @@ reports held-out exact-match accuracy and the held-out answer loss
 (``eval.loss``) every ``eval_every`` steps; the study stops a run early on that loss.
 
 Model: 1 pre-Buffer + 3 post-LLM layers of width 64 (4 query heads of 32, 2 KV
-heads: head_dim 32 leaves the H and W branches 4 frequencies each), the real
-Qwen3 vocabulary, fp32; rows of 256 tokens, 8 rows a step (about 45 examples; the
-LM head over the 151936-token vocabulary is most of a step's FLOPs); AdamW, lr 3e-3,
-cosine over ``steps`` = 400.
+heads: head_dim 32 leaves the H and W branches 4 frequencies each), fp32; rows of
+256 tokens, 8 rows a step (about 45 examples), no rematerialisation; AdamW, lr 3e-3,
+cosine over ``steps``.
+Text is the real Qwen3 tokenizer's, and the embedding / LM head hold a compact
+vocabulary: a row for each token id the study's records use (``study_vocabulary``,
+``model.vocab_ids``; about a hundred rows). Over all 151,936 rows the head was three
+quarters of a step's FLOPs (BUILD_NOTES §0e); ``compact_vocab=0`` restores it.
 
 Arguments (``ablation:variant=A,seed=1,steps=200``): ``variant``
-(A B D G H I), ``seed``, ``steps`` (the most a run may take), ``eval_every``,
-``eval_limit`` (held-out examples per task).
+(A B D G H I), ``seed``, ``steps`` (the most a run may take, default 400),
+``eval_every``, ``eval_limit`` (held-out examples per task), ``compact_vocab`` (1 / 0).
 """
+
+import functools
 
 import ml_collections
 
 from neo_jax.configs import demo
 from neo_jax.data import embedded
+from neo_jax.data import tokenizer as tokenizer_lib
+from neo_jax.data import vocabulary
 
 # Table 3 of "From Pixels to Words - Towards Native Vision-Language Primitives at
 # Scale": letter -> (attention mask, RoPE design, rope_theta_hw, paper's 10-benchmark mean).
@@ -50,6 +57,21 @@ CONTROL_TASK = "digit"
 ABLATION_WEIGHTS = {CONTROL_TASK: float(len(POSITION_TASKS)), **{t: 1.0 for t in POSITION_TASKS}}
 
 
+@functools.lru_cache(maxsize=None)
+def study_vocabulary(tokenizer: str = "embedded", cache_dir: str | None = None) -> tuple[int, ...]:
+  """Sorted token ids of every record (train and held-out) of the study's tasks, with
+  the special ids (``vocabulary.record_token_ids``): the ``model.vocab_ids`` of the
+  study. Builds the tasks' records on first use (``embedded.load_records``).
+
+  Args:
+    tokenizer: ``data.tokenizer``; cache_dir: the embedded tasks' cache (default
+      ``embedded.default_cache_dir()``).
+  """
+  records = [r for task in ABLATION_WEIGHTS for split in embedded.SPLITS
+             for r in embedded.load_records(task, split, cache_dir)]
+  return vocabulary.record_token_ids(records, tokenizer_lib.get_tokenizer(tokenizer))
+
+
 def get_config(arg=None):
   """The study's model and data with the variant's switches (module docstring).
 
@@ -57,7 +79,8 @@ def get_config(arg=None):
     ValueError: an unknown variant letter or argument.
   """
   from neo_jax.configs import common  # pylint: disable=g-import-not-at-top
-  a = common.parse_arg(arg, variant="H", seed=0, steps=400, eval_every=80, eval_limit=40)
+  a = common.parse_arg(arg, variant="H", seed=0, steps=400, eval_every=80, eval_limit=40,
+                       compact_vocab=1)
   if a.variant not in VARIANTS:
     raise ValueError(f"Unknown variant {a.variant!r}; Table 3 letters: {sorted(VARIANTS)}.")
   c = demo.get_config(f"steps={a.steps},eval_every={a.eval_every},seq_len=256,batch_size=8")
@@ -71,6 +94,10 @@ def get_config(arg=None):
   m.head_dim = 32
   m.vision_hidden = 64
   m.max_supervised_tokens = 24
+  m.remat_policy = "none"    # a 4-layer model of width 64: memory is no concern
+  if a.compact_vocab:
+    m.vocab_ids = study_vocabulary(c.data.tokenizer)
+    m.vocab_size = len(m.vocab_ids)
   v = VARIANTS[a.variant]
   m.attention_mask = v["attention_mask"]
   m.rope_mode = v["rope_mode"]

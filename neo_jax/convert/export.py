@@ -58,13 +58,18 @@ class TreeSource:
 def check_release_compatible(cfg: ml_collections.ConfigDict) -> None:
   """Raises ValueError for a model variant the release's code cannot load or run
   (``model.rope_mode`` other than "native", ``model.attention_mask`` other than
-  "mixed": the Table 3 ablations live only here)."""
+  "mixed": the Table 3 ablations live only here), or one with a compact vocabulary
+  (``model.vocab_ids``: the release's rows are token ids)."""
   bad = {k: getattr(cfg, k) for k, want in (("rope_mode", "native"), ("attention_mask", "mixed"))
          if getattr(cfg, k) != want}
   if bad:
     raise ValueError(f"This model is an ablation variant ({bad}); the release's NEOChatModel "
                      "runs only rope_mode='native' with attention_mask='mixed', so it cannot be "
                      "exported.")
+  if tuple(getattr(cfg, "vocab_ids", ()) or ()):
+    raise ValueError(f"This model has a compact vocabulary ({len(cfg.vocab_ids)} rows, "
+                     "model.vocab_ids); the release's embedding and LM head have one row per "
+                     "token id, so it cannot be exported.")
 
 
 def convert_piece(hook, x: np.ndarray, cfg, dtype: np.dtype, *args) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from neo_jax.model import positions as pos_lib
+from neo_jax.model import compact_vocab, positions as pos_lib
 from neo_jax.model.chunked_ce import chunked_cross_entropy
 from neo_jax.core.tokens import IGNORE_INDEX
 
@@ -121,7 +121,8 @@ class LossOutput(NamedTuple):
 
 def lm_loss(hidden: Array, head: Array, labels: Array, segment_ids: Array, *,
             mode: str, chunk: int, max_supervised_tokens: int = 0,
-            normalization: str = "global", head_layout: str = "vd") -> LossOutput:
+            normalization: str = "global", head_layout: str = "vd",
+            vocab_ids: tuple = ()) -> LossOutput:
   """The NEO training loss from final hidden states.
 
   Args:
@@ -131,6 +132,8 @@ def lm_loss(hidden: Array, head: Array, labels: Array, segment_ids: Array, *,
     labels, segment_ids: ``[B, S] int32`` (see ``core/batch.py``).
     mode: loss weighting; chunk: vocabulary chunk; max_supervised_tokens: M;
     normalization: "global" | "per_sequence" (``make_targets``).
+    vocab_ids: the model's compact vocabulary (``model.vocab_ids``; targets are token
+      ids, mapped to head rows by ``compact_vocab.rows_of``), ``()`` = row is id.
 
   Returns:
     ``LossOutput`` of float32 / int32 scalars.
@@ -139,7 +142,8 @@ def lm_loss(hidden: Array, head: Array, labels: Array, segment_ids: Array, *,
                    normalization=normalization)
   h = jnp.take_along_axis(hidden, t.hidden_index[..., None], axis=1)  # [B, N', D]
   b, n, d = h.shape
-  ce = chunked_cross_entropy(h.reshape(b * n, d), head, t.target.reshape(-1), chunk=chunk,
+  target = compact_vocab.rows_of(t.target, vocab_ids)
+  ce = chunked_cross_entropy(h.reshape(b * n, d), head, target.reshape(-1), chunk=chunk,
                              head_layout=head_layout)
   w = t.weight.reshape(-1)
   return LossOutput(jnp.sum(w * ce), jnp.sum(w), jnp.sum(w > 0).astype(jnp.int32), t.dropped)

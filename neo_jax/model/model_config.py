@@ -61,6 +61,9 @@ class ModelConfig:
   """
   # Vocabulary and widths.
   vocab_size: int = QWEN3_VOCAB_SIZE    # [rows] of embed_tokens / lm_head
+  # A compact vocabulary: row r holds token id vocab_ids[r] (strictly increasing,
+  # vocab_size of them; model/compact_vocab.py). () = row r is token id r.
+  vocab_ids: tuple = ()
   hidden_size: int = 2048               # LLM width D
   intermediate_size: int = 6144         # MLP width I
   num_llm_layers: int = 28              # post-LLM layers (the Qwen3 layers)
@@ -134,6 +137,7 @@ class ModelConfig:
         if v < low:
           raise ValueError(f"model.{f.name}={v} must be >= {low}"
                            + (" (0 = off / no cap)." if low == 0 else "."))
+    self._check_vocab_ids()
     if self.rms_norm_eps <= 0 or self.init_std < 0:
       raise ValueError(f"model.rms_norm_eps={self.rms_norm_eps} must be > 0 and "
                        f"model.init_std={self.init_std} >= 0.")
@@ -146,6 +150,24 @@ class ModelConfig:
     if self.vision_hidden % 4:
       raise ValueError(f"model.vision_hidden={self.vision_hidden} must be divisible by 4 "
                        "(two 2D-RoPE halves rotated in pairs).")
+
+  def _check_vocab_ids(self) -> None:
+    """Raises ``ValueError`` for a compact vocabulary that is not strictly increasing,
+    not ``vocab_size`` long, or without a row for an image token id."""
+    ids = self.vocab_ids
+    if not ids:
+      return
+    if len(ids) != self.vocab_size:
+      raise ValueError(f"model.vocab_ids lists {len(ids)} ids but model.vocab_size="
+                       f"{self.vocab_size}; set vocab_size to len(vocab_ids).")
+    if ids[0] < 0 or any(b <= a for a, b in zip(ids, ids[1:])):
+      raise ValueError("model.vocab_ids must be non-negative and strictly increasing "
+                       "(sorted, no repeats).")
+    image_ids = (self.img_context_token_id, self.img_start_token_id, self.img_end_token_id)
+    missing = sorted(set(image_ids) - set(ids))
+    if missing:
+      raise ValueError(f"model.vocab_ids has no row for the image token ids {missing}; add "
+                       "them.")
 
   @property
   def num_layers(self) -> int:
@@ -206,8 +228,8 @@ def _check_keys(keys) -> None:
 
 
 def _typed(name: str, kind: str, value: Any) -> Any:
-  """``value`` as the field type ``kind`` ("int", "float", "bool", "str"): integers for a
-  float field become floats; anything else of the wrong type raises ``ValueError``."""
+  """``value`` as the field type ``kind`` ("int", "float", "bool", "str", "tuple" of ints):
+  integers for a float field become floats, a list for a tuple field a tuple; anything else of the wrong type raises ``ValueError``."""
   if kind == "bool":
     ok = isinstance(value, bool)
   elif kind == "int":
@@ -216,6 +238,10 @@ def _typed(name: str, kind: str, value: Any) -> Any:
   elif kind == "float":
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     value = float(value) if ok else value
+  elif kind == "tuple":   # of ints (vocab_ids); a list (JSON) becomes a tuple
+    ok = (isinstance(value, (list, tuple)) and all(
+        isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in value))
+    value = tuple(int(v) for v in value) if ok else value
   else:
     ok = isinstance(value, str)
   if not ok:

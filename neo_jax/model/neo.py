@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from neo_jax.core import geometry
-from neo_jax.model import layers, positions as pos_lib
+from neo_jax.model import compact_vocab, layers, positions as pos_lib
 from neo_jax.model import visual_gather
 from neo_jax.model.model_config import ModelConfig
 from neo_jax.model.vision import VisionEmbeddings
@@ -51,7 +51,7 @@ class NEO(nn.Module):
   ``__call__(input_ids, segment_ids, token_hw, pixel_values, return_hidden=False)``:
     input_ids, segment_ids: ``[B, S] int32``; token_hw ``[B, S, 2] int32``;
     pixel_values ``[B, S, 4, 3 P P] uint8`` (``core/geometry.token_pixels_shape``).
-    Returns logits ``[B, S, vocab] float32``, or with ``return_hidden`` the
+    Returns logits ``[B, S, V] float32`` (``logits``), or with ``return_hidden`` the
     final-normed hidden states ``[B, S, D]`` in the compute dtype (feed them to
     ``loss.lm_loss`` with ``neo.head_weights``).
 
@@ -97,7 +97,8 @@ class NEO(nn.Module):
     # select needs no resharding: the gather from the (vocab, embed)-sharded
     # table would otherwise leave ``text`` sharded on ``embed``.
     act = ("batch", "length", "embed")
-    text = nn.with_logical_constraint(self.embed_tokens(input_ids), act)
+    rows = compact_vocab.rows_of(input_ids, cfg.vocab_ids)
+    text = nn.with_logical_constraint(self.embed_tokens(rows), act)
     is_ctx = input_ids == cfg.img_context_token_id
     m = cfg.max_visual_tokens
     if m:   # the patch embedder on the visual positions only (model/visual_gather.py)
@@ -142,7 +143,7 @@ class NEO(nn.Module):
         so far).
 
     Returns:
-      ``[B, vocab] float32`` logits of the next token.
+      ``[B, V] float32`` logits of the next token (``logits``).
     """
     cfg = self.config
     b = tokens.shape[0]
@@ -161,13 +162,16 @@ class NEO(nn.Module):
     return self.logits(self.norm(x))[:, 0]
 
   def logits(self, hidden: Array) -> Array:
-    """``[..., D] -> [..., vocab] float32`` through the (tied or untied) LM head, read
-    in its stored layout (``head_weights``)."""
+    """``[..., D] -> [..., V] float32`` through the (tied or untied) LM head, read
+    in its stored layout (``head_weights``). ``V`` is the id space
+    (``compact_vocab.id_space``): ``vocab_size``, or with a compact vocabulary
+    ``max(vocab_ids) + 1`` with ``-inf`` at the ids that have no row."""
     if self.config.tie_word_embeddings:
       w, spec = self.embed_tokens.embedding, "...d,vd->...v"
     else:
       w, spec = self.lm_head(), "...d,dv->...v"
-    return jnp.einsum(spec, hidden, w.astype(hidden.dtype), preferred_element_type=jnp.float32)
+    out = jnp.einsum(spec, hidden, w.astype(hidden.dtype), preferred_element_type=jnp.float32)
+    return compact_vocab.expand_logits(out, self.config.vocab_ids)
 
 
 def head_weights(params: Any, config: Any) -> tuple[Array, str]:
@@ -180,7 +184,9 @@ def head_weights(params: Any, config: Any) -> tuple[Array, str]:
   Returns:
     ``(embed_tokens/embedding [V, D], "vd")`` for a tied head,
     ``(lm_head/kernel [D, V], "dv")`` for an untied one: no transposed copy of a
-    ``V x D`` matrix (``model/chunked_ce.py`` reads either layout).
+    ``V x D`` matrix (``model/chunked_ce.py`` reads either layout). ``V`` is
+    ``vocab_size`` rows; with a compact vocabulary, map targets to rows first
+    (``loss.lm_loss(vocab_ids=...)``).
   """
   if config.tie_word_embeddings:
     return params["embed_tokens"]["embedding"], "vd"

@@ -76,7 +76,7 @@ def answer_loss_sums(params: Any, batch: dict, *, model: NEO) -> tuple[jax.Array
   head, layout = head_weights(params, cfg)
   out = loss_lib.lm_loss(hidden, head, batch["labels"], batch["segment_ids"], mode="token",
                          chunk=cfg.loss_vocab_chunk, head_layout=layout,
-                         max_supervised_tokens=_LOSS_MAX_ANSWER_TOKENS)
+                         max_supervised_tokens=_LOSS_MAX_ANSWER_TOKENS, vocab_ids=cfg.vocab_ids)
   return out.weighted_ce, out.tokens
 
 

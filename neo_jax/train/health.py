@@ -5,13 +5,16 @@ or parameter stops the run without saving, so the newest checkpoint stays the
 last good one. ``check_supervised_fit`` stops a run whose supervised tokens were
 silently cut by ``model.max_supervised_tokens``. ``check_sample_lengths`` refuses a
 host batch holding a sample longer than ``model.max_sample_tokens`` (the TPU kernel's
-grid is sized by it) before it reaches the step. ``check_prompts`` applies the same two
-limits (sample length, visual tokens per sequence) to evaluation prompts.
+grid is sized by it) before it reaches the step; ``check_vocabulary`` one holding a
+token id the model has no row for. ``check_prompts`` applies these limits (sample
+length, token ids, visual tokens per sequence) to evaluation prompts.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from neo_jax.model import compact_vocab
 
 
 class NonFiniteLossError(RuntimeError):
@@ -88,6 +91,22 @@ def check_sample_lengths(segment_ids: np.ndarray, max_sample_tokens: int, step: 
                      "packer (data.kind=pipeline) drop such samples.")
 
 
+def check_vocabulary(host_batch: dict, model_cfg, step: int) -> None:
+  """Raises ValueError when the batch's ``input_ids`` or ``labels`` hold a token id the
+  model has no row for (``compact_vocab.unknown_ids``: outside ``[0, vocab_size)``, or
+  not in a compact ``vocab_ids``), which would otherwise train on a wrong row or make
+  the loss NaN.
+  """
+  for key in ("input_ids", "labels"):
+    bad = compact_vocab.unknown_ids(host_batch[key], model_cfg.vocab_size, model_cfg.vocab_ids)
+    if bad.size:
+      raise ValueError(
+          f"The batch of step {step + 1} holds {key} the model has no row for: "
+          f"{bad[:8].tolist()}{' ...' if bad.size > 8 else ''} (model.vocab_size="
+          f"{model_cfg.vocab_size}, {len(model_cfg.vocab_ids)} model.vocab_ids); use the "
+          "tokenizer the model was built for, or add the ids to model.vocab_ids.")
+
+
 def check_prompts(examples, model_cfg) -> None:
   """Raises ``EvalPromptError`` for the first evaluation prompt the model would get
   wrong silently: longer than ``model.max_sample_tokens`` (each prompt is one sample of
@@ -107,6 +126,12 @@ def check_prompts(examples, model_cfg) -> None:
       raise EvalPromptError(f"Evaluation prompt ({name}) has {ids.size} tokens, more than "
                             f"model.max_sample_tokens={max_len}; raise the cap or drop the "
                             "example from the held-out split.")
+    bad = compact_vocab.unknown_ids(ids, model_cfg.vocab_size, model_cfg.vocab_ids)
+    if bad.size:
+      raise EvalPromptError(f"Evaluation prompt ({name}) holds token ids the model has no "
+                            f"row for: {bad[:8].tolist()} (model.vocab_size="
+                            f"{model_cfg.vocab_size}, {len(model_cfg.vocab_ids)} "
+                            "model.vocab_ids).")
     visual = int((ids == model_cfg.img_context_token_id).sum())
     if max_vis and visual > max_vis:
       raise EvalPromptError(f"Evaluation prompt ({name}) has {visual} visual tokens, more than "

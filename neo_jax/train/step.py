@@ -52,7 +52,7 @@ def loss_sums(params: Any, batch: dict, model: NEO,
   return loss_lib.lm_loss(hidden, head, batch["labels"], batch["segment_ids"], head_layout=layout,
                           mode=cfg.loss_weighting, chunk=cfg.loss_vocab_chunk,
                           max_supervised_tokens=cfg.max_supervised_tokens,
-                          normalization=normalization)
+                          normalization=normalization, vocab_ids=cfg.vocab_ids)
 
 
 def _split_micro(batch: dict, k: int) -> dict:

@@ -166,6 +166,7 @@ def _loop(config, workdir, setup, manager, state, phase_step, batches, preemptio
       _log_data_summary(config, batches, read)
       health.check_sample_lengths(host_batch["segment_ids"],
                                   setup.model.config.max_sample_tokens, step)
+      health.check_vocabulary(host_batch, setup.model.config, step)
       batch = setup.global_batch(host_batch)
       state, metrics = train_step(state, batch)
       step += 1
