@@ -23,7 +23,7 @@ heads: head_dim 32 leaves the H and W branches 4 frequencies each), fp32; rows o
 (3e-3 with the full vocabulary), cosine over ``steps``.
 Text is the real Qwen3 tokenizer's, and the embedding / LM head hold a compact
 vocabulary: a row for each token id the study's records use (``study_vocabulary``,
-``model.vocab_ids``; about a hundred rows). Over all 151,936 rows the head was three
+``model.vocab_ids``; 70 rows). Over all 151,936 rows the head was three
 quarters of a step's FLOPs (BUILD_NOTES §0e); ``compact_vocab=0`` restores it.
 
 Arguments (``ablation:variant=A,seed=1,steps=200``): ``variant``

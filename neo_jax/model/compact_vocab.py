@@ -12,6 +12,10 @@ The use is a study whose tasks write a few dozen distinct tokens (the Table 3 ab
 BUILD_NOTES §0e): a head over the 151,936-row Qwen3 vocabulary would be most of a small
 model's step. Empty ``vocab_ids`` (the default) is the identity: row = id.
 
+The rows are sharded like the full vocabulary's (the ``vocab`` logical axis, on the
+mesh's ``tensor`` axis): with ``tensor`` > 1 their count must be a multiple of it (JAX
+refuses an uneven split with ``IndivisibleError``); list a few more ids to round it up.
+
 An id without a row would silently embed as a neighbouring row; the host-side checks
 (``unknown_ids``, used by ``train/health.py`` on every training batch and evaluation
 prompt) refuse such input before it reaches the model.
