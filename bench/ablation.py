@@ -2,11 +2,11 @@
 stopped early on its held-out loss; paired comparisons with 95% intervals.
 
     python bench/ablation.py --workdir /tmp/neo_ablation --seeds 0-2 --parallel 2   # the pilot
-    python bench/ablation.py --workdir /tmp/neo_ablation --seeds 0-9 --parallel 2 --out bench/results
-    python bench/ablation.py --workdir /tmp/neo_ablation --seeds 0-9 --report_only --out bench/results
+    python bench/ablation.py --workdir /tmp/neo_ablation --seeds 0-4 --pilot_seeds 0-2 --parallel 2 --out bench/results
+    python bench/ablation.py --workdir /tmp/neo_ablation --seeds 0-4 --pilot_seeds 0-2 --report_only --out bench/results
 
-(the study of BUILD_NOTES §0e: the second line; the pilot's runs are its first three
-seeds, kept; a stopped invocation continues when run again).
+(the study of BUILD_NOTES §0e: the second line, about 1.4 h on 2 cores; the pilot's runs
+are its first three seeds, kept; a stopped invocation continues when run again).
 
 Each (variant, seed) is one ``python -m neo_jax.train --config
 ablation:variant=V,seed=S,...`` process in ``{workdir}/{V}_s{S}``, seed by seed,
