@@ -229,7 +229,8 @@ def _check_keys(keys) -> None:
 
 def _typed(name: str, kind: str, value: Any) -> Any:
   """``value`` as the field type ``kind`` ("int", "float", "bool", "str", "tuple" of ints):
-  integers for a float field become floats, a list for a tuple field a tuple; anything else of the wrong type raises ``ValueError``."""
+  integers for a float field become floats, a list for a tuple field a tuple; anything
+  else of the wrong type raises ``ValueError``."""
   if kind == "bool":
     ok = isinstance(value, bool)
   elif kind == "int":
