@@ -110,6 +110,12 @@ def _as_list(x: Any) -> list:
   return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
+def image_sources(record: dict) -> list:
+  """A release-format record's images in order: its ``image`` then its ``images`` (each a
+  path / source or a list of them; absent = none)."""
+  return _as_list(record.get("image")) + _as_list(record.get("images"))
+
+
 @dataclasses.dataclass(frozen=True)
 class SampleProcessor:
   """Callable record -> per-sample dict (see module docstring); picklable.
@@ -150,7 +156,7 @@ class SampleProcessor:
       raise BadSample("bad_record", f"record of type {type(record['_raw']).__name__}")
     root = record.get("data_path")
     turns = conv_lib.normalize_turns(record.get("conversations"))
-    image_srcs = _as_list(record.get("image")) + _as_list(record.get("images"))
+    image_srcs = image_sources(record)
     video = record.get("video")
     if video is not None:
       if image_srcs:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Iterable
 
 from neo_jax.data import conversation as conv_lib
+from neo_jax.data import processor as processor_lib
 from neo_jax.data.errors import BadSample
 from neo_jax.data.tokenizer import Tokenizer
 
@@ -49,7 +50,7 @@ def record_token_ids(records: Iterable[dict], tok: Tokenizer) -> tuple[int, ...]
     if record.get("video") is not None:   # its frames' text is written by the processor
       raise ValueError(f"record {record.get('id', k)!r} has a video; record_token_ids "
                        "takes text and image records only.")
-    n_images = (len(_as_list(record.get("image"))) + len(_as_list(record.get("images"))))
+    n_images = len(processor_lib.image_sources(record))
     turns = conv_lib.add_default_image_tag(
         conv_lib.normalize_turns(record.get("conversations")), n_images)
     try:
@@ -58,9 +59,3 @@ def record_token_ids(records: Iterable[dict], tok: Tokenizer) -> tuple[int, ...]
       raise ValueError(f"record {record.get('id', k)!r}: {e}") from e
     ids.update(int(i) for i in sample_ids)
   return tuple(sorted(ids))
-
-
-def _as_list(x) -> list:
-  if x is None:
-    return []
-  return list(x) if isinstance(x, (list, tuple)) else [x]
