@@ -14,7 +14,7 @@ from neo_jax.ops import attention as attention_lib
 from neo_jax.ops import block_ranges as br
 from neo_jax.ops import flash_blockwise
 from neo_jax.ops import mask as mask_lib
-from testlib.attention import (N_CASES, assert_close_to_reference, compare_fn, packed_case,
+from testlib.attention import (CONFIGS, N_CASES, assert_close_to_reference, compare_fn, packed_case,
                                random_packed_ids)
 
 
@@ -22,6 +22,35 @@ from testlib.attention import (N_CASES, assert_close_to_reference, compare_fn, p
 def test_blockwise_matches_reference(i):
   cfg, args = packed_case(i)
   assert_close_to_reference(cfg, *compare_fn("blockwise", *cfg)(*args))
+
+
+@pytest.mark.parametrize("i", range(len(CONFIGS)))
+def test_one_block_matches_reference(i):
+  """Blocks at least as long as the sequence (a short prompt): the forward's
+  single-block path (no loops) against the dense reference, values and gradients,
+  with GQA, padding rows and an odd length (padded inside to a multiple of 8)."""
+  cfg, args = packed_case(i)
+  one = cfg[:6] + (512, 512)
+  assert cfg[1] <= 512
+  assert_close_to_reference(one, *compare_fn("blockwise", *one)(*args))
+
+
+def test_one_block_path_is_taken_only_for_one_block():
+  """The single-block forward runs exactly when the padded sequence is one q block
+  and one kv block: counted by wrapping it."""
+  calls = []
+  real = flash_blockwise._fwd_one_block  # pylint: disable=protected-access
+  cfg, (q, k, v, seg, unit, _) = packed_case(1)          # seq 130
+  try:
+    flash_blockwise._fwd_one_block = lambda *a: calls.append(1) or real(*a)  # pylint: disable=protected-access
+    for bq, bk, want in ((256, 256, 1), (64, 256, 0), (256, 64, 0), (136, 136, 1)):
+      calls.clear()
+      flash_blockwise.blockwise_attention(q, k, v, seg, unit, scale=0.25, block_q=bq,
+                                          block_kv=bk)
+      assert len(calls) == want, (bq, bk)
+  finally:
+    flash_blockwise._fwd_one_block = real  # pylint: disable=protected-access
+  del cfg
 
 
 @pytest.mark.parametrize("bq,bk", [(16, 16), (16, 32), (32, 16)])

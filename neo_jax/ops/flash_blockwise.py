@@ -53,6 +53,8 @@ def _fwd_call(cfg, q, k, v, start, limit, r):
   hkv, dv = k.shape[1], v.shape[-1]
   g, bq, bkv = hq // hkv, cfg.block_q, cfg.block_kv
   nq = sq // bq
+  if nq == 1 and k.shape[2] == bkv:
+    return _fwd_one_block(cfg, q, k, v, start, limit)
 
   def one_q_block(t):
     bi, i = t // nq, t % nq
@@ -84,6 +86,31 @@ def _fwd_call(cfg, q, k, v, start, limit, r):
   o = o.reshape(b, nq, hq, bq, dv).transpose(0, 2, 1, 3, 4).reshape(b, hq, sq, dv)
   lse = lse.reshape(b, nq, hq, bq).transpose(0, 2, 1, 3).reshape(b, hq, sq)
   return o, lse
+
+
+def _fwd_one_block(cfg, q, k, v, start, limit):
+  """``_fwd_call`` when the sequence is one q block and one kv block (a short prompt,
+  an evaluation row): every row visits block 0 (its own key at least), so the loops
+  reduce to one batched step over all rows at once. The arithmetic is the loop's
+  first visit (a running max from ``-inf``), without its per-row dispatch: on
+  XLA:CPU the loops' calls cost more than the arithmetic at ``S <= block``.
+  """
+  b, hq, sq, dqk = q.shape
+  hkv, dv = k.shape[1], v.shape[-1]
+  g = hq // hkv
+  qb = q.reshape(b, hkv, g, sq, dqk)
+  s = jnp.einsum("bhgqd,bhkd->bhgqk", qb, k, preferred_element_type=jnp.float32) * cfg.scale
+  cols = jnp.arange(k.shape[2], dtype=jnp.int32)
+  vis = ((cols[None, None, :] >= start[:, :, None])
+         & (cols[None, None, :] <= limit[:, :, None]))[:, None, None]   # [B, 1, 1, Sq, Sk]
+  s = jnp.where(vis, s, flash_common.MASK_VALUE)
+  m = s.max(-1)
+  p = jnp.where(vis, jnp.exp(s - m[..., None]), 0.0)
+  l = p.sum(-1)
+  acc = jnp.einsum("bhgqk,bhkd->bhgqd", p.astype(v.dtype), v,
+                   preferred_element_type=jnp.float32)
+  o = (acc / l[..., None]).reshape(b, hq, sq, dv).astype(q.dtype)
+  return o, (m + jnp.log(l)).reshape(b, hq, sq)
 
 
 def _bwd_call(cfg, q, k, v, do, lse, di, start, limit, r):
