@@ -10,6 +10,7 @@ import pytest
 
 from neo_jax.infer import decode, generate, kv_cache, sampling
 from neo_jax.model import layers
+from neo_jax.model.model_config import ModelConfig
 from neo_jax.model.neo import NEO
 from testlib import model as mf
 
@@ -65,6 +66,29 @@ def test_cached_greedy_equals_uncached_token_for_token(tiny, unroll_layers):
   np.testing.assert_allclose(got_logits, want_logits, atol=1e-4, rtol=0)
   # The logits are not trivially equal (the rows differ, the steps differ).
   assert np.abs(np.diff(got_logits, axis=1)).max() > 1e-2
+
+
+def test_prefill_embeds_every_visual_token_whatever_the_training_cap(tiny):
+  """The prefill gathers the prompts' visual positions by their own count: a model
+  config carrying a training cap ``max_visual_tokens`` below a prompt's visual tokens
+  (which would make those rows NaN) still decodes like the uncached model without a
+  cap, token for token."""
+  cfg, params, prompts = tiny
+  counts = [int((p["input_ids"] == cfg.img_context_token_id).sum()) for p in prompts]
+  assert cfg.max_visual_tokens == 0 and max(counts) > 2
+  banned = (cfg.img_start_token_id, cfg.img_context_token_id, cfg.img_end_token_id)
+  want, want_logits = generate.greedy_generate(NEO(cfg), params, prompts, max_new_tokens=4,
+                                               banned_ids=banned, return_logits=True)
+  capped = ModelConfig.coerce(cfg).replace(max_visual_tokens=2)
+  gen = decode.Generator(capped, bucket=16)
+  batch, _ = gen.prompts_batch(prompts)
+  slots = gen.visual_slots(batch)
+  assert max(counts) <= slots <= batch["input_ids"].shape[1]
+  got, got_logits = gen.generate(params, prompts, max_new_tokens=4, return_logits=True)
+  assert got == want
+  np.testing.assert_allclose(got_logits, want_logits, atol=1e-4, rtol=0)
+  text_only, _ = gen.prompts_batch(prompts[:1])
+  assert counts[0] == 0 and gen.visual_slots(text_only) >= 1
 
 
 def test_stop_ids_end_rows_and_are_not_returned(tiny):

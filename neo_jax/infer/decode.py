@@ -6,7 +6,9 @@ of the layer weights and cache between them, ``unroll_layers``):
 * prefill: the prompts, right-padded to a bucket of ``S`` positions (segment 1 on the
   prompt, 0 on padding), through the model with the mixed mask (the Pallas kernel
   where ``attention_impl`` selects it), filling cache positions ``[0, S)``; the
-  first token comes from each row's last prompt position.
+  first token comes from each row's last prompt position. The patch embedder runs on
+  the prompts' ``<IMG_CONTEXT>`` positions only, a gather sized by the prompts
+  (``Generator.visual_slots``), not by the config's training cap.
 * decode: a ``lax.while_loop`` over at most ``max_new_tokens`` steps; each step
   feeds every row's last token at its own cache index (the row's length so far)
   with ``t = previous max t + 1`` and ``h = w = 0`` (the release's inference rule,
@@ -90,7 +92,6 @@ class Generator:
                   else jax.default_backend())
       unroll_layers = platform == "cpu" and decoder_bytes(cfg) <= UNROLL_MAX_BYTES
     self.unrolled = bool(unroll_layers)
-    self.prefill_model = NEO(cfg, cache_mode="prefill")
     self.decode_model = NEO(cfg, cache_mode="decode", unrolled_layers=self.unrolled)
     split = functools.partial(layers.unrolled_layer_params, stack_layers=cfg.stack_layers)
     # (stacked layer params, stacked cache) -> the same per layer (the stacked cache is
@@ -121,11 +122,36 @@ class Generator:
                                   img_context_id=self.cfg.img_context_token_id,
                                   patch_size=self.cfg.patch_size)
 
+  def visual_slots(self, batch: dict) -> int:
+    """The prefill's patch-embedder gather size for a prompt batch [positions per row].
+
+    The prefill embeds only each row's ``<IMG_CONTEXT>`` positions
+    (``model.visual_gather``), sized from the prompts themselves: the largest count of
+    a row, rounded up like prompt lengths (``core.batch.padded_length``, so similar
+    prompts share a program) and at most the row length. The model config's
+    ``max_visual_tokens`` (a training packer's cap) plays no part: a prompt holding
+    more visual tokens than it still gets every one embedded, never NaN rows.
+
+    Args:
+      batch: ``prompts_batch``'s batch (``input_ids [B, S] int32``).
+
+    Returns:
+      ``M`` with ``1 <= M <= S``.
+    """
+    ids = np.asarray(batch["input_ids"])
+    most = int((ids == self.cfg.img_context_token_id).sum(axis=1).max())
+    return min(ids.shape[1], batch_lib.padded_length(max(most, 1), self.bucket))
+
+  def _prefill_model(self, max_visual: int) -> NEO:
+    """The prefill's model: this config, the patch embedder gathering ``max_visual``
+    positions per row (``visual_slots``)."""
+    return NEO(self.cfg.replace(max_visual_tokens=max_visual), cache_mode="prefill")
+
   def _program(self, max_new_tokens: int, stop_ids: tuple[int, ...],
-               scfg: sampling.SamplingConfig, return_logits: bool):
+               scfg: sampling.SamplingConfig, return_logits: bool, max_visual: int):
     """``(prefill, loop)`` jitted programs: the prefill returns the loop's carry (the
     filled cache and the first token), the loop (cache donated) the generated tokens."""
-    key = (max_new_tokens, stop_ids, scfg, return_logits)
+    key = (max_new_tokens, stop_ids, scfg, return_logits, max_visual)
     if key not in self._programs:
       scfg = dataclasses.replace(scfg, banned_ids=tuple(scfg.banned_ids) + self.image_ids)
       # Under a mesh the results come back replicated: every process (multi-host)
@@ -135,7 +161,8 @@ class Generator:
       out_shardings = None if rep is None else (rep, rep, None)
       kw = dict(max_new_tokens=max_new_tokens, stop_ids=stop_ids, scfg=scfg,
                 return_logits=return_logits)
-      self._programs[key] = (jax.jit(functools.partial(self._start, **kw)),
+      self._programs[key] = (jax.jit(functools.partial(self._start, max_visual=max_visual,
+                                                       **kw)),
                              jax.jit(functools.partial(self._loop, **kw), donate_argnums=(1,),
                                      out_shardings=out_shardings))
     return self._programs[key]
@@ -152,17 +179,18 @@ class Generator:
       self.timing["compile_s"] += time.perf_counter() - t0
     return self._executables[shapes]
 
-  def _prefill(self, params, batch, lengths, length):
+  def _prefill(self, params, batch, lengths, length, max_visual):
     """Fills the cache; returns (cache, logits of each row's last prompt position,
     each row's next t)."""
     cfg = self.cfg
     b = batch["input_ids"].shape[0]
     cache = kv_cache.init_cache(cfg, b, length)
-    hidden, mut = self.prefill_model.apply(
+    model = self._prefill_model(max_visual)
+    hidden, mut = model.apply(
         {"params": params, "cache": cache}, batch["input_ids"], batch["segment_ids"],
         batch["token_hw"], batch["pixel_values"], return_hidden=True, mutable=["cache"])
     last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0]
-    logits = self.prefill_model.apply({"params": params}, last, method=NEO.logits)
+    logits = model.apply({"params": params}, last, method=NEO.logits)
     pos = pos_lib.rope_positions(
         cfg.rope_mode, batch["input_ids"], batch["segment_ids"],
         batch["token_hw"], img_start_id=cfg.img_start_token_id,
@@ -174,13 +202,13 @@ class Generator:
     return mut["cache"], logits, next_t.astype(jnp.int32)
 
   def _start(self, params, batch, lengths, rng, *, max_new_tokens, stop_ids, scfg,
-             return_logits):
+             return_logits, max_visual):
     """The prefill: the loop's initial carry (cache filled, first token chosen)."""
     del stop_ids
     b, s = batch["input_ids"].shape
     n = max_new_tokens
     with self._context():
-      cache, logits0, next_t = self._prefill(params, batch, lengths, s + n)
+      cache, logits0, next_t = self._prefill(params, batch, lengths, s + n, max_visual)
       rng, sub = jax.random.split(rng)
       all_logits = (jnp.zeros((b, n + 1, logits0.shape[-1]), jnp.float32).at[:, 0].set(logits0)
                     if return_logits else jnp.zeros((), jnp.float32))
@@ -259,7 +287,7 @@ class Generator:
       raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1.")
     batch, lengths = self.prompts_batch(prompts)
     key = (max_new_tokens, tuple(int(x) for x in stop_ids),
-           sampling_cfg or sampling.SamplingConfig(), return_logits)
+           sampling_cfg or sampling.SamplingConfig(), return_logits, self.visual_slots(batch))
     start, loop = self._program(*key)
     rng = rng if rng is not None else jax.random.PRNGKey(0)
     self.timing = {"compile_s": 0.0}
