@@ -25,32 +25,52 @@ def test_blockwise_matches_reference(i):
 
 
 @pytest.mark.parametrize("i", range(len(CONFIGS)))
-def test_one_block_matches_reference(i):
+def test_one_block_matches_reference(i, monkeypatch):
   """Blocks at least as long as the sequence (a short prompt): the forward's
-  single-block path (no loops) against the dense reference, values and gradients,
-  with GQA, padding rows and an odd length (padded inside to a multiple of 8)."""
+  single-block path (no loops) against the dense reference, values and gradients
+  (the differentiated call) and the values of a plain call, with GQA, padding rows
+  and an odd length (padded inside to a multiple of 8)."""
+  monkeypatch.setattr(flash_blockwise, "ONE_BLOCK_SCORE_BYTES", 1 << 40)
   cfg, args = packed_case(i)
   one = cfg[:6] + (512, 512)
   assert cfg[1] <= 512
   assert_close_to_reference(one, *compare_fn("blockwise", *one)(*args))
+  q, k, v, seg, unit, _ = args
+  scale = cfg[4] ** -0.5
+  got = flash_blockwise.blockwise_attention(q, k, v, seg, unit, scale=scale, block_q=512,
+                                            block_kv=512)
+  want = attention_lib.reference_attention(q, k, v, seg, unit, scale=scale)
+  assert_close_to_reference(one, [got], [want])
 
 
-def test_one_block_path_is_taken_only_for_one_block():
+def test_one_block_path_is_taken_only_for_one_block(monkeypatch):
   """The single-block forward runs exactly when the padded sequence is one q block
-  and one kv block: counted by wrapping it."""
+  and one kv block and its scores fit the budget: the primal budget for a plain
+  call, the smaller one under ``jax.grad``. Counted by wrapping it."""
   calls = []
   real = flash_blockwise._fwd_one_block  # pylint: disable=protected-access
-  cfg, (q, k, v, seg, unit, _) = packed_case(1)          # seq 130
-  try:
-    flash_blockwise._fwd_one_block = lambda *a: calls.append(1) or real(*a)  # pylint: disable=protected-access
-    for bq, bk, want in ((256, 256, 1), (64, 256, 0), (256, 64, 0), (136, 136, 1)):
-      calls.clear()
-      flash_blockwise.blockwise_attention(q, k, v, seg, unit, scale=0.25, block_q=bq,
-                                          block_kv=bk)
-      assert len(calls) == want, (bq, bk)
-  finally:
-    flash_blockwise._fwd_one_block = real  # pylint: disable=protected-access
-  del cfg
+  monkeypatch.setattr(flash_blockwise, "_fwd_one_block",
+                      lambda *a: calls.append(1) or real(*a))
+  _, (q, k, v, seg, unit, _) = packed_case(1)          # batch 1, seq 130 (136 padded), 4 heads
+  scores = 4 * 136 * 136 * 4
+
+  def run(bq, bk, grad):
+    f = lambda q: flash_blockwise.blockwise_attention(q, k, v, seg, unit, scale=0.25,
+                                                      block_q=bq, block_kv=bk).sum()
+    calls.clear()
+    (jax.grad(f) if grad else f)(q)
+    return len(calls)
+
+  monkeypatch.setattr(flash_blockwise, "ONE_BLOCK_SCORE_BYTES", 0)
+  for bq, bk, budget, want in ((256, 256, scores, 1), (64, 256, scores, 0),
+                               (256, 64, scores, 0), (136, 136, scores, 1),
+                               (256, 256, scores - 1, 0)):
+    monkeypatch.setattr(flash_blockwise, "ONE_BLOCK_SCORE_BYTES_PRIMAL", budget)
+    assert run(bq, bk, grad=False) == want, (bq, bk, budget)
+  monkeypatch.setattr(flash_blockwise, "ONE_BLOCK_SCORE_BYTES_PRIMAL", 1 << 40)
+  assert run(256, 256, grad=True) == 0
+  monkeypatch.setattr(flash_blockwise, "ONE_BLOCK_SCORE_BYTES", scores)
+  assert run(256, 256, grad=True) == 1
 
 
 @pytest.mark.parametrize("bq,bk", [(16, 16), (16, 32), (32, 16)])

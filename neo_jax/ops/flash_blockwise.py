@@ -34,6 +34,18 @@ from neo_jax.ops import flash_common
 from neo_jax.ops import block_ranges as br
 
 
+# The largest float32 score array [bytes] the forward computes in one batched step when
+# the sequence is one block (``_fwd_one_block``); above it, the per-row loop. Measured
+# by ``bench/attention_one_block.py`` (BUILD_NOTES.md §0l): the forward alone gains
+# from the batched step at every size measured (1.5-32 MiB; 0.62x at 32 MiB), but with
+# the backward that follows in training it loses from 8 MiB up (1.16-2.4x). So a
+# differentiated call (training) takes it only for small arrays, a primal one
+# (``Config.primal``: prefill, scoring) up to the larger budget, which also bounds the
+# memory it adds.
+ONE_BLOCK_SCORE_BYTES = 2 << 20
+ONE_BLOCK_SCORE_BYTES_PRIMAL = 32 << 20
+
+
 def _visible(start, limit, j, block_kv):
   """``[bq, bkv] bool``: rows' intervals against kv block ``j``'s columns."""
   cols = j * block_kv + jnp.arange(block_kv, dtype=jnp.int32)
@@ -53,7 +65,8 @@ def _fwd_call(cfg, q, k, v, start, limit, r):
   hkv, dv = k.shape[1], v.shape[-1]
   g, bq, bkv = hq // hkv, cfg.block_q, cfg.block_kv
   nq = sq // bq
-  if nq == 1 and k.shape[2] == bkv:
+  budget = ONE_BLOCK_SCORE_BYTES_PRIMAL if cfg.primal else ONE_BLOCK_SCORE_BYTES
+  if nq == 1 and k.shape[2] == bkv and b * hq * bq * bkv * 4 <= budget:
     return _fwd_one_block(cfg, q, k, v, start, limit)
 
   def one_q_block(t):
@@ -90,8 +103,9 @@ def _fwd_call(cfg, q, k, v, start, limit, r):
 
 def _fwd_one_block(cfg, q, k, v, start, limit):
   """``_fwd_call`` when the sequence is one q block and one kv block (a short prompt,
-  an evaluation row): every row visits block 0 (its own key at least), so the loops
-  reduce to one batched step over all rows at once. The arithmetic is the loop's
+  an evaluation row) and the batch's scores fit the budget: every row
+  visits block 0 (its own key at least), so the loops reduce to one batched step over
+  all rows at once. The arithmetic is the loop's
   first visit (a running max from ``-inf``), without its per-row dispatch: on
   XLA:CPU the loops' calls cost more than the arithmetic at ``S <= block``.
   """

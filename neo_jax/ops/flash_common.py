@@ -43,6 +43,9 @@ class Config:
     whole_sequence: the query rows are all the key positions (``Sq == Sk``), so every
       real key's kv block is visited by its own row; False (a context shard) makes
       the TPU dK / dV zero the kv blocks the rows do not see.
+    primal: set by ``differentiable`` on the forward of a call that is not
+      differentiated (inference): no backward follows, so a forward may choose a
+      form that would slow one down (``flash_blockwise``'s batched single block).
   """
   scale: float
   block_q: int
@@ -54,6 +57,7 @@ class Config:
   residual_names: tuple[str, str]
   max_sample_tokens: int = 0
   whole_sequence: bool = True
+  primal: bool = False
 
 
 def differentiable(fwd_call, bwd_call):
@@ -74,8 +78,8 @@ def differentiable(fwd_call, bwd_call):
     The differentiable function (``cfg`` a static ``Config``).
   """
   @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-  def flash(cfg, q, k, v, start, limit):
-    return fwd(cfg, q, k, v, start, limit)[0]
+  def flash(cfg, q, k, v, start, limit):   # not differentiated: ``Config.primal``
+    return fwd(dataclasses.replace(cfg, primal=True), q, k, v, start, limit)[0]
 
   def fwd(cfg, q, k, v, start, limit):
     r = br.block_ranges(br.TokenBounds(start, limit), cfg.block_q, cfg.block_kv,
