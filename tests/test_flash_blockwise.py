@@ -14,8 +14,8 @@ from neo_jax.ops import attention as attention_lib
 from neo_jax.ops import block_ranges as br
 from neo_jax.ops import flash_blockwise
 from neo_jax.ops import mask as mask_lib
-from testlib.attention import (CONFIGS, N_CASES, assert_close_to_reference, compare_fn, packed_case,
-                               random_packed_ids)
+from testlib.attention import (CONFIGS, N_CASES, assert_close_to_reference, compare_fn,
+                               packed_case, random_packed_ids)
 
 
 @pytest.mark.parametrize("i", range(N_CASES))

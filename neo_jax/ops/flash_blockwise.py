@@ -36,9 +36,9 @@ from neo_jax.ops import block_ranges as br
 
 # The largest float32 score array [bytes] the forward computes in one batched step when
 # the sequence is one block (``_fwd_one_block``); above it, the per-row loop. Measured
-# by ``bench/attention_one_block.py`` (BUILD_NOTES.md §0l): the forward alone gains
-# from the batched step at every size measured (1.5-32 MiB; 0.62x at 32 MiB), but with
-# the backward that follows in training it loses from 8 MiB up (1.16-2.4x). So a
+# by ``bench/attention_one_block.py`` (BUILD_NOTES.md §0l): the forward alone is as fast
+# or faster batched at every size measured (about 0.65x at 16-32 MiB), but with the
+# backward that follows in training it is 1.1-2.4x slower from 8 MiB up. So a
 # differentiated call (training) takes it only for small arrays, a primal one
 # (``Config.primal``: prefill, scoring) up to the larger budget, which also bounds the
 # memory it adds.
@@ -103,11 +103,11 @@ def _fwd_call(cfg, q, k, v, start, limit, r):
 
 def _fwd_one_block(cfg, q, k, v, start, limit):
   """``_fwd_call`` when the sequence is one q block and one kv block (a short prompt,
-  an evaluation row) and the batch's scores fit the budget: every row
-  visits block 0 (its own key at least), so the loops reduce to one batched step over
-  all rows at once. The arithmetic is the loop's
-  first visit (a running max from ``-inf``), without its per-row dispatch: on
-  XLA:CPU the loops' calls cost more than the arithmetic at ``S <= block``.
+  an evaluation row) and the batch's scores fit the budget: every row visits block 0
+  (its own key at least), so the loops reduce to one batched step over all rows. The
+  arithmetic is the loop's first visit (a running max from ``-inf``), without its
+  per-row dispatch, which on XLA:CPU costs more than the arithmetic at ``S <= block``.
+  Returns ``(o [B, Hq, Sq, Dv] q.dtype, lse [B, Hq, Sq] float32)``.
   """
   b, hq, sq, dqk = q.shape
   hkv, dv = k.shape[1], v.shape[-1]
