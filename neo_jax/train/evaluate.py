@@ -7,10 +7,11 @@ held-out split); the answer is generated greedily with the KV-cache decoder
 (after normalisation).
 
 Every prompt gets the host-side checks a training batch gets (``health.check_prompts``)
-when the evaluator is built: one longer than ``model.max_sample_tokens`` or with more
-visual tokens than ``model.max_visual_tokens`` would come back as NaN activations and
-meaningless answers, so it is a named error (``health.EvalPromptError``) before the
-first step. ``run(..., stop=)`` asks ``stop()`` before every batch (the trainer passes
+when the evaluator is built: one longer than ``model.max_sample_tokens`` (the kernel's
+schedule bound) or with more visual tokens than ``model.max_visual_tokens`` (the
+held-out loss runs the model with that gather: NaN rows; the decoder sizes its own)
+would give meaningless numbers, so it is a named error (``health.EvalPromptError``)
+before the first step. ``run(..., stop=)`` asks ``stop()`` before every batch (the trainer passes
 the preemption check, called in lockstep on every process) and returns None when told
 to stop.
 
