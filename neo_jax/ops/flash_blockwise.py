@@ -114,9 +114,9 @@ def _fwd_one_block(cfg, q, k, v, start, limit):
   g = hq // hkv
   qb = q.reshape(b, hkv, g, sq, dqk)
   s = jnp.einsum("bhgqd,bhkd->bhgqk", qb, k, preferred_element_type=jnp.float32) * cfg.scale
-  cols = jnp.arange(k.shape[2], dtype=jnp.int32)
-  vis = ((cols[None, None, :] >= start[:, :, None])
-         & (cols[None, None, :] <= limit[:, :, None]))[:, None, None]   # [B, 1, 1, Sq, Sk]
+  # [B, 1, 1, Sq, Sk]: each row's intervals against the one kv block (block 0).
+  vis = jax.vmap(_visible, in_axes=(0, 0, None, None))(start, limit, 0, k.shape[2])
+  vis = vis[:, None, None]
   s = jnp.where(vis, s, flash_common.MASK_VALUE)
   m = s.max(-1)
   p = jnp.where(vis, jnp.exp(s - m[..., None]), 0.0)
